@@ -1,0 +1,1 @@
+//! lrp-graph: Layer-wise Relevance Propagation for converted image classifiers.
