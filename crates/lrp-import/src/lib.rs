@@ -1,14 +1,10 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! Importers: model files into the lrp-graph IR.
+//!
+//! [`import_onnx`] reads an ONNX model (opsets 7–23, the operators listed in
+//! [`onnx::SUPPORTED_OPS`]) into a validated [`lrp_ir::Graph`].
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+pub mod error;
+pub mod onnx;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use error::ImportError;
+pub use onnx::{Imported, import_onnx, import_onnx_model};

@@ -1,14 +1,128 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! Model inputs in, arrays and images out, for lrp-graph.
+//!
+//! An input is a `.npy` file (float32 or float64, shaped `[N, ...]` like the model input with
+//! the batch axis, in the model's own layout), an image file (`.png`, `.jpg`, `.jpeg`) or a
+//! directory of images; [`load_input`] tells them apart. Outputs ([`write_npy`],
+//! [`write_png_rgb`], [`write_png_gray`]) are written atomically: a reader never sees a
+//! half-written file and a failed write leaves nothing behind.
+//!
+//! Every error ([`IoError`]) is one line that names the file and says what is wrong with it;
+//! nothing panics on a user's file.
+
+mod error;
+mod img;
+mod npy;
+
+use std::path::{Path, PathBuf};
+
+use lrp_ir::{InputDef, Preprocess};
+use ndarray::{ArrayD, Axis};
+
+pub use error::{IoError, Result};
+pub use img::{load_image, write_png_gray, write_png_rgb};
+pub use npy::{read_npy, read_npy_input, write_npy_to};
+
+/// Extensions of image files, lower case.
+pub const IMAGE_EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
+
+/// Loads a model input batch from `path` and returns it with the files it came from.
+///
+/// - a `.npy` file: [`read_npy_input`]; the sources are `[path]`.
+/// - an image file (`.png`, `.jpg`, `.jpeg`, any case): [`load_image`], a batch of one.
+/// - a directory: every image file directly in it ([`list_images`]), in file-name order,
+///   stacked into one batch; the sources are the image files.
+///
+/// Images are preprocessed with `preprocess` if given, else with the preprocessing recorded in
+/// `input`, else with [`Preprocess::none`] (raw 0–255 values, RGB).
+pub fn load_input(
+    path: &Path,
+    input: &InputDef,
+    preprocess: Option<&Preprocess>,
+) -> Result<(ArrayD<f32>, Vec<PathBuf>)> {
+    let meta = std::fs::metadata(path).map_err(|e| npy::read_error(path, e))?;
+    let none = Preprocess::none();
+    let pre = preprocess.or(input.preprocess.as_ref()).unwrap_or(&none);
+    if meta.is_dir() {
+        img::check_image_input(path, input, pre)?;
+        let files = list_images(path)?;
+        let samples = files
+            .iter()
+            .map(|f| load_image(f, input, pre))
+            .collect::<Result<Vec<_>>>()?;
+        let views: Vec<_> = samples.iter().map(|s| s.view()).collect();
+        let batch = ndarray::stack(Axis(0), &views).expect("samples share the input shape");
+        return Ok((batch, files));
+    }
+    match extension(path).as_deref() {
+        Some("npy") => Ok((read_npy_input(path, input)?, vec![path.to_path_buf()])),
+        Some(e) if IMAGE_EXTENSIONS.contains(&e) => {
+            let sample = load_image(path, input, pre)?;
+            Ok((sample.insert_axis(Axis(0)), vec![path.to_path_buf()]))
+        }
+        _ => Err(IoError::UnsupportedInput { path: path.to_path_buf() }),
+    }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+/// The image files (`.png`, `.jpg`, `.jpeg`, any case) directly in `dir`, sorted by file name.
+/// Subdirectories and hidden files (names starting with `.`) are skipped; no image at all is an
+/// error.
+pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| npy::read_error(dir, e))?;
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| npy::read_error(dir, e))?;
+        let p = entry.path();
+        let hidden = entry.file_name().to_string_lossy().starts_with('.');
+        let is_image = extension(&p).is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.as_str()));
+        if !hidden && is_image && p.is_file() {
+            files.push(p);
+        }
     }
+    if files.is_empty() {
+        return Err(IoError::EmptyDir { path: dir.to_path_buf() });
+    }
+    files.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+    Ok(files)
+}
+
+/// The lower-case extension of `path`, if any.
+fn extension(path: &Path) -> Option<String> {
+    path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase())
+}
+
+/// Writes `array` as a standard `.npy` file (float32, little-endian, C order) atomically:
+/// nothing is left at `path` on failure.
+pub fn write_npy(path: &Path, array: &ArrayD<f32>) -> Result<()> {
+    check_parent(path)?;
+    lrp_ir::fsutil::write_atomic_with(path, |w| write_npy_to(w, array)).map_err(|e| write_error(path, e))
+}
+
+/// Writes `bytes` to `path` atomically.
+pub(crate) fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
+    check_parent(path)?;
+    lrp_ir::fsutil::write_atomic(path, bytes).map_err(|e| write_error(path, e))
+}
+
+/// A clear error for an output path whose folder does not exist.
+fn check_parent(path: &Path) -> Result<()> {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => Err(IoError::Write {
+            path: path.to_path_buf(),
+            reason: if dir.exists() {
+                format!("{} is not a directory", dir.display())
+            } else {
+                format!("the folder {} does not exist", dir.display())
+            },
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The error of a failed write, without the temporary file's name that `tempfile` adds.
+fn write_error(path: &Path, e: std::io::Error) -> IoError {
+    let reason = match e.raw_os_error() {
+        Some(code) => std::io::Error::from_raw_os_error(code).to_string(),
+        None => error::one_line(e),
+    };
+    IoError::Write { path: path.to_path_buf(), reason }
 }

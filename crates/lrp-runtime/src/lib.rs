@@ -1,14 +1,12 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! Forward passes of lrp-graph graphs on ONNX Runtime.
+//!
+//! The IR is exported back to an ONNX model ([`export::to_onnx`]) in which every node's output
+//! is also a graph output, so that one ORT run returns every activation the relevance pass
+//! needs ([`Forward::run`]). ONNX Runtime is loaded at run time from its shared library
+//! ([`ort_library`]).
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+pub mod export;
+mod session;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use export::{ExportOutputs, to_onnx};
+pub use session::{Activations, Device, Forward, ORT_LIBRARY_FILE, RuntimeError, ort_library, run_onnx_bytes};

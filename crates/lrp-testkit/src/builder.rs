@@ -217,9 +217,9 @@ fn float_value_info(name: &str, shape: Option<&[Option<usize>]>) -> ValueInfoPro
                     None if axis == 0 => {
                         tensor_shape_proto::dimension::Value::DimParam(BATCH_DIM.to_owned())
                     }
-                    None => tensor_shape_proto::dimension::Value::DimParam(format!(
-                        "{name}_d{axis}"
-                    )),
+                    None => {
+                        tensor_shape_proto::dimension::Value::DimParam(format!("{name}_d{axis}"))
+                    }
                 }),
                 ..Default::default()
             })
@@ -392,7 +392,9 @@ impl OnnxBuilder {
         self
     }
 
-    /// Adds a `FLOAT` graph output of unknown shape.
+    /// Adds a `FLOAT` graph output of unknown shape (no `shape` field: ONNX Runtime accepts it,
+    /// `onnx.checker` does not; use [`output_shaped`](Self::output_shaped) for checker-valid
+    /// models).
     pub fn output(&mut self, name: &str) -> &mut Self {
         self.outputs.push(float_value_info(name, None));
         self
@@ -404,7 +406,12 @@ impl OnnxBuilder {
         self
     }
 
-    fn push_initializer(&mut self, tensor: impl FnOnce() -> TensorProto, dims: &[usize], kind: ParamKind) {
+    fn push_initializer(
+        &mut self,
+        tensor: impl FnOnce() -> TensorProto,
+        dims: &[usize],
+        kind: ParamKind,
+    ) {
         let n = numel(dims) as u64;
         match kind {
             ParamKind::Trainable => self.count.trainable += n,
@@ -428,7 +435,12 @@ impl OnnxBuilder {
     }
 
     /// Adds a `FLOAT` initializer, data in the typed `float_data` field; counted as trainable.
-    pub fn initializer_typed_f32(&mut self, name: &str, dims: &[usize], data: Vec<f32>) -> &mut Self {
+    pub fn initializer_typed_f32(
+        &mut self,
+        name: &str,
+        dims: &[usize],
+        data: Vec<f32>,
+    ) -> &mut Self {
         self.push_initializer(
             || tensor_f32_typed(name, dims, &data),
             dims,
@@ -444,7 +456,12 @@ impl OnnxBuilder {
     }
 
     /// Adds an `INT64` initializer, data in the typed `int64_data` field; counted as a constant.
-    pub fn initializer_typed_i64(&mut self, name: &str, dims: &[usize], data: Vec<i64>) -> &mut Self {
+    pub fn initializer_typed_i64(
+        &mut self,
+        name: &str,
+        dims: &[usize],
+        data: Vec<i64>,
+    ) -> &mut Self {
         self.push_initializer(
             || tensor_i64_typed(name, dims, &data),
             dims,
@@ -546,7 +563,7 @@ impl OnnxBuilder {
         bias: bool,
     ) -> String {
         assert!(
-            groups > 0 && in_c % groups == 0 && out_c % groups == 0,
+            groups > 0 && in_c.is_multiple_of(groups) && out_c.is_multiple_of(groups),
             "conv: channels {in_c}->{out_c} not divisible by groups {groups}"
         );
         let name = self.layer_name("conv");
@@ -611,8 +628,17 @@ impl OnnxBuilder {
             uniform(rng, n, 0.75, 1.5)
         });
         let inputs = [input, names[0].as_str(), &names[1], &names[2], &names[3]];
-        let attrs = vec![Attr::float("epsilon", BN_EPSILON), Attr::float("momentum", 0.9)];
-        self.push_node("BatchNormalization", name.clone(), &inputs, &[name.as_str()], attrs);
+        let attrs = vec![
+            Attr::float("epsilon", BN_EPSILON),
+            Attr::float("momentum", 0.9),
+        ];
+        self.push_node(
+            "BatchNormalization",
+            name.clone(),
+            &inputs,
+            &[name.as_str()],
+            attrs,
+        );
         name
     }
 
@@ -650,9 +676,12 @@ impl OnnxBuilder {
         let std = (2.0 / in_features as f64).sqrt();
         let w = format!("{name}.weight");
         let b = format!("{name}.bias");
-        self.random_param(&w, &[out_features, in_features], ParamKind::Trainable, |rng, n| {
-            normal(rng, n, std)
-        });
+        self.random_param(
+            &w,
+            &[out_features, in_features],
+            ParamKind::Trainable,
+            |rng, n| normal(rng, n, std),
+        );
         self.random_param(&b, &[out_features], ParamKind::Trainable, |rng, n| {
             uniform(rng, n, -0.05, 0.05)
         });
@@ -661,7 +690,13 @@ impl OnnxBuilder {
             Attr::float("beta", 1.0),
             Attr::int("transB", 1),
         ];
-        self.push_node("Gemm", name.clone(), &[input, w.as_str(), b.as_str()], &[name.as_str()], attrs);
+        self.push_node(
+            "Gemm",
+            name.clone(),
+            &[input, w.as_str(), b.as_str()],
+            &[name.as_str()],
+            attrs,
+        );
         name
     }
 

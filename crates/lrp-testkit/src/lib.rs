@@ -20,8 +20,8 @@ pub use builder::{
 };
 pub use lrp_onnx::ModelProto;
 pub use models::{
-    MODEL_INPUT, MODEL_OPSET, MODEL_OUTPUT, RESNET_BRANCH_GAMMA, ResNetConfig, VggConfig,
-    resnet18, vgg16,
+    MODEL_INPUT, MODEL_OPSET, MODEL_OUTPUT, RESNET_BRANCH_GAMMA, ResNetConfig, VggConfig, resnet18,
+    vgg16,
 };
 
 use rand::SeedableRng;
@@ -38,8 +38,7 @@ pub fn write_model(model: &ModelProto, path: &Path) -> std::io::Result<()> {
 pub fn temp_model(model: &ModelProto) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("create a temporary directory");
     let path = dir.path().join("model.onnx");
-    write_model(model, &path)
-        .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    write_model(model, &path).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
     (dir, path)
 }
 

@@ -15,9 +15,10 @@ pub const MODEL_INPUT: &str = "input";
 /// The output name of [`vgg16`] and [`resnet18`].
 pub const MODEL_OUTPUT: &str = "logits";
 
-/// Gamma scale of the last BatchNorm of each ResNet residual branch: without it every block
-/// roughly doubles the activations' second moment (identity + branch of similar size), with it
-/// the growth over 8 blocks stays small.
+/// Gamma scale of the last BatchNorm of each ResNet residual branch (`bn2`) and of the
+/// projection shortcut's BatchNorm (`downsample.1`): without it every block roughly doubles the
+/// activations' second moment (two summands of similar size), with it the growth over 8 blocks
+/// stays small.
 pub const RESNET_BRANCH_GAMMA: f32 = 0.5;
 
 fn scaled(channels: usize, width_div: usize) -> usize {

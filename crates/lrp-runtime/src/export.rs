@@ -1,0 +1,255 @@
+//! IR → ONNX (opset 17).
+
+use lrp_ir::{Graph, Op};
+use lrp_onnx::proto::{
+    self, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto,
+    TypeProto, ValueInfoProto,
+};
+use lrp_onnx::{attr_type, dtype};
+
+/// The opset of exported models.
+pub const EXPORT_OPSET: i64 = 17;
+
+/// Which node outputs the exported model exposes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportOutputs {
+    /// Only the graph's output.
+    Final,
+    /// Every node's output (the graph's output first).
+    All,
+}
+
+/// Name of the initializer that holds weight tensor `key` (prefixed so it cannot collide with a
+/// node name).
+fn init_name(key: &str) -> String {
+    format!("param:{key}")
+}
+
+/// Exports `graph` as an ONNX model whose tensors are named after the IR nodes.
+pub fn to_onnx(graph: &Graph, outputs: ExportOutputs) -> ModelProto {
+    let mut nodes = Vec::with_capacity(graph.nodes().len());
+    let mut inits: Vec<TensorProto> = graph
+        .weights()
+        .iter()
+        .filter(|(k, _)| graph.nodes().iter().any(|n| n.params.values().any(|v| v == k)))
+        .map(|(k, a)| f32_tensor(&init_name(k), a.shape(), a.iter().copied()))
+        .collect();
+    for &id in graph.topo_order() {
+        let n = &graph.nodes()[id];
+        let mut inputs = n.inputs.clone();
+        let param = |p: &str| n.params.get(p).map(|k| init_name(k));
+        let mut extra = |suffix: &str, t: TensorProto| -> String {
+            let name = format!("const:{}:{suffix}", n.name);
+            inits.push(TensorProto {
+                name: Some(name.clone()),
+                ..t
+            });
+            name
+        };
+        let (op_type, attrs): (&str, Vec<AttributeProto>) = match &n.op {
+            Op::Conv {
+                kernel,
+                strides,
+                pads,
+                dilations,
+                groups,
+            } => {
+                inputs.push(param("weight").expect("validated"));
+                inputs.extend(param("bias"));
+                (
+                    "Conv",
+                    vec![
+                        ints("kernel_shape", kernel),
+                        ints("strides", strides),
+                        ints("pads", pads),
+                        ints("dilations", dilations),
+                        int("group", *groups as i64),
+                    ],
+                )
+            }
+            Op::Dense => {
+                inputs.push(param("weight").expect("validated"));
+                inputs.extend(param("bias"));
+                ("Gemm", vec![int("transB", 1)])
+            }
+            Op::Relu => ("Relu", vec![]),
+            Op::LeakyRelu { alpha } => ("LeakyRelu", vec![float("alpha", *alpha)]),
+            Op::Sigmoid => ("Sigmoid", vec![]),
+            Op::Tanh => ("Tanh", vec![]),
+            Op::Clip { min, max } => {
+                inputs.push(extra("min", f32_tensor("", &[], [*min])));
+                inputs.push(extra("max", f32_tensor("", &[], [*max])));
+                ("Clip", vec![])
+            }
+            Op::MaxPool {
+                kernel,
+                strides,
+                pads,
+                dilations,
+                ceil_mode,
+            } => (
+                "MaxPool",
+                vec![
+                    ints("kernel_shape", kernel),
+                    ints("strides", strides),
+                    ints("pads", pads),
+                    ints("dilations", dilations),
+                    int("ceil_mode", *ceil_mode as i64),
+                ],
+            ),
+            Op::AvgPool {
+                kernel,
+                strides,
+                pads,
+                count_include_pad,
+                ceil_mode,
+            } => (
+                "AveragePool",
+                vec![
+                    ints("kernel_shape", kernel),
+                    ints("strides", strides),
+                    ints("pads", pads),
+                    int("count_include_pad", *count_include_pad as i64),
+                    int("ceil_mode", *ceil_mode as i64),
+                ],
+            ),
+            Op::GlobalAvgPool => ("GlobalAveragePool", vec![]),
+            Op::GlobalMaxPool => ("GlobalMaxPool", vec![]),
+            Op::Flatten => ("Flatten", vec![int("axis", 1)]),
+            Op::Reshape { shape } => {
+                let target: Vec<i64> = std::iter::once(0).chain(shape.iter().map(|&d| d as i64)).collect();
+                inputs.push(extra("shape", i64_tensor(&target)));
+                ("Reshape", vec![])
+            }
+            Op::Transpose { perm } => ("Transpose", vec![ints("perm", perm)]),
+            Op::Squeeze { axes } | Op::Unsqueeze { axes } => {
+                let v: Vec<i64> = axes.iter().map(|&a| a as i64).collect();
+                inputs.push(extra("axes", i64_tensor(&v)));
+                (if matches!(n.op, Op::Squeeze { .. }) { "Squeeze" } else { "Unsqueeze" }, vec![])
+            }
+            Op::BatchNorm { epsilon } => {
+                for p in ["scale", "bias", "mean", "var"] {
+                    inputs.push(param(p).expect("validated"));
+                }
+                ("BatchNormalization", vec![float("epsilon", *epsilon)])
+            }
+            Op::Add => (if inputs.len() == 2 { "Add" } else { "Sum" }, vec![]),
+            Op::Concat { axis } => ("Concat", vec![int("axis", *axis as i64)]),
+            Op::Pad { pads } => {
+                let v: Vec<i64> = pads.iter().map(|&a| a as i64).collect();
+                inputs.push(extra("pads", i64_tensor(&v)));
+                ("Pad", vec![])
+            }
+            Op::Softmax { axis } => ("Softmax", vec![int("axis", *axis as i64)]),
+            Op::Dropout | Op::Identity => ("Identity", vec![]),
+            other => unreachable!("op {} has no ONNX export", other.kind()),
+        };
+        nodes.push(NodeProto {
+            name: Some(n.name.clone()),
+            op_type: Some(op_type.into()),
+            input: inputs,
+            output: vec![n.name.clone()],
+            attribute: attrs,
+            ..Default::default()
+        });
+    }
+    let out_id = graph.output_id();
+    let mut out_ids = vec![out_id];
+    if outputs == ExportOutputs::All {
+        out_ids.extend(graph.topo_order().iter().copied().filter(|&i| i != out_id));
+    }
+    let output = out_ids
+        .iter()
+        .map(|&i| value_info(&graph.nodes()[i].name, graph.shape(i)))
+        .collect();
+    let input = graph.input();
+    ModelProto {
+        ir_version: Some(8),
+        opset_import: vec![OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(EXPORT_OPSET),
+        }],
+        producer_name: Some("lrp-graph".into()),
+        producer_version: Some(env!("CARGO_PKG_VERSION").into()),
+        graph: Some(GraphProto {
+            name: Some(graph.def().name.clone()),
+            node: nodes,
+            initializer: inits,
+            input: vec![value_info(&input.name, &input.shape)],
+            output,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn value_info(name: &str, per_sample: &[usize]) -> ValueInfoProto {
+    use proto::tensor_shape_proto::{Dimension, dimension::Value as D};
+    let mut dim = vec![Dimension {
+        value: Some(D::DimParam("N".into())),
+        ..Default::default()
+    }];
+    dim.extend(per_sample.iter().map(|&d| Dimension {
+        value: Some(D::DimValue(d as i64)),
+        ..Default::default()
+    }));
+    ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(TypeProto {
+            value: Some(proto::type_proto::Value::TensorType(proto::type_proto::Tensor {
+                elem_type: Some(dtype::FLOAT),
+                shape: Some(TensorShapeProto { dim }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn f32_tensor(name: &str, shape: &[usize], values: impl IntoIterator<Item = f32>) -> TensorProto {
+    TensorProto {
+        name: Some(name.into()),
+        dims: shape.iter().map(|&d| d as i64).collect(),
+        data_type: Some(dtype::FLOAT),
+        raw_data: Some(values.into_iter().flat_map(f32::to_le_bytes).collect()),
+        ..Default::default()
+    }
+}
+
+fn i64_tensor(values: &[i64]) -> TensorProto {
+    TensorProto {
+        dims: vec![values.len() as i64],
+        data_type: Some(dtype::INT64),
+        raw_data: Some(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        ..Default::default()
+    }
+}
+
+fn attr(name: &str, ty: i32) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(ty),
+        ..Default::default()
+    }
+}
+
+fn int(name: &str, v: i64) -> AttributeProto {
+    AttributeProto {
+        i: Some(v),
+        ..attr(name, attr_type::INT)
+    }
+}
+
+fn float(name: &str, v: f32) -> AttributeProto {
+    AttributeProto {
+        f: Some(v),
+        ..attr(name, attr_type::FLOAT)
+    }
+}
+
+fn ints(name: &str, v: &[usize]) -> AttributeProto {
+    AttributeProto {
+        ints: v.iter().map(|&x| x as i64).collect(),
+        ..attr(name, attr_type::INTS)
+    }
+}

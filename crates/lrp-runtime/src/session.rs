@@ -1,0 +1,272 @@
+//! ONNX Runtime sessions over exported graphs.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use lrp_ir::{Graph, NodeId};
+use ndarray::{ArrayD, ArrayViewD};
+use ort::environment::Environment;
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::value::TensorRef;
+
+use crate::export::{ExportOutputs, to_onnx};
+
+/// Errors of running a graph.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuntimeError {
+    /// The ONNX Runtime library is missing or failed to load.
+    #[error("ONNX Runtime: {0}")]
+    Library(String),
+    /// The requested device is not available.
+    #[error("{0}")]
+    Device(String),
+    /// The input batch does not fit the graph.
+    #[error("{0}")]
+    Input(String),
+    /// ONNX Runtime failed to create a session or to run.
+    #[error("ONNX Runtime failed on graph '{graph}': {message}")]
+    Ort {
+        /// The graph's name.
+        graph: String,
+        /// ONNX Runtime's message.
+        message: String,
+    },
+}
+
+/// Where the forward pass runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Device {
+    /// ONNX Runtime's CPU provider.
+    #[default]
+    Cpu,
+    /// ONNX Runtime's CUDA provider (needs the `cuda` feature and a CUDA build of ONNX Runtime).
+    Cuda,
+}
+
+/// The file name of the ONNX Runtime library this project is tested with.
+pub const ORT_LIBRARY_FILE: &str = "libonnxruntime.so.1.31.1";
+
+/// Locates the ONNX Runtime shared library: `$ORT_DYLIB_PATH` if set, else
+/// `libonnxruntime.so*` next to the running executable or in `lib/` beside its folder, else the
+/// `.ort/` folder of the source tree this crate was built from (where `scripts/setup.sh` puts it).
+pub fn ort_library() -> Result<PathBuf, RuntimeError> {
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(RuntimeError::Library(format!(
+                "ORT_DYLIB_PATH is set to {}, which is not a file",
+                p.display()
+            )))
+        };
+    }
+    let mut dirs = Vec::new();
+    if let Some(exe_dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(PathBuf::from)) {
+        dirs.push(exe_dir.clone());
+        if let Some(up) = exe_dir.parent() {
+            dirs.push(up.join("lib"));
+        }
+    }
+    dirs.push(PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../.ort")));
+    for d in &dirs {
+        for name in [ORT_LIBRARY_FILE, "libonnxruntime.so"] {
+            let p = d.join(name);
+            if p.is_file() {
+                return Ok(p);
+            }
+        }
+    }
+    Err(RuntimeError::Library(format!(
+        "cannot find {ORT_LIBRARY_FILE}; run scripts/setup.sh (it fetches the library from the onnxruntime wheel on PyPI) or set ORT_DYLIB_PATH to its path (looked in: {})",
+        dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+    )))
+}
+
+fn environment() -> Result<&'static Environment, RuntimeError> {
+    static ENV: OnceLock<Result<Environment, String>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let path = ort_library().map_err(|e| e.to_string())?;
+        let builder = ort::init_from(&path).map_err(|e| format!("cannot load {}: {e}", path.display()))?;
+        builder
+            .with_name("lrp-graph")
+            .build()
+            .map_err(|e| format!("cannot create the environment: {e}"))
+    })
+    .as_ref()
+    .map_err(|m| RuntimeError::Library(m.trim_start_matches("ONNX Runtime: ").to_string()))
+}
+
+/// Activations of one forward pass, per node.
+#[derive(Debug, Clone)]
+pub struct Activations {
+    batch: usize,
+    values: Vec<Option<ArrayD<f32>>>,
+}
+
+impl Activations {
+    /// The batch size.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Node `id`'s output `[N, ...]`, if it was computed.
+    pub fn get(&self, id: NodeId) -> Option<&ArrayD<f32>> {
+        self.values.get(id).and_then(|v| v.as_ref())
+    }
+
+    /// Takes node `id`'s output out.
+    pub fn take(&mut self, id: NodeId) -> Option<ArrayD<f32>> {
+        self.values.get_mut(id).and_then(|v| v.take())
+    }
+}
+
+/// A graph loaded into an ONNX Runtime session, ready to run batches.
+pub struct Forward {
+    session: Session,
+    graph_name: String,
+    input_name: String,
+    input_shape: Vec<usize>,
+    outputs: Vec<(NodeId, String)>,
+    node_count: usize,
+}
+
+impl std::fmt::Debug for Forward {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Forward")
+            .field("graph", &self.graph_name)
+            .field("outputs", &self.outputs.len())
+            .finish()
+    }
+}
+
+impl Forward {
+    /// Exports `graph` with the requested outputs and opens a session on `device`, with
+    /// `threads` intra-op threads (None: ONNX Runtime's default, all cores).
+    pub fn new(graph: &Graph, device: Device, outputs: ExportOutputs, threads: Option<usize>) -> Result<Self, RuntimeError> {
+        let env = environment()?;
+        let model = to_onnx(graph, outputs);
+        let bytes = lrp_onnx::encode_model(&model);
+        let name = graph.def().name.clone();
+        let ort_err = |e: ort::Error| RuntimeError::Ort {
+            graph: name.clone(),
+            message: e.to_string(),
+        };
+        let mut builder = Session::builder(env)
+            .map_err(ort_err)?
+            .with_optimization_level(GraphOptimizationLevel::All)
+            .map_err(|e| ort_err(e.into()))?;
+        if let Some(n) = threads {
+            builder = builder.with_intra_threads(n).map_err(|e| ort_err(e.into()))?;
+        }
+        match device {
+            Device::Cpu => {}
+            Device::Cuda => builder = with_cuda(builder)?,
+        }
+        let session = builder.commit_from_memory(&bytes).map_err(ort_err)?;
+        let outs = model
+            .graph
+            .as_ref()
+            .expect("exported")
+            .output
+            .iter()
+            .map(|o| {
+                let n = o.name().to_string();
+                (graph.node_id(&n).expect("outputs are nodes"), n)
+            })
+            .collect();
+        Ok(Forward {
+            session,
+            graph_name: graph.def().name.clone(),
+            input_name: graph.input().name.clone(),
+            input_shape: graph.input().shape.clone(),
+            outputs: outs,
+            node_count: graph.nodes().len(),
+        })
+    }
+
+    /// Runs a batch `[N, ...input shape]` and returns the exposed activations.
+    pub fn run(&mut self, input: ArrayViewD<'_, f32>) -> Result<Activations, RuntimeError> {
+        if input.ndim() != self.input_shape.len() + 1 || input.shape()[1..] != self.input_shape[..] || input.shape()[0] == 0 {
+            return Err(RuntimeError::Input(format!(
+                "input batch has shape {:?}; the graph takes [N, {}]",
+                input.shape(),
+                self.input_shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        let ort_err = |e: ort::Error| RuntimeError::Ort {
+            graph: self.graph_name.clone(),
+            message: e.to_string(),
+        };
+        let batch = input.shape()[0];
+        let input = input.as_standard_layout();
+        let tensor = TensorRef::from_array_view(&input).map_err(ort_err)?;
+        let results = self
+            .session
+            .run(vec![(self.input_name.as_str(), tensor)])
+            .map_err(ort_err)?;
+        let mut values = vec![None; self.node_count];
+        for (id, name) in &self.outputs {
+            let v = results.get(name).ok_or_else(|| RuntimeError::Ort {
+                graph: self.graph_name.clone(),
+                message: format!("output '{name}' is missing"),
+            })?;
+            let arr = v.try_extract_array::<f32>().map_err(|e| RuntimeError::Ort {
+                graph: self.graph_name.clone(),
+                message: format!("output '{name}': {e}"),
+            })?;
+            values[*id] = Some(arr.to_owned());
+        }
+        Ok(Activations { batch, values })
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn with_cuda(builder: ort::session::builder::SessionBuilder) -> Result<ort::session::builder::SessionBuilder, RuntimeError> {
+    let ep = ort::ep::CUDA::default().build().error_on_failure();
+    builder.with_execution_providers([ep]).map_err(|e| {
+        RuntimeError::Device(format!(
+            "the CUDA execution provider could not be loaded ({e}); this needs the CUDA build of ONNX Runtime (onnxruntime-gpu 1.31.1, set ORT_DYLIB_PATH to its libonnxruntime.so), CUDA 13 with cuBLAS and cuDNN 9, and a GPU; use --device cpu otherwise"
+        ))
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn with_cuda(_: ort::session::builder::SessionBuilder) -> Result<ort::session::builder::SessionBuilder, RuntimeError> {
+    Err(RuntimeError::Device(
+        "this build of lrp-graph has no CUDA support; rebuild with `cargo build --release --features cuda`, or use --device cpu".into(),
+    ))
+}
+
+/// Runs an arbitrary ONNX model (its bytes) on one input batch with ONNX Runtime's CPU provider
+/// and returns its outputs in order: the reference that converted graphs are checked against.
+pub fn run_onnx_bytes(bytes: &[u8], input: ArrayViewD<'_, f32>) -> Result<Vec<ArrayD<f32>>, RuntimeError> {
+    let env = environment()?;
+    let ort_err = |e: ort::Error| RuntimeError::Ort {
+        graph: "(original model)".into(),
+        message: e.to_string(),
+    };
+    let mut session = Session::builder(env).map_err(ort_err)?.commit_from_memory(bytes).map_err(ort_err)?;
+    let input_name = session
+        .inputs()
+        .first()
+        .map(|i| i.name().to_string())
+        .ok_or_else(|| RuntimeError::Input("the model has no inputs".into()))?;
+    let names: Vec<String> = session.outputs().iter().map(|o| o.name().to_string()).collect();
+    let input = input.as_standard_layout();
+    let tensor = TensorRef::from_array_view(&input).map_err(ort_err)?;
+    let results = session.run(vec![(input_name.as_str(), tensor)]).map_err(ort_err)?;
+    names
+        .iter()
+        .map(|n| {
+            results
+                .get(n)
+                .ok_or_else(|| ort_err(ort::Error::new(format!("output '{n}' is missing"))))?
+                .try_extract_array::<f32>()
+                .map(|a| a.to_owned())
+                .map_err(ort_err)
+        })
+        .collect()
+}
