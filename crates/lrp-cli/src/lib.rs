@@ -1,14 +1,105 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! The `lrp-graph` command line: argument parsing ([`args`]) and orchestration of the library
+//! crates, nothing more. [`main`] is the whole binary; [`run`] runs one command line and returns
+//! its outcome for embedding and tests.
+
+pub mod args;
+mod convert;
+mod inspect;
+mod predict;
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+pub use args::{Cli, Command};
+
+/// How a failed command exits: 2 for bad usage or bad input, 1 for a runtime failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The user's input or arguments are at fault (exit code 2).
+    BadInput,
+    /// Something failed at run time, e.g. ONNX Runtime could not be loaded (exit code 1).
+    Runtime,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+/// Classifies an error by the library error it wraps.
+pub fn failure_kind(err: &anyhow::Error) -> Failure {
+    for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<lrp_runtime::RuntimeError>() {
+            return match e {
+                lrp_runtime::RuntimeError::Input(_) | lrp_runtime::RuntimeError::Device(_) => Failure::BadInput,
+                _ => Failure::Runtime,
+            };
+        }
     }
+    Failure::BadInput
+}
+
+/// Parses `args` (the program name first) and runs the command.
+pub fn run<I, T>(args: I) -> anyhow::Result<()>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = Cli::try_parse_from(args)?;
+    execute(cli)
+}
+
+/// Runs a parsed command line.
+pub fn execute(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Convert(a) => convert::run(a),
+        Command::Inspect(a) => inspect::run(a),
+        Command::Predict(a) => predict::run(a),
+    }
+}
+
+/// The `lrp-graph` binary: runs the process's command line, prints one error line on failure
+/// and returns the exit code (0 success, 1 runtime failure, 2 bad usage or input).
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    match execute(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if is_broken_pipe(&e) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::from(match failure_kind(&e) {
+                Failure::BadInput => 2,
+                Failure::Runtime => 1,
+            })
+        }
+    }
+}
+
+/// The error and its causes on one line, without repeating a cause that a message already
+/// includes.
+pub fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if out.contains(&s) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&s);
+    }
+    out.replace('\n', " ")
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }

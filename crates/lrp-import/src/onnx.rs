@@ -407,6 +407,11 @@ impl<'a> Context<'a> {
                 self.emit(node, Op::Dense, vec![x], vec![("weight", w)])?;
             }
             "Add" => self.add(node)?,
+            "Identity" | "Dropout" if matches!(self.value(node.input.first().map(String::as_str).unwrap_or(""))?, Value::Const(_)) => {
+                // Exporters route shared constants through Identity: keep them constant.
+                let c = self.req_const(node, 0, "input")?;
+                self.bind(node, 0, Value::Const(c))?;
+            }
             "Relu" | "Sigmoid" | "Tanh" | "Identity" | "GlobalAveragePool" | "GlobalMaxPool" => {
                 let x = self.tensor(node, 0)?;
                 let op = match node.op_type() {

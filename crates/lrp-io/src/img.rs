@@ -11,6 +11,9 @@ use ndarray::{ArrayD, IxDyn};
 use crate::error::{IoError, Result, one_line};
 use crate::npy::read_error;
 
+/// Largest image (in pixels) that inputs are resized to.
+const MAX_PIXELS: u64 = 1 << 28;
+
 /// Loads one image file as ONE input sample of shape `input.shape` (no batch axis), in the
 /// input's layout: `[C, H, W]` for NCHW, `[H, W, C]` for NHWC.
 ///
@@ -28,14 +31,20 @@ pub fn load_image(path: &Path, input: &InputDef, preprocess: &Preprocess) -> Res
     let img = decode(path)?;
     let (rh, rw) = preprocess.resize.map_or((h, w), |[rh, rw]| (rh, rw));
     let (y0, x0) = ((rh - h) / 2, (rw - w) / 2);
-    let too_big = || IoError::NotImageInput {
-        path: path.to_path_buf(),
-        reason: format!("the target size {rh}x{rw} is too large"),
+    // Resampling allocates the whole target image: refuse absurd sizes rather than abort.
+    let (rh32, rw32) = match (u32::try_from(rh), u32::try_from(rw)) {
+        (Ok(a), Ok(b)) if (a as u64) * (b as u64) <= MAX_PIXELS => (a, b),
+        _ => {
+            return Err(IoError::NotImageInput {
+                path: path.to_path_buf(),
+                reason: format!("the target size {rh}x{rw} is too large"),
+            });
+        }
     };
-    let (rh32, rw32) = (u32::try_from(rh).map_err(|_| too_big())?, u32::try_from(rw).map_err(|_| too_big())?);
-
     // (p · scale − mean[c]) / std[c], c in the model's channel order.
-    let norm = |p: u8, ch: usize| (p as f32 * preprocess.scale - preprocess.mean_of(ch)) / preprocess.std_of(ch);
+    let norm = |p: u8, ch: usize| {
+        (p as f32 * preprocess.scale - preprocess.mean_of(ch)) / preprocess.std_of(ch)
+    };
     let data = if c == 1 {
         let g = fit(to_grey(&img), rw32, rh32);
         sample_values(h, w, 1, input.layout, |y, x, ch| {
@@ -60,10 +69,16 @@ pub(crate) fn check_image_input(
     input: &InputDef,
     preprocess: &Preprocess,
 ) -> Result<(usize, usize, usize)> {
-    let not_image = |reason: String| IoError::NotImageInput { path: path.to_path_buf(), reason };
+    let not_image = |reason: String| IoError::NotImageInput {
+        path: path.to_path_buf(),
+        reason,
+    };
     let (c, h, w) = image_dims(input).map_err(not_image)?;
     if h == 0 || w == 0 {
-        return Err(not_image(format!("input '{}' has an empty height or width", input.name)));
+        return Err(not_image(format!(
+            "input '{}' has an empty height or width",
+            input.name
+        )));
     }
     preprocess.check_for(input).map_err(not_image)?;
     Ok((c, h, w))
@@ -126,7 +141,10 @@ fn to_grey(img: &DynamicImage) -> GrayImage {
 
 /// Decodes an image file, the format found by content (then by extension).
 fn decode(path: &Path) -> Result<DynamicImage> {
-    let decode_err = |message: String| IoError::Decode { path: path.to_path_buf(), message };
+    let decode_err = |message: String| IoError::Decode {
+        path: path.to_path_buf(),
+        message,
+    };
     let reader = image::ImageReader::open(path)
         .map_err(|e| read_error(path, e))?
         .with_guessed_format()
@@ -147,7 +165,14 @@ fn decode(path: &Path) -> Result<DynamicImage> {
 /// Writes an 8-bit RGB image (`pixels`: `width · height · 3` bytes, row by row) as a PNG file,
 /// atomically: nothing is left at `path` on failure.
 pub fn write_png_rgb(path: &Path, width: u32, height: u32, pixels: &[u8]) -> Result<()> {
-    write_png(path, width, height, pixels, image::ExtendedColorType::Rgb8, 3)
+    write_png(
+        path,
+        width,
+        height,
+        pixels,
+        image::ExtendedColorType::Rgb8,
+        3,
+    )
 }
 
 /// Writes an 8-bit grey image (`pixels`: `width · height` bytes, row by row) as a PNG file,
@@ -165,7 +190,10 @@ fn write_png(
     channels: u64,
 ) -> Result<()> {
     use image::ImageEncoder;
-    let write_err = |reason: String| IoError::Write { path: path.to_path_buf(), reason };
+    let write_err = |reason: String| IoError::Write {
+        path: path.to_path_buf(),
+        reason,
+    };
     let expected = width as u64 * height as u64 * channels;
     if pixels.len() as u64 != expected {
         return Err(write_err(format!(
@@ -174,7 +202,9 @@ fn write_png(
         )));
     }
     if width == 0 || height == 0 {
-        return Err(write_err(format!("cannot encode an empty {width}x{height} image")));
+        return Err(write_err(format!(
+            "cannot encode an empty {width}x{height} image"
+        )));
     }
     let mut png = Vec::new();
     image::codecs::png::PngEncoder::new(&mut png)

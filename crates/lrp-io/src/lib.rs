@@ -9,6 +9,8 @@
 //! Every error ([`IoError`]) is one line that names the file and says what is wrong with it;
 //! nothing panics on a user's file.
 
+#![warn(missing_docs)]
+
 mod error;
 mod img;
 mod npy;
@@ -59,7 +61,9 @@ pub fn load_input(
             let sample = load_image(path, input, pre)?;
             Ok((sample.insert_axis(Axis(0)), vec![path.to_path_buf()]))
         }
-        _ => Err(IoError::UnsupportedInput { path: path.to_path_buf() }),
+        _ => Err(IoError::UnsupportedInput {
+            path: path.to_path_buf(),
+        }),
     }
 }
 
@@ -79,7 +83,9 @@ pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
         }
     }
     if files.is_empty() {
-        return Err(IoError::EmptyDir { path: dir.to_path_buf() });
+        return Err(IoError::EmptyDir {
+            path: dir.to_path_buf(),
+        });
     }
     files.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
     Ok(files)
@@ -87,14 +93,16 @@ pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// The lower-case extension of `path`, if any.
 fn extension(path: &Path) -> Option<String> {
-    path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase())
+    path.extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
 }
 
 /// Writes `array` as a standard `.npy` file (float32, little-endian, C order) atomically:
 /// nothing is left at `path` on failure.
 pub fn write_npy(path: &Path, array: &ArrayD<f32>) -> Result<()> {
     check_parent(path)?;
-    lrp_ir::fsutil::write_atomic_with(path, |w| write_npy_to(w, array)).map_err(|e| write_error(path, e))
+    lrp_ir::fsutil::write_atomic_with(path, |w| write_npy_to(w, array))
+        .map_err(|e| write_error(path, e))
 }
 
 /// Writes `bytes` to `path` atomically.
@@ -122,7 +130,17 @@ fn check_parent(path: &Path) -> Result<()> {
 fn write_error(path: &Path, e: std::io::Error) -> IoError {
     let reason = match e.raw_os_error() {
         Some(code) => std::io::Error::from_raw_os_error(code).to_string(),
-        None => error::one_line(e),
+        None => {
+            // tempfile appends ` at path "<dir>/.lrp-tmp-XXXX"`: the user never sees that file.
+            let m = error::one_line(e);
+            match m.find(" at path \"") {
+                Some(i) if m[i..].contains(".lrp-tmp-") => m[..i].to_string(),
+                _ => m,
+            }
+        }
     };
-    IoError::Write { path: path.to_path_buf(), reason }
+    IoError::Write {
+        path: path.to_path_buf(),
+        reason,
+    }
 }

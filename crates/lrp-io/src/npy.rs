@@ -46,14 +46,22 @@ pub fn read_npy_input(path: &Path, input: &InputDef) -> Result<ArrayD<f32>> {
             Ok(a)
         }
         Raw::F64(a) => {
-            if let Some(i) = a.iter().position(|v| !(v.abs() <= f32::MAX as f64)) {
+            if let Some(i) = a.iter().position(|&v| !(v as f32).is_finite()) {
                 let v = a.as_slice().expect("standard layout")[i];
                 let index = unravel(i, &shape);
                 let path = path.to_path_buf();
                 return Err(if v.is_finite() {
-                    IoError::OutOfRange { path, index, value: v }
+                    IoError::OutOfRange {
+                        path,
+                        index,
+                        value: v,
+                    }
                 } else {
-                    IoError::NonFinite { path, index, value: format!("{v}") }
+                    IoError::NonFinite {
+                        path,
+                        index,
+                        value: format!("{v}"),
+                    }
                 });
             }
             Ok(a.mapv(|v| v as f32))
@@ -124,9 +132,14 @@ impl Raw {
 /// Maps an I/O error on opening or reading `path` to the crate's error.
 pub(crate) fn read_error(path: &Path, e: std::io::Error) -> IoError {
     if e.kind() == std::io::ErrorKind::NotFound {
-        IoError::NotFound { path: path.to_path_buf() }
+        IoError::NotFound {
+            path: path.to_path_buf(),
+        }
     } else {
-        IoError::Read { path: path.to_path_buf(), source: e }
+        IoError::Read {
+            path: path.to_path_buf(),
+            source: e,
+        }
     }
 }
 
@@ -155,7 +168,10 @@ fn read_raw(path: &Path) -> Result<Raw> {
         });
     }
     let mut r = std::io::BufReader::new(file);
-    let not_npy = |reason: String| IoError::NotNpy { path: path.to_path_buf(), reason };
+    let not_npy = |reason: String| IoError::NotNpy {
+        path: path.to_path_buf(),
+        reason,
+    };
 
     // Magic, version and header length.
     let mut pre = Vec::with_capacity(12);
@@ -168,19 +184,28 @@ fn read_raw(path: &Path) -> Result<Raw> {
     }
     let magic_len = pre.len().min(MAGIC.len());
     if pre[..magic_len] != MAGIC[..magic_len] {
-        return Err(not_npy("it does not start with the .npy magic bytes \\x93NUMPY".into()));
+        return Err(not_npy(
+            "it does not start with the .npy magic bytes \\x93NUMPY".into(),
+        ));
     }
     if pre.len() < 8 {
-        return Err(not_npy("the file ends inside the header (truncated)".into()));
+        return Err(not_npy(
+            "the file ends inside the header (truncated)".into(),
+        ));
     }
     let (major, minor) = (pre[6], pre[7]);
     let len_bytes = match major {
         1 => 2,
         2 | 3 => 4,
-        _ => return Err(not_npy(format!("unsupported format version {major}.{minor}"))),
+        _ => {
+            return Err(not_npy(format!(
+                "unsupported format version {major}.{minor}"
+            )));
+        }
     };
     let mut len_buf = [0u8; 4];
-    r.read_exact(&mut len_buf[..len_bytes]).map_err(|e| truncated_header(path, e))?;
+    r.read_exact(&mut len_buf[..len_bytes])
+        .map_err(|e| truncated_header(path, e))?;
     let header_len = u32::from_le_bytes(len_buf) as u64;
     let mut text = Vec::new();
     (&mut r)
@@ -188,12 +213,17 @@ fn read_raw(path: &Path) -> Result<Raw> {
         .read_to_end(&mut text)
         .map_err(|e| read_error(path, e))?;
     if (text.len() as u64) < header_len {
-        return Err(not_npy("the file ends inside the header (truncated)".into()));
+        return Err(not_npy(
+            "the file ends inside the header (truncated)".into(),
+        ));
     }
     let text = String::from_utf8_lossy(&text);
     let header = parse_header(&text).map_err(|e| match e {
         HeaderError::Malformed(m) => not_npy(format!("malformed header: {m}")),
-        HeaderError::Dtype(dtype) => IoError::Dtype { path: path.to_path_buf(), dtype },
+        HeaderError::Dtype(dtype) => IoError::Dtype {
+            path: path.to_path_buf(),
+            dtype,
+        },
     })?;
 
     // Data.
@@ -241,7 +271,11 @@ fn read_raw(path: &Path) -> Result<Raw> {
             data.chunks_exact(4)
                 .map(|c| {
                     let b = [c[0], c[1], c[2], c[3]];
-                    if le { f32::from_le_bytes(b) } else { f32::from_be_bytes(b) }
+                    if le {
+                        f32::from_le_bytes(b)
+                    } else {
+                        f32::from_be_bytes(b)
+                    }
                 })
                 .collect(),
             &header.shape,
@@ -252,7 +286,11 @@ fn read_raw(path: &Path) -> Result<Raw> {
             data.chunks_exact(8)
                 .map(|c| {
                     let b: [u8; 8] = c.try_into().expect("chunk of 8");
-                    if le { f64::from_le_bytes(b) } else { f64::from_be_bytes(b) }
+                    if le {
+                        f64::from_le_bytes(b)
+                    } else {
+                        f64::from_be_bytes(b)
+                    }
                 })
                 .collect(),
             &header.shape,
@@ -305,7 +343,10 @@ enum Lit {
 /// Parses the header dictionary: `{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }`.
 fn parse_header(text: &str) -> std::result::Result<Header, HeaderError> {
     let bad = |m: &str| HeaderError::Malformed(m.to_string());
-    let mut p = LitParser { s: text.as_bytes(), i: 0 };
+    let mut p = LitParser {
+        s: text.as_bytes(),
+        i: 0,
+    };
     let lit = p.value().map_err(HeaderError::Malformed)?;
     p.ws();
     if p.i != p.s.len() {
@@ -356,7 +397,12 @@ fn parse_header(text: &str) -> std::result::Result<Header, HeaderError> {
         b'>' => false,
         _ => cfg!(target_endian = "little"),
     };
-    Ok(Header { elem, little_endian, fortran_order, shape })
+    Ok(Header {
+        elem,
+        little_endian,
+        fortran_order,
+        shape,
+    })
 }
 
 /// The numpy name of a dtype code (`i8` → `int64`), or the code itself in quotes.
@@ -482,7 +528,8 @@ impl LitParser<'_> {
             }
             Some(_) => {
                 let start = self.i;
-                while self.i < self.s.len() && (self.s[self.i].is_ascii_alphanumeric() || self.s[self.i] == b'_')
+                while self.i < self.s.len()
+                    && (self.s[self.i].is_ascii_alphanumeric() || self.s[self.i] == b'_')
                 {
                     self.i += 1;
                 }
@@ -509,13 +556,20 @@ pub fn write_npy_to(w: &mut dyn Write, array: &ArrayD<f32>) -> std::io::Result<(
         [d] => format!("({d},)"),
         dims => format!(
             "({})",
-            dims.iter().map(usize::to_string).collect::<Vec<_>>().join(", ")
+            dims.iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     };
     let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
     // Version 1 has a 2-byte header length; pad magic + version + length + header + '\n' to a
     // multiple of 64 bytes, as numpy does.
-    let (version, len_bytes) = if header.len() + 1 + 10 <= u16::MAX as usize { (1u8, 2) } else { (2u8, 4) };
+    let (version, len_bytes) = if header.len() + 1 + 10 <= u16::MAX as usize {
+        (1u8, 2)
+    } else {
+        (2u8, 4)
+    };
     let pre = MAGIC.len() + 2 + len_bytes;
     let total = (pre + header.len() + 1).div_ceil(64) * 64;
     header.extend(std::iter::repeat_n(' ', total - pre - header.len() - 1));
@@ -546,28 +600,52 @@ mod tests {
 
     #[test]
     fn header_parses_numpy_forms() {
-        let h = parse_header("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }   \n").unwrap();
+        let h = parse_header("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }   \n")
+            .unwrap();
         assert_eq!(
             h,
-            Header { elem: Elem::F32, little_endian: true, fortran_order: false, shape: vec![2, 3] }
+            Header {
+                elem: Elem::F32,
+                little_endian: true,
+                fortran_order: false,
+                shape: vec![2, 3]
+            }
         );
-        let h = parse_header("{\"shape\": (5,), \"fortran_order\": True, \"descr\": \">f8\"}").unwrap();
+        let h =
+            parse_header("{\"shape\": (5,), \"fortran_order\": True, \"descr\": \">f8\"}").unwrap();
         assert_eq!(h.shape, vec![5]);
         assert!(h.fortran_order && !h.little_endian && h.elem == Elem::F64);
-        assert_eq!(parse_header("{'descr': '<f4', 'fortran_order': False, 'shape': ()}").unwrap().shape, vec![]);
-        assert_eq!(parse_header("{'descr': '<f4', 'fortran_order': False, 'shape': (3L, 4L)}").unwrap().shape, vec![3, 4]);
+        assert_eq!(
+            parse_header("{'descr': '<f4', 'fortran_order': False, 'shape': ()}")
+                .unwrap()
+                .shape,
+            Vec::<usize>::new()
+        );
+        assert_eq!(
+            parse_header("{'descr': '<f4', 'fortran_order': False, 'shape': (3L, 4L)}")
+                .unwrap()
+                .shape,
+            vec![3, 4]
+        );
     }
 
     #[test]
     fn header_errors() {
-        let dt = |d: &str| parse_header(&format!("{{'descr': {d}, 'fortran_order': False, 'shape': (1,)}}"));
+        let dt = |d: &str| {
+            parse_header(&format!(
+                "{{'descr': {d}, 'fortran_order': False, 'shape': (1,)}}"
+            ))
+        };
         assert_eq!(dt("'<i8'"), Err(HeaderError::Dtype("int64".into())));
         assert_eq!(dt("'|u1'"), Err(HeaderError::Dtype("uint8".into())));
         assert_eq!(dt("'|b1'"), Err(HeaderError::Dtype("bool".into())));
         assert_eq!(dt("'<f2'"), Err(HeaderError::Dtype("float16".into())));
         assert_eq!(dt("'|O'"), Err(HeaderError::Dtype("object".into())));
         assert_eq!(dt("'<U5'"), Err(HeaderError::Dtype("str".into())));
-        assert_eq!(dt("[('a', '<f4')]"), Err(HeaderError::Dtype("structured (record)".into())));
+        assert_eq!(
+            dt("[('a', '<f4')]"),
+            Err(HeaderError::Dtype("structured (record)".into()))
+        );
         for bad in [
             "",
             "{",
@@ -579,7 +657,10 @@ mod tests {
             "((((((((((((((((((((((((((((((((((((((((((((((((((",
             "\u{e9}\u{e9}",
         ] {
-            assert!(matches!(parse_header(bad), Err(HeaderError::Malformed(_))), "{bad}");
+            assert!(
+                matches!(parse_header(bad), Err(HeaderError::Malformed(_))),
+                "{bad}"
+            );
         }
     }
 

@@ -170,14 +170,10 @@ impl Graph {
                 }
             }
         }
-        let order: Vec<NodeId> = petgraph::algo::toposort(&dag, None)
-            .map_err(|cycle| {
-                let n = &def.nodes[dag[cycle.node_id()]];
-                IrError::node(&n.name, n.op.kind(), "is part of a cycle")
-            })?
-            .into_iter()
-            .map(|ix| dag[ix])
-            .collect();
+        let order = stable_toposort(&dag, &index).map_err(|i| {
+            let n = &def.nodes[i];
+            IrError::node(&n.name, n.op.kind(), "is part of a cycle")
+        })?;
         if def.input.shape.is_empty() || def.input.shape.contains(&0) {
             return Err(IrError::graph(format!(
                 "input '{}' has an empty or zero-sized shape {:?}",
@@ -364,6 +360,34 @@ impl Graph {
     }
 }
 
+/// Topological order that keeps file order wherever the edges allow (Kahn's algorithm, always
+/// taking the lowest-numbered ready node). On a cycle, returns a node on or behind it.
+fn stable_toposort(dag: &StableDiGraph<NodeId, usize>, index: &[NodeIndex]) -> Result<Vec<NodeId>, NodeId> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    let mut indegree: Vec<usize> = index
+        .iter()
+        .map(|&ix| dag.edges_directed(ix, petgraph::Direction::Incoming).count())
+        .collect();
+    let mut ready: BinaryHeap<Reverse<NodeId>> = (0..index.len()).filter(|&i| indegree[i] == 0).map(Reverse).collect();
+    let mut order = Vec::with_capacity(index.len());
+    while let Some(Reverse(i)) = ready.pop() {
+        order.push(i);
+        for e in dag.edges_directed(index[i], petgraph::Direction::Outgoing) {
+            let j = dag[petgraph::visit::EdgeRef::target(&e)];
+            indegree[j] -= 1;
+            if indegree[j] == 0 {
+                ready.push(Reverse(j));
+            }
+        }
+    }
+    if order.len() == index.len() {
+        Ok(order)
+    } else {
+        Err((0..index.len()).find(|&i| indegree[i] > 0).expect("some node was not reached"))
+    }
+}
+
 fn list_or_none(names: &[&str]) -> String {
     if names.is_empty() {
         "none".into()
@@ -401,4 +425,11 @@ pub fn to_ron(def: &GraphDef) -> String {
     let mut s = ron::ser::to_string_pretty(def, config).expect("a GraphDef always serialises");
     s.push('\n');
     s
+}
+
+impl Graph {
+    /// Renames the graph.
+    pub fn set_name(&mut self, name: String) {
+        self.def.name = name;
+    }
 }

@@ -554,3 +554,77 @@ mod tests {
         assert!(Op::Reshape { shape: vec![10] }.infer_shape(&[&[3, 3]], &none).is_err());
     }
 }
+
+/// A compact one-line form: the op's tag and its non-default attributes, e.g.
+/// `Conv 3x3 /2 pad 1,1,1,1 groups 4`.
+impl std::fmt::Display for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let window = |f: &mut std::fmt::Formatter<'_>, k: &[usize; 2], s: &[usize; 2], p: &[usize; 4], d: &[usize; 2]| {
+            write!(f, " {}x{}", k[0], k[1])?;
+            if *s != [1, 1] {
+                write!(f, " stride {}x{}", s[0], s[1])?;
+            }
+            if *p != [0; 4] {
+                write!(f, " pad {},{},{},{}", p[0], p[1], p[2], p[3])?;
+            }
+            if *d != [1, 1] {
+                write!(f, " dilation {}x{}", d[0], d[1])?;
+            }
+            Ok(())
+        };
+        write!(f, "{}", self.kind())?;
+        match self {
+            Op::Conv {
+                kernel,
+                strides,
+                pads,
+                dilations,
+                groups,
+            } => {
+                window(f, kernel, strides, pads, dilations)?;
+                if *groups != 1 {
+                    write!(f, " groups {groups}")?;
+                }
+                Ok(())
+            }
+            Op::MaxPool {
+                kernel,
+                strides,
+                pads,
+                dilations,
+                ceil_mode,
+            } => {
+                window(f, kernel, strides, pads, dilations)?;
+                if *ceil_mode {
+                    write!(f, " ceil")?;
+                }
+                Ok(())
+            }
+            Op::AvgPool {
+                kernel,
+                strides,
+                pads,
+                count_include_pad,
+                ceil_mode,
+            } => {
+                window(f, kernel, strides, pads, &[1, 1])?;
+                if *count_include_pad {
+                    write!(f, " count_include_pad")?;
+                }
+                if *ceil_mode {
+                    write!(f, " ceil")?;
+                }
+                Ok(())
+            }
+            Op::LeakyRelu { alpha } => write!(f, " alpha {alpha}"),
+            Op::Clip { min, max } => write!(f, " [{min}, {max}]"),
+            Op::Reshape { shape } => write!(f, " {shape:?}"),
+            Op::Transpose { perm } => write!(f, " {perm:?}"),
+            Op::Squeeze { axes } | Op::Unsqueeze { axes } => write!(f, " axes {axes:?}"),
+            Op::BatchNorm { epsilon } => write!(f, " eps {epsilon}"),
+            Op::Concat { axis } | Op::Softmax { axis } => write!(f, " axis {axis}"),
+            Op::Pad { pads } => write!(f, " {pads:?}"),
+            _ => Ok(()),
+        }
+    }
+}

@@ -11,10 +11,12 @@ use lrp_onnx::{attr_type, dtype};
 pub const EXPORT_OPSET: i64 = 17;
 
 /// Which node outputs the exported model exposes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExportOutputs {
     /// Only the graph's output.
     Final,
+    /// The graph's output and these nodes' outputs.
+    Selected(Vec<lrp_ir::NodeId>),
     /// Every node's output (the graph's output first).
     All,
 }
@@ -26,7 +28,7 @@ fn init_name(key: &str) -> String {
 }
 
 /// Exports `graph` as an ONNX model whose tensors are named after the IR nodes.
-pub fn to_onnx(graph: &Graph, outputs: ExportOutputs) -> ModelProto {
+pub fn to_onnx(graph: &Graph, outputs: &ExportOutputs) -> ModelProto {
     let mut nodes = Vec::with_capacity(graph.nodes().len());
     let mut inits: Vec<TensorProto> = graph
         .weights()
@@ -155,8 +157,16 @@ pub fn to_onnx(graph: &Graph, outputs: ExportOutputs) -> ModelProto {
     }
     let out_id = graph.output_id();
     let mut out_ids = vec![out_id];
-    if outputs == ExportOutputs::All {
-        out_ids.extend(graph.topo_order().iter().copied().filter(|&i| i != out_id));
+    match outputs {
+        ExportOutputs::Final => {}
+        ExportOutputs::Selected(ids) => {
+            for &i in ids {
+                if !out_ids.contains(&i) {
+                    out_ids.push(i);
+                }
+            }
+        }
+        ExportOutputs::All => out_ids.extend(graph.topo_order().iter().copied().filter(|&i| i != out_id)),
     }
     let output = out_ids
         .iter()

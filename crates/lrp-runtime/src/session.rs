@@ -147,7 +147,7 @@ impl Forward {
     /// `threads` intra-op threads (None: ONNX Runtime's default, all cores).
     pub fn new(graph: &Graph, device: Device, outputs: ExportOutputs, threads: Option<usize>) -> Result<Self, RuntimeError> {
         let env = environment()?;
-        let model = to_onnx(graph, outputs);
+        let model = to_onnx(graph, &outputs);
         let bytes = lrp_onnx::encode_model(&model);
         let name = graph.def().name.clone();
         let ort_err = |e: ort::Error| RuntimeError::Ort {

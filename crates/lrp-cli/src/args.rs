@@ -1,0 +1,100 @@
+//! Command-line arguments (clap), per the CLI contract in DESIGN.md.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Layer-wise Relevance Propagation (SGLRP, LRP, CLRP) for image classifiers.
+#[derive(Debug, Parser)]
+#[command(name = "lrp-graph", version, about, long_about = None)]
+pub struct Cli {
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Convert an ONNX model into a graph (RON + safetensors sidecar).
+    Convert(ConvertArgs),
+    /// Describe a graph: input, output and every node with its shape.
+    Inspect(InspectArgs),
+    /// Run a graph on inputs and print the top classes.
+    Predict(PredictArgs),
+}
+
+/// `convert` arguments.
+#[derive(Debug, Args)]
+pub struct ConvertArgs {
+    /// The model file (.onnx).
+    pub model: PathBuf,
+    /// Output graph (.ron; the weights go beside it as .safetensors). Default: the model's path
+    /// with the extension .ron.
+    #[arg(short, long, value_name = "OUT.ron")]
+    pub output: Option<PathBuf>,
+    /// Image preprocessing to record in the graph: caffe, torch, tf, none, or
+    /// scale=S,mean=M,std=D,order=RGB|BGR,resize=HxW (per-channel values separated by '/').
+    #[arg(long, value_name = "P")]
+    pub preprocess: Option<String>,
+    /// Class labels to record in the graph: a text file with one label per line.
+    #[arg(long, value_name = "FILE")]
+    pub labels: Option<PathBuf>,
+    /// Name of the graph (default: the model file's stem).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Skip the check that the converted graph reproduces the original model's outputs on
+    /// ONNX Runtime.
+    #[arg(long)]
+    pub no_check: bool,
+}
+
+/// `inspect` arguments.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// The graph (.ron).
+    pub graph: PathBuf,
+}
+
+/// Where the forward pass runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DeviceArg {
+    /// ONNX Runtime on the CPU.
+    Cpu,
+    /// ONNX Runtime's CUDA provider (builds with the `cuda` feature).
+    Cuda,
+}
+
+impl From<DeviceArg> for lrp_runtime::Device {
+    fn from(d: DeviceArg) -> Self {
+        match d {
+            DeviceArg::Cpu => lrp_runtime::Device::Cpu,
+            DeviceArg::Cuda => lrp_runtime::Device::Cuda,
+        }
+    }
+}
+
+/// `predict` arguments.
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    /// The graph (.ron).
+    pub graph: PathBuf,
+    /// A .npy batch in the model's layout, an image file, or a folder of images.
+    #[arg(short, long, value_name = "INPUT")]
+    pub input: PathBuf,
+    /// How many classes to print per input.
+    #[arg(long, default_value_t = 5, value_name = "K")]
+    pub top: usize,
+    /// Write the pre-softmax logits (f32, N × classes) to this .npy file.
+    #[arg(long, value_name = "OUT.npy")]
+    pub logits: Option<PathBuf>,
+    /// Override the image preprocessing recorded in the graph (same syntax as `convert`).
+    #[arg(long, value_name = "P")]
+    pub preprocess: Option<String>,
+    /// Where the forward pass runs.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    pub device: DeviceArg,
+    /// ONNX Runtime intra-op threads (default: all cores).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+}
