@@ -56,9 +56,15 @@ pub fn run(a: ConvertArgs) -> Result<()> {
     if let Some(name) = &a.name {
         graph.set_name(name.clone());
     }
-    let out = a.output.clone().unwrap_or_else(|| a.model.with_extension("ron"));
+    let out = a
+        .output
+        .clone()
+        .unwrap_or_else(|| a.model.with_extension("ron"));
     if out.extension().is_none_or(|e| e != "ron") {
-        bail!("{}: the output graph must have the extension .ron", out.display());
+        bail!(
+            "{}: the output graph must have the extension .ron",
+            out.display()
+        );
     }
     if !a.no_check {
         match check(&model, &graph) {
@@ -72,7 +78,9 @@ pub fn run(a: ConvertArgs) -> Result<()> {
                         ),
                     }));
                 }
-                eprintln!("check: outputs match ONNX Runtime on the original model (max |Δ| = {diff:.2e}, max |y| = {scale:.2e})");
+                eprintln!(
+                    "check: outputs match ONNX Runtime on the original model (max |Δ| = {diff:.2e}, max |y| = {scale:.2e})"
+                );
             }
             Err(e @ RuntimeError::Library(_)) => {
                 eprintln!("warning: check skipped: {e}");
@@ -123,7 +131,10 @@ fn check(model: &ModelProto, graph: &Graph) -> Result<(f32, f32), RuntimeError> 
             ),
         });
     }
-    let diff = y.iter().zip(r.iter()).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    let diff = y
+        .iter()
+        .zip(r.iter())
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     let scale = r.iter().fold(0f32, |m, v| m.max(v.abs()));
     Ok((diff, scale))
 }
@@ -131,7 +142,12 @@ fn check(model: &ModelProto, graph: &Graph) -> Result<(f32, f32), RuntimeError> 
 /// The fixed size of the batch axis of input `name`, if the model declares one.
 fn fixed_batch(model: &ModelProto, name: &str) -> Option<usize> {
     use lrp_onnx::proto::{tensor_shape_proto::dimension::Value as D, type_proto::Value as T};
-    let input = model.graph.as_ref()?.input.iter().find(|i| i.name() == name)?;
+    let input = model
+        .graph
+        .as_ref()?
+        .input
+        .iter()
+        .find(|i| i.name() == name)?;
     let Some(T::TensorType(t)) = input.r#type.as_ref()?.value.as_ref() else {
         return None;
     };
@@ -144,7 +160,8 @@ fn fixed_batch(model: &ModelProto, name: &str) -> Option<usize> {
 /// Reads a labels file: one label per line, surrounding whitespace trimmed, trailing empty
 /// lines dropped.
 pub fn read_labels(path: &PathBuf) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("--labels {}: cannot read", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--labels {}: cannot read", path.display()))?;
     let mut labels: Vec<String> = text.lines().map(|l| l.trim().to_string()).collect();
     while labels.last().is_some_and(|l| l.is_empty()) {
         labels.pop();

@@ -27,7 +27,12 @@ pub fn describe(g: &Graph) -> String {
     let input = g.input();
     let mut out = String::new();
     out.push_str(&format!("graph {} (format {})\n", d.name, d.format));
-    out.push_str(&format!("input {} {} {:?}\n", input.name, dims(&input.shape), input.layout));
+    out.push_str(&format!(
+        "input {} {} {:?}\n",
+        input.name,
+        dims(&input.shape),
+        input.layout
+    ));
     match &input.preprocess {
         Some(p) => out.push_str(&format!(
             "preprocess {:?} scale {} mean {:?} std {:?}{}\n",
@@ -35,7 +40,9 @@ pub fn describe(g: &Graph) -> String {
             p.scale,
             p.mean,
             p.std,
-            p.resize.map(|[h, w]| format!(" resize {h}x{w}")).unwrap_or_default()
+            p.resize
+                .map(|[h, w]| format!(" resize {h}x{w}"))
+                .unwrap_or_default()
         )),
         None => out.push_str("preprocess none recorded\n"),
     }
@@ -44,7 +51,9 @@ pub fn describe(g: &Graph) -> String {
         "output {} {}{}\n",
         d.output,
         dims(g.shape(out_id)),
-        g.labels().map(|l| format!(" ({} labels)", l.len())).unwrap_or_default()
+        g.labels()
+            .map(|l| format!(" ({} labels)", l.len()))
+            .unwrap_or_default()
     ));
     let params: usize = g.weights().iter().map(|(_, t)| t.len()).sum();
     out.push_str(&format!(
@@ -57,12 +66,23 @@ pub fn describe(g: &Graph) -> String {
         .iter()
         .map(|&i| {
             let n = &g.nodes()[i];
-            [n.name.clone(), n.op.to_string(), n.inputs.join(", "), dims(g.shape(i))]
+            [
+                n.name.clone(),
+                n.op.to_string(),
+                n.inputs.join(", "),
+                dims(g.shape(i)),
+            ]
         })
         .collect();
     let header = ["node", "op", "inputs", "output"];
     let width: Vec<usize> = (0..4)
-        .map(|c| rows.iter().map(|r| r[c].chars().count()).chain([header[c].len()]).max().unwrap_or(0))
+        .map(|c| {
+            rows.iter()
+                .map(|r| r[c].chars().count())
+                .chain([header[c].len()])
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let line = |cells: [&str; 4]| {
         let mut s = String::new();

@@ -28,7 +28,9 @@ pub fn failure_kind(err: &anyhow::Error) -> Failure {
     for cause in err.chain() {
         if let Some(e) = cause.downcast_ref::<lrp_runtime::RuntimeError>() {
             return match e {
-                lrp_runtime::RuntimeError::Input(_) | lrp_runtime::RuntimeError::Device(_) => Failure::BadInput,
+                lrp_runtime::RuntimeError::Input(_) | lrp_runtime::RuntimeError::Device(_) => {
+                    Failure::BadInput
+                }
                 _ => Failure::Runtime,
             };
         }

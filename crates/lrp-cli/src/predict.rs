@@ -15,14 +15,20 @@ pub fn run(a: PredictArgs) -> Result<()> {
         .map(|p| p.parse().map_err(|e| anyhow!("--preprocess: {e}")))
         .transpose()?;
     if let Some(p) = &pre {
-        p.check_for(graph.input()).map_err(|e| anyhow!("--preprocess: {e}"))?;
+        p.check_for(graph.input())
+            .map_err(|e| anyhow!("--preprocess: {e}"))?;
     }
     if a.top == 0 {
         return Err(anyhow!("--top must be at least 1"));
     }
     let (batch, sources) = lrp_io::load_input(&a.input, graph.input(), pre.as_ref())?;
     let logits_id = logits_node(&graph)?;
-    let mut fwd = Forward::new(&graph, a.device.into(), ExportOutputs::Selected(vec![logits_id]), a.threads)?;
+    let mut fwd = Forward::new(
+        &graph,
+        a.device.into(),
+        ExportOutputs::Selected(vec![logits_id]),
+        a.threads,
+    )?;
     let acts = fwd.run(batch.view())?;
     let logits = as_matrix(acts.get(logits_id).expect("exported"));
     let labels = graph.labels();
@@ -59,9 +65,12 @@ pub fn logits_node(graph: &Graph) -> Result<NodeId> {
     let out = graph.output_id();
     let node = &graph.nodes()[out];
     if matches!(node.op, Op::Softmax { .. }) {
-        return graph
-            .node_id(&node.inputs[0])
-            .ok_or_else(|| anyhow!("the graph's Softmax '{}' reads the graph input directly", node.name));
+        return graph.node_id(&node.inputs[0]).ok_or_else(|| {
+            anyhow!(
+                "the graph's Softmax '{}' reads the graph input directly",
+                node.name
+            )
+        });
     }
     Ok(out)
 }

@@ -69,7 +69,11 @@ pub fn import_onnx(path: &Path) -> Result<Imported, ImportError> {
 }
 
 /// Converts a decoded ONNX model; `path` is used in error messages, `name` names the graph.
-pub fn import_onnx_model(model: &ModelProto, path: &Path, name: &str) -> Result<Imported, ImportError> {
+pub fn import_onnx_model(
+    model: &ModelProto,
+    path: &Path,
+    name: &str,
+) -> Result<Imported, ImportError> {
     let graph = model.graph.as_ref().ok_or_else(|| ImportError::Model {
         path: path.to_owned(),
         node: None,
@@ -81,7 +85,13 @@ pub fn import_onnx_model(model: &ModelProto, path: &Path, name: &str) -> Result<
         .iter()
         .find(|o| matches!(o.domain.as_deref(), None | Some("") | Some("ai.onnx")))
         .and_then(|o| o.version)
-        .ok_or_else(|| err(path, None, "the model imports no opset of the default ONNX domain"))?;
+        .ok_or_else(|| {
+            err(
+                path,
+                None,
+                "the model imports no opset of the default ONNX domain",
+            )
+        })?;
     if !OPSETS.contains(&opset) {
         return Err(err(
             path,
@@ -166,8 +176,10 @@ impl Const {
     fn floats(&self) -> Result<ArrayD<f32>, String> {
         match self {
             Const::F32(a) => Ok(a.clone()),
-            Const::I64(s, v) => ArrayD::from_shape_vec(IxDyn(s), v.iter().map(|&x| x as f32).collect())
-                .map_err(|e| e.to_string()),
+            Const::I64(s, v) => {
+                ArrayD::from_shape_vec(IxDyn(s), v.iter().map(|&x| x as f32).collect())
+                    .map_err(|e| e.to_string())
+            }
         }
     }
 }
@@ -201,14 +213,18 @@ impl<'a> Context<'a> {
     fn new(path: &'a Path, opset: i64, graph: &proto::GraphProto) -> Result<Self, ImportError> {
         let mut values = HashMap::new();
         for t in &graph.initializer {
-            let c = tensor_const(t).map_err(|m| err(path, None, format!("initializer '{}': {m}", t.name())))?;
+            let c = tensor_const(t)
+                .map_err(|m| err(path, None, format!("initializer '{}': {m}", t.name())))?;
             values.insert(t.name().to_string(), Value::Const(c));
         }
         if !graph.sparse_initializer.is_empty() {
             return Err(err(path, None, "sparse initializers are not supported"));
         }
-        let inputs: Vec<&proto::ValueInfoProto> =
-            graph.input.iter().filter(|i| !values.contains_key(i.name())).collect();
+        let inputs: Vec<&proto::ValueInfoProto> = graph
+            .input
+            .iter()
+            .filter(|i| !values.contains_key(i.name()))
+            .collect();
         let input = match inputs.as_slice() {
             [one] => *one,
             [] => return Err(err(path, None, "the graph has no (non-initializer) input")),
@@ -225,14 +241,16 @@ impl<'a> Context<'a> {
                 ));
             }
         };
-        let input_shape = input_dims(input).map_err(|m| err(path, None, format!("input '{}': {m}", input.name())))?;
+        let input_shape = input_dims(input)
+            .map_err(|m| err(path, None, format!("input '{}': {m}", input.name())))?;
         let mut uses: HashMap<String, usize> = HashMap::new();
         for n in &graph.node {
             for i in n.input.iter().filter(|s| !s.is_empty()) {
                 *uses.entry(i.clone()).or_default() += 1;
             }
         }
-        let graph_outputs: HashSet<String> = graph.output.iter().map(|o| o.name().to_string()).collect();
+        let graph_outputs: HashSet<String> =
+            graph.output.iter().map(|o| o.name().to_string()).collect();
         let input_name = input.name().to_string();
         values.insert(input_name.clone(), Value::Tensor(input_name.clone()));
         let mut shapes = HashMap::new();
@@ -256,14 +274,18 @@ impl<'a> Context<'a> {
     }
 
     fn value(&self, name: &str) -> Result<&Value, String> {
-        self.values
-            .get(name)
-            .ok_or_else(|| format!("input '{name}' is produced by no earlier node, initializer or graph input"))
+        self.values.get(name).ok_or_else(|| {
+            format!("input '{name}' is produced by no earlier node, initializer or graph input")
+        })
     }
 
     /// The IR tensor behind ONNX input `k` of `node`, which must be an activation.
     fn tensor(&self, node: &NodeProto, k: usize) -> Result<String, String> {
-        let name = node.input.get(k).filter(|s| !s.is_empty()).ok_or_else(|| format!("input {k} is missing"))?;
+        let name = node
+            .input
+            .get(k)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| format!("input {k} is missing"))?;
         match self.value(name)? {
             Value::Tensor(t) => Ok(t.clone()),
             Value::Const(_) => Err(format!(
@@ -335,7 +357,9 @@ impl<'a> Context<'a> {
         self.bind(node, 0, Value::Tensor(name.clone()))?;
         for (k, o) in node.output.iter().enumerate().skip(1) {
             if !o.is_empty() && (self.uses.contains_key(o) || self.graph_outputs.contains(o)) {
-                return Err(format!("output {k} ('{o}') is used, but only the first output is supported"));
+                return Err(format!(
+                    "output {k} ('{o}') is used, but only the first output is supported"
+                ));
             }
         }
         Ok(name)
@@ -353,7 +377,11 @@ impl<'a> Context<'a> {
     }
 
     fn bind(&mut self, node: &NodeProto, k: usize, v: Value) -> Result<(), String> {
-        let out = node.output.get(k).filter(|s| !s.is_empty()).ok_or_else(|| format!("output {k} is missing"))?;
+        let out = node
+            .output
+            .get(k)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| format!("output {k} is missing"))?;
         self.values.insert(out.clone(), v);
         Ok(())
     }
@@ -403,11 +431,21 @@ impl<'a> Context<'a> {
                         b.shape()
                     ));
                 }
-                let w = b.into_dimensionality::<ndarray::Ix2>().expect("2-D").t().to_owned().into_dyn();
+                let w = b
+                    .into_dimensionality::<ndarray::Ix2>()
+                    .expect("2-D")
+                    .t()
+                    .to_owned()
+                    .into_dyn();
                 self.emit(node, Op::Dense, vec![x], vec![("weight", w)])?;
             }
             "Add" => self.add(node)?,
-            "Identity" | "Dropout" if matches!(self.value(node.input.first().map(String::as_str).unwrap_or(""))?, Value::Const(_)) => {
+            "Identity" | "Dropout"
+                if matches!(
+                    self.value(node.input.first().map(String::as_str).unwrap_or(""))?,
+                    Value::Const(_)
+                ) =>
+            {
                 // Exporters route shared constants through Identity: keep them constant.
                 let c = self.req_const(node, 0, "input")?;
                 self.bind(node, 0, Value::Const(c))?;
@@ -428,7 +466,10 @@ impl<'a> Context<'a> {
             "Dropout" => {
                 let x = self.tensor(node, 0)?;
                 if let Some(t) = self.opt_const(node, 2)? {
-                    let on = t.ints().map(|v| v.first().copied().unwrap_or(0) != 0).unwrap_or(true);
+                    let on = t
+                        .ints()
+                        .map(|v| v.first().copied().unwrap_or(0) != 0)
+                        .unwrap_or(true);
                     if on {
                         return Err("training_mode = true is not supported".into());
                     }
@@ -483,7 +524,10 @@ impl<'a> Context<'a> {
                 let x = self.tensor(node, 0)?;
                 let rank = self.rank(&x);
                 let perm = match a.ints("perm")? {
-                    Some(p) => p.iter().map(|&v| self.axis(v, rank)).collect::<Result<Vec<_>, _>>()?,
+                    Some(p) => p
+                        .iter()
+                        .map(|&v| self.axis(v, rank))
+                        .collect::<Result<Vec<_>, _>>()?,
                     None => (0..rank).rev().collect(),
                 };
                 self.warn_unread(node, &["perm"]);
@@ -500,23 +544,37 @@ impl<'a> Context<'a> {
                 let shape = self.shape(&x).to_vec();
                 let axes: Vec<usize> = match raw {
                     Some(v) => {
-                        let rank = if squeeze { shape.len() + 1 } else { shape.len() + 1 + v.len() };
-                        v.iter().map(|&ax| self.axis(ax, rank)).collect::<Result<_, _>>()?
+                        let rank = if squeeze {
+                            shape.len() + 1
+                        } else {
+                            shape.len() + 1 + v.len()
+                        };
+                        v.iter()
+                            .map(|&ax| self.axis(ax, rank))
+                            .collect::<Result<_, _>>()?
                     }
                     None if squeeze => (1..=shape.len()).filter(|&i| shape[i - 1] == 1).collect(),
                     None => return Err("axes are required".into()),
                 };
                 if axes.contains(&0) {
-                    return Err("squeezing or unsqueezing the batch axis (0) is not supported".into());
+                    return Err(
+                        "squeezing or unsqueezing the batch axis (0) is not supported".into(),
+                    );
                 }
                 self.warn_unread(node, &["axes"]);
-                let op = if squeeze { Op::Squeeze { axes } } else { Op::Unsqueeze { axes } };
+                let op = if squeeze {
+                    Op::Squeeze { axes }
+                } else {
+                    Op::Unsqueeze { axes }
+                };
                 self.emit(node, op, vec![x], vec![])?;
             }
             "BatchNormalization" => {
                 let x = self.tensor(node, 0)?;
                 if a.int("training_mode")?.unwrap_or(0) != 0 {
-                    return Err("training_mode = 1 is not supported; export the model in eval mode".into());
+                    return Err(
+                        "training_mode = 1 is not supported; export the model in eval mode".into(),
+                    );
                 }
                 let epsilon = a.float("epsilon")?.unwrap_or(1e-5);
                 let scale = self.req_const(node, 1, "scale")?.floats()?;
@@ -528,14 +586,22 @@ impl<'a> Context<'a> {
                     node,
                     Op::BatchNorm { epsilon },
                     vec![x],
-                    vec![("scale", scale), ("bias", bias), ("mean", mean), ("var", var)],
+                    vec![
+                        ("scale", scale),
+                        ("bias", bias),
+                        ("mean", mean),
+                        ("var", var),
+                    ],
                 )?;
             }
             "Concat" => {
                 let inputs = (0..node.input.len())
                     .map(|k| self.tensor(node, k))
                     .collect::<Result<Vec<_>, _>>()?;
-                let axis = self.axis(a.int("axis")?.ok_or("attribute 'axis' is required")?, self.rank(&inputs[0]))?;
+                let axis = self.axis(
+                    a.int("axis")?.ok_or("attribute 'axis' is required")?,
+                    self.rank(&inputs[0]),
+                )?;
                 if axis == 0 {
                     return Err("concatenation along the batch axis is not supported".into());
                 }
@@ -580,7 +646,11 @@ impl<'a> Context<'a> {
                 w.shape()
             ));
         }
-        let kernel = pair(a.ints("kernel_shape")?, [w.shape()[2], w.shape()[3]], "kernel_shape")?;
+        let kernel = pair(
+            a.ints("kernel_shape")?,
+            [w.shape()[2], w.shape()[3]],
+            "kernel_shape",
+        )?;
         let strides = pair(a.ints("strides")?, [1, 1], "strides")?;
         let dilations = pair(a.ints("dilations")?, [1, 1], "dilations")?;
         let groups = a.int("group")?.unwrap_or(1);
@@ -593,7 +663,17 @@ impl<'a> Context<'a> {
         if let Some(b) = self.opt_const(node, 2)? {
             params.push(("bias", b.floats()?));
         }
-        self.warn_unread(node, &["kernel_shape", "strides", "dilations", "group", "pads", "auto_pad"]);
+        self.warn_unread(
+            node,
+            &[
+                "kernel_shape",
+                "strides",
+                "dilations",
+                "group",
+                "pads",
+                "auto_pad",
+            ],
+        );
         let op = Op::Conv {
             kernel,
             strides,
@@ -641,7 +721,9 @@ impl<'a> Context<'a> {
                 }
                 Ok(out)
             }
-            other => Err(format!("auto_pad '{other}' is not one of NOTSET, SAME_UPPER, SAME_LOWER, VALID")),
+            other => Err(format!(
+                "auto_pad '{other}' is not one of NOTSET, SAME_UPPER, SAME_LOWER, VALID"
+            )),
         }
     }
 
@@ -658,12 +740,22 @@ impl<'a> Context<'a> {
         let pads = self.pads(a, in_hw, kernel, strides, dilations)?;
         let op = if node.op_type() == "MaxPool" {
             if a.int("storage_order")?.unwrap_or(0) != 0 {
-                self.warnings
-                    .push(format!("node '{}': storage_order only affects the unused indices output", node_label(node)));
+                self.warnings.push(format!(
+                    "node '{}': storage_order only affects the unused indices output",
+                    node_label(node)
+                ));
             }
             self.warn_unread(
                 node,
-                &["kernel_shape", "strides", "dilations", "ceil_mode", "pads", "auto_pad", "storage_order"],
+                &[
+                    "kernel_shape",
+                    "strides",
+                    "dilations",
+                    "ceil_mode",
+                    "pads",
+                    "auto_pad",
+                    "storage_order",
+                ],
             );
             Op::MaxPool {
                 kernel,
@@ -674,11 +766,21 @@ impl<'a> Context<'a> {
             }
         } else {
             if dilations != [1, 1] {
-                return Err(format!("dilations {dilations:?} are not supported for AveragePool"));
+                return Err(format!(
+                    "dilations {dilations:?} are not supported for AveragePool"
+                ));
             }
             self.warn_unread(
                 node,
-                &["kernel_shape", "strides", "dilations", "ceil_mode", "pads", "auto_pad", "count_include_pad"],
+                &[
+                    "kernel_shape",
+                    "strides",
+                    "dilations",
+                    "ceil_mode",
+                    "pads",
+                    "auto_pad",
+                    "count_include_pad",
+                ],
             );
             Op::AvgPool {
                 kernel,
@@ -695,7 +797,9 @@ impl<'a> Context<'a> {
     fn gemm(&mut self, node: &NodeProto, a: &Attrs) -> Result<(), String> {
         let x = self.tensor(node, 0)?;
         if a.int("transA")?.unwrap_or(0) != 0 {
-            return Err("transA = 1 is not supported (the batch must be the first axis of A)".into());
+            return Err(
+                "transA = 1 is not supported (the batch must be the first axis of A)".into(),
+            );
         }
         let trans_b = a.int("transB")?.unwrap_or(0) != 0;
         let alpha = a.float("alpha")?.unwrap_or(1.0);
@@ -712,7 +816,10 @@ impl<'a> Context<'a> {
         if let Some(c) = self.opt_const(node, 2)? {
             let c = c.floats()?;
             let bias = broadcast_bias(&c, out).ok_or_else(|| {
-                format!("C has shape {:?}; only a bias broadcastable to [{out}] is supported", c.shape())
+                format!(
+                    "C has shape {:?}; only a bias broadcastable to [{out}] is supported",
+                    c.shape()
+                )
             })?;
             params.push(("bias", bias * beta));
         }
@@ -725,7 +832,10 @@ impl<'a> Context<'a> {
         if node.input.len() != 2 {
             return Err(format!("takes 2 inputs, got {}", node.input.len()));
         }
-        let (v0, v1) = (self.value(&node.input[0])?.clone(), self.value(&node.input[1])?.clone());
+        let (v0, v1) = (
+            self.value(&node.input[0])?.clone(),
+            self.value(&node.input[1])?.clone(),
+        );
         match (v0, v1) {
             (Value::Tensor(p), Value::Tensor(q)) => {
                 self.emit(node, Op::Add, vec![p, q], vec![])?;
@@ -753,7 +863,12 @@ impl<'a> Context<'a> {
                 let out = self.shape(&t)[0];
                 let c = c.floats()?;
                 let is_conv = matches!(self.nodes[pi].op, Op::Conv { .. });
-                let bias = if is_conv { conv_bias(&c, out) } else { broadcast_bias(&c, out) }.ok_or_else(|| {
+                let bias = if is_conv {
+                    conv_bias(&c, out)
+                } else {
+                    broadcast_bias(&c, out)
+                }
+                .ok_or_else(|| {
                     format!(
                         "constant of shape {:?} is not a per-{} bias of size {out}",
                         c.shape(),
@@ -770,7 +885,9 @@ impl<'a> Context<'a> {
                 self.bind(node, 0, Value::Tensor(t))?;
             }
             (Value::Const(_), Value::Const(_)) => {
-                return Err("adding two constants is not supported (fold them when exporting)".into());
+                return Err(
+                    "adding two constants is not supported (fold them when exporting)".into(),
+                );
             }
         }
         Ok(())
@@ -781,10 +898,15 @@ impl<'a> Context<'a> {
         let rank = self.rank(&x);
         let mode = a.string("mode")?.unwrap_or_else(|| "constant".into());
         if mode != "constant" {
-            return Err(format!("mode '{mode}' is not supported (only constant zero padding)"));
+            return Err(format!(
+                "mode '{mode}' is not supported (only constant zero padding)"
+            ));
         }
         let (raw, value) = if self.opset < 11 {
-            (a.ints("pads")?.ok_or("attribute 'pads' is required")?, a.float("value")?.unwrap_or(0.0))
+            (
+                a.ints("pads")?.ok_or("attribute 'pads' is required")?,
+                a.float("value")?.unwrap_or(0.0),
+            )
         } else {
             let p = self.req_const(node, 1, "pads")?.ints()?;
             let v = match self.opt_const(node, 2)? {
@@ -797,7 +919,11 @@ impl<'a> Context<'a> {
             return Err(format!("constant value {value} is not supported (only 0)"));
         }
         let axes: Vec<usize> = match self.opt_const(node, 3)? {
-            Some(c) => c.ints()?.iter().map(|&v| self.axis(v, rank)).collect::<Result<_, _>>()?,
+            Some(c) => c
+                .ints()?
+                .iter()
+                .map(|&v| self.axis(v, rank))
+                .collect::<Result<_, _>>()?,
             None => (0..rank).collect(),
         };
         if raw.len() != 2 * axes.len() || raw.iter().any(|&v| v < 0) {
@@ -825,15 +951,28 @@ impl<'a> Context<'a> {
                 return Err(err(
                     path,
                     None,
-                    format!("the graph has {} outputs; only single-output classifiers are supported", many.len()),
+                    format!(
+                        "the graph has {} outputs; only single-output classifiers are supported",
+                        many.len()
+                    ),
                 ));
             }
         };
         let output = match self.values.get(&out) {
             Some(Value::Tensor(t)) if *t != self.input_name => t.clone(),
-            _ => return Err(err(path, None, format!("the output '{out}' is not computed by any supported node"))),
+            _ => {
+                return Err(err(
+                    path,
+                    None,
+                    format!("the output '{out}' is not computed by any supported node"),
+                ));
+            }
         };
-        let layout = if self.input_shape.len() == 3 { Layout::NCHW } else { Layout::Other };
+        let layout = if self.input_shape.len() == 3 {
+            Layout::NCHW
+        } else {
+            Layout::Other
+        };
         let def = GraphDef {
             format: FORMAT_VERSION,
             name: name.to_string(),
@@ -869,28 +1008,40 @@ impl Attrs<'_> {
     fn int(&self, name: &str) -> Result<Option<i64>, String> {
         match self.get(name) {
             None => Ok(None),
-            Some(a) if a.r#type == Some(attr_type::INT) || (a.r#type.is_none() && a.i.is_some()) => Ok(a.i.or(Some(0))),
+            Some(a)
+                if a.r#type == Some(attr_type::INT) || (a.r#type.is_none() && a.i.is_some()) =>
+            {
+                Ok(a.i.or(Some(0)))
+            }
             Some(_) => Err(format!("attribute '{name}' must be an integer")),
         }
     }
     fn float(&self, name: &str) -> Result<Option<f32>, String> {
         match self.get(name) {
             None => Ok(None),
-            Some(a) if a.r#type == Some(attr_type::FLOAT) || (a.r#type.is_none() && a.f.is_some()) => Ok(a.f.or(Some(0.0))),
+            Some(a)
+                if a.r#type == Some(attr_type::FLOAT) || (a.r#type.is_none() && a.f.is_some()) =>
+            {
+                Ok(a.f.or(Some(0.0)))
+            }
             Some(_) => Err(format!("attribute '{name}' must be a float")),
         }
     }
     fn ints(&self, name: &str) -> Result<Option<Vec<i64>>, String> {
         match self.get(name) {
             None => Ok(None),
-            Some(a) if a.r#type == Some(attr_type::INTS) || a.r#type.is_none() => Ok(Some(a.ints.clone())),
+            Some(a) if a.r#type == Some(attr_type::INTS) || a.r#type.is_none() => {
+                Ok(Some(a.ints.clone()))
+            }
             Some(_) => Err(format!("attribute '{name}' must be a list of integers")),
         }
     }
     fn string(&self, name: &str) -> Result<Option<String>, String> {
         match self.get(name) {
             None => Ok(None),
-            Some(a) if a.r#type == Some(attr_type::STRING) || (a.r#type.is_none() && a.s.is_some()) => {
+            Some(a)
+                if a.r#type == Some(attr_type::STRING) || (a.r#type.is_none() && a.s.is_some()) =>
+            {
                 Ok(Some(String::from_utf8_lossy(a.s()).into_owned()))
             }
             Some(_) => Err(format!("attribute '{name}' must be a string")),
@@ -902,14 +1053,18 @@ fn pair(v: Option<Vec<i64>>, default: [usize; 2], name: &str) -> Result<[usize; 
     match v {
         None => Ok(default),
         Some(v) if v.len() == 2 && v.iter().all(|&x| x > 0) => Ok([v[0] as usize, v[1] as usize]),
-        Some(v) => Err(format!("{name} {v:?} must be 2 positive values (only 2-D windows are supported)")),
+        Some(v) => Err(format!(
+            "{name} {v:?} must be 2 positive values (only 2-D windows are supported)"
+        )),
     }
 }
 
 fn spatial(shape: &[usize]) -> Result<[usize; 2], String> {
     match shape {
         [_, h, w] => Ok([*h, *w]),
-        _ => Err(format!("needs an NCHW input, got per-sample shape {shape:?}")),
+        _ => Err(format!(
+            "needs an NCHW input, got per-sample shape {shape:?}"
+        )),
     }
 }
 
@@ -917,7 +1072,10 @@ fn scalar(a: &ArrayD<f32>, what: &str) -> Result<f32, String> {
     if a.len() == 1 {
         Ok(a.iter().copied().next().expect("one value"))
     } else {
-        Err(format!("{what} must be a scalar, got shape {:?}", a.shape()))
+        Err(format!(
+            "{what} must be a scalar, got shape {:?}",
+            a.shape()
+        ))
     }
 }
 
@@ -925,9 +1083,11 @@ fn scalar(a: &ArrayD<f32>, what: &str) -> Result<f32, String> {
 fn broadcast_bias(c: &ArrayD<f32>, out: usize) -> Option<ArrayD<f32>> {
     let shape = c.shape();
     let flat: Vec<f32> = c.iter().copied().collect();
-    let ok_full = shape.iter().filter(|&&d| d != 1).count() <= 1 && flat.len() == out && shape.last() == Some(&out);
+    let ok_full = shape.iter().filter(|&&d| d != 1).count() <= 1
+        && flat.len() == out
+        && shape.last() == Some(&out);
     if ok_full {
-        return Some(ArrayD::from_shape_vec(IxDyn(&[out]), flat).ok()?);
+        return ArrayD::from_shape_vec(IxDyn(&[out]), flat).ok();
     }
     if flat.len() == 1 && shape.len() <= 2 {
         return Some(ArrayD::from_elem(IxDyn(&[out]), flat[0]));
@@ -967,7 +1127,9 @@ fn resolve_reshape(input: &[usize], target: &[i64], allowzero: bool) -> Result<V
             }
             -1 => return Err(format!("target shape {target:?} has more than one -1")),
             0 if !allowzero => {
-                let d = input.get(i - 1).ok_or_else(|| format!("target {target:?}: 0 at axis {i} copies a missing axis"))?;
+                let d = input.get(i - 1).ok_or_else(|| {
+                    format!("target {target:?}: 0 at axis {i} copies a missing axis")
+                })?;
                 out.push(*d);
             }
             t if t > 0 => out.push(t as usize),
@@ -976,12 +1138,16 @@ fn resolve_reshape(input: &[usize], target: &[i64], allowzero: bool) -> Result<V
     }
     let known: usize = out.iter().product();
     if let Some(k) = infer {
-        if known == 0 || total % known != 0 {
-            return Err(format!("cannot reshape per-sample shape {input:?} to {target:?}"));
+        if known == 0 || !total.is_multiple_of(known) {
+            return Err(format!(
+                "cannot reshape per-sample shape {input:?} to {target:?}"
+            ));
         }
         out[k] = total / known;
     } else if target[0] == -1 && known != total {
-        return Err(format!("cannot reshape per-sample shape {input:?} to {target:?} with the batch kept"));
+        return Err(format!(
+            "cannot reshape per-sample shape {input:?} to {target:?} with the batch kept"
+        ));
     }
     if out.iter().product::<usize>() != total {
         return Err(format!(
@@ -1007,14 +1173,20 @@ fn input_dims(v: &proto::ValueInfoProto) -> Result<Vec<usize>, String> {
     }
     let dims = &tensor.shape.as_ref().ok_or("has no shape")?.dim;
     if dims.len() < 2 {
-        return Err(format!("has rank {}; expected a batch axis and at least one more", dims.len()));
+        return Err(format!(
+            "has rank {}; expected a batch axis and at least one more",
+            dims.len()
+        ));
     }
     dims[1..]
         .iter()
         .enumerate()
         .map(|(i, d)| match &d.value {
             Some(D::DimValue(v)) if *v > 0 => Ok(*v as usize),
-            _ => Err(format!("axis {} has no fixed size; every axis but the batch must be fixed", i + 1)),
+            _ => Err(format!(
+                "axis {} has no fixed size; every axis but the batch must be fixed",
+                i + 1
+            )),
         })
         .collect()
 }
@@ -1035,7 +1207,9 @@ fn constant_value(node: &NodeProto) -> Result<Const, String> {
     match a.name() {
         "value" => tensor_const(a.t.as_ref().ok_or("attribute 'value' holds no tensor")?),
         "value_float" => Ok(Const::F32(ArrayD::from_elem(IxDyn(&[]), a.f()))),
-        "value_floats" => Ok(Const::F32(ArrayD::from_shape_vec(IxDyn(&[a.floats.len()]), a.floats.clone()).expect("1-D"))),
+        "value_floats" => Ok(Const::F32(
+            ArrayD::from_shape_vec(IxDyn(&[a.floats.len()]), a.floats.clone()).expect("1-D"),
+        )),
         "value_int" => Ok(Const::I64(vec![], vec![a.i()])),
         "value_ints" => Ok(Const::I64(vec![a.ints.len()], a.ints.clone())),
         other => Err(format!("Constant attribute '{other}' is not supported")),
@@ -1065,24 +1239,35 @@ fn tensor_const(t: &TensorProto) -> Result<Const, String> {
         if len == n {
             Ok(())
         } else {
-            Err(format!("holds {len} values, but its shape {shape:?} needs {n}"))
+            Err(format!(
+                "holds {len} values, but its shape {shape:?} needs {n}"
+            ))
         }
     };
     let dt = t.data_type.unwrap_or(0);
     match dt {
         dtype::FLOAT | dtype::DOUBLE | dtype::FLOAT16 => {
             let v: Vec<f32> = match (dt, raw) {
-                (dtype::FLOAT, Some(r)) => r.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+                (dtype::FLOAT, Some(r)) => r
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
                 (dtype::FLOAT, None) => t.float_data.clone(),
                 (dtype::DOUBLE, Some(r)) => r
                     .chunks_exact(8)
                     .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
                     .collect(),
                 (dtype::DOUBLE, None) => t.double_data.iter().map(|&x| x as f32).collect(),
-                _ => return Err("float16 tensors are not supported; convert the model to float32".into()),
+                _ => {
+                    return Err(
+                        "float16 tensors are not supported; convert the model to float32".into(),
+                    );
+                }
             };
             check(v.len())?;
-            Ok(Const::F32(ArrayD::from_shape_vec(IxDyn(&shape), v).map_err(|e| e.to_string())?))
+            Ok(Const::F32(
+                ArrayD::from_shape_vec(IxDyn(&shape), v).map_err(|e| e.to_string())?,
+            ))
         }
         dtype::INT64 | dtype::INT32 => {
             let v: Vec<i64> = match (dt, raw) {
@@ -1091,16 +1276,21 @@ fn tensor_const(t: &TensorProto) -> Result<Const, String> {
                     .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
                     .collect(),
                 (dtype::INT64, None) => t.int64_data.clone(),
-                (_, Some(r)) => r.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64).collect(),
+                (_, Some(r)) => r
+                    .chunks_exact(4)
+                    .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
+                    .collect(),
                 (_, None) => t.int32_data.iter().map(|&x| x as i64).collect(),
             };
             check(v.len())?;
             Ok(Const::I64(shape, v))
         }
-        other => Err(format!("element type {} is not supported", dtype_name(other))),
+        other => Err(format!(
+            "element type {} is not supported",
+            dtype_name(other)
+        )),
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -1108,10 +1298,22 @@ mod tests {
 
     #[test]
     fn reshape_targets() {
-        assert_eq!(resolve_reshape(&[16, 5, 5], &[-1, 400], false).unwrap(), vec![400]);
-        assert_eq!(resolve_reshape(&[16, 5, 5], &[0, -1], false).unwrap(), vec![400]);
-        assert_eq!(resolve_reshape(&[16, 5, 5], &[1, -1], false).unwrap(), vec![400]);
-        assert_eq!(resolve_reshape(&[16, 5, 5], &[0, 0, 25], false).unwrap(), vec![16, 25]);
+        assert_eq!(
+            resolve_reshape(&[16, 5, 5], &[-1, 400], false).unwrap(),
+            vec![400]
+        );
+        assert_eq!(
+            resolve_reshape(&[16, 5, 5], &[0, -1], false).unwrap(),
+            vec![400]
+        );
+        assert_eq!(
+            resolve_reshape(&[16, 5, 5], &[1, -1], false).unwrap(),
+            vec![400]
+        );
+        assert_eq!(
+            resolve_reshape(&[16, 5, 5], &[0, 0, 25], false).unwrap(),
+            vec![16, 25]
+        );
         assert!(resolve_reshape(&[16, 5, 5], &[-1, -1], false).is_err());
         assert!(resolve_reshape(&[16, 5, 5], &[-1, 16, 5], false).is_err());
         assert!(resolve_reshape(&[16, 5, 5], &[2, 200], false).is_err());
@@ -1120,10 +1322,16 @@ mod tests {
     #[test]
     fn biases() {
         let c = ArrayD::from_shape_vec(IxDyn(&[1, 3]), vec![1., 2., 3.]).unwrap();
-        assert_eq!(broadcast_bias(&c, 3).unwrap().as_slice().unwrap(), &[1., 2., 3.]);
+        assert_eq!(
+            broadcast_bias(&c, 3).unwrap().as_slice().unwrap(),
+            &[1., 2., 3.]
+        );
         assert!(broadcast_bias(&c, 4).is_none());
         let s = ArrayD::from_elem(IxDyn(&[]), 2.0);
-        assert_eq!(broadcast_bias(&s, 2).unwrap().as_slice().unwrap(), &[2., 2.]);
+        assert_eq!(
+            broadcast_bias(&s, 2).unwrap().as_slice().unwrap(),
+            &[2., 2.]
+        );
         let cb = ArrayD::from_shape_vec(IxDyn(&[1, 2, 1, 1]), vec![1., 2.]).unwrap();
         assert_eq!(conv_bias(&cb, 2).unwrap().as_slice().unwrap(), &[1., 2.]);
     }

@@ -28,7 +28,6 @@ const MAX_PIXELS: u64 = 1 << 28;
 /// the model's channel order.
 pub fn load_image(path: &Path, input: &InputDef, preprocess: &Preprocess) -> Result<ArrayD<f32>> {
     let (c, h, w) = check_image_input(path, input, preprocess)?;
-    let img = decode(path)?;
     let (rh, rw) = preprocess.resize.map_or((h, w), |[rh, rw]| (rh, rw));
     let (y0, x0) = ((rh - h) / 2, (rw - w) / 2);
     // Resampling allocates the whole target image: refuse absurd sizes rather than abort.
@@ -41,6 +40,7 @@ pub fn load_image(path: &Path, input: &InputDef, preprocess: &Preprocess) -> Res
             });
         }
     };
+    let img = decode(path)?;
     // (p · scale − mean[c]) / std[c], c in the model's channel order.
     let norm = |p: u8, ch: usize| {
         (p as f32 * preprocess.scale - preprocess.mean_of(ch)) / preprocess.std_of(ch)

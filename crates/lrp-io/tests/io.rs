@@ -884,3 +884,34 @@ fn load_input_npy_and_errors() {
         Err(IoError::UnsupportedInput { .. })
     ));
 }
+
+#[test]
+fn mangled_files_never_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let def = input(Layout::NCHW, &[1, 2, 2]);
+    let good = npy_bytes("<f4", false, "(1, 1, 2, 2)", &f32_le(&[1.0, 2.0, 3.0, 4.0]));
+    let p = dir.path().join("m.npy");
+    for len in 0..good.len() {
+        std::fs::write(&p, &good[..len]).unwrap();
+        assert!(read_npy_input(&p, &def).is_err());
+    }
+    for i in 0..good.len() {
+        for v in [0u8, b' ', b'(', b')', b'\'', b'9', b'{', 0xff] {
+            let mut b = good.clone();
+            b[i] = v;
+            std::fs::write(&p, &b).unwrap();
+            if let Err(e) = read_npy_input(&p, &def) {
+                msg(e, &p);
+            }
+        }
+    }
+    let png = rgb_png(dir.path(), "g.png", &[&[R, G], &[B, W]]);
+    let good = std::fs::read(&png).unwrap();
+    let p = dir.path().join("m.png");
+    for len in (0..good.len()).step_by(3) {
+        std::fs::write(&p, &good[..len]).unwrap();
+        if let Err(e) = load_input(&p, &input(Layout::NCHW, &[3, 2, 2]), None) {
+            msg(e, &p);
+        }
+    }
+}

@@ -95,10 +95,10 @@ impl IrError {
 
     /// Attaches the graph file's path to a validation error that has none.
     pub fn with_path(mut self, file: &std::path::Path) -> Self {
-        if let IrError::Invalid { path, .. } = &mut self {
-            if path.is_none() {
-                *path = Some(file.to_owned());
-            }
+        if let IrError::Invalid { path, .. } = &mut self
+            && path.is_none()
+        {
+            *path = Some(file.to_owned());
         }
         self
     }

@@ -127,7 +127,11 @@ impl Graph {
                 return Err(IrError::graph(format!("node #{i} has an empty name")));
             }
             if n.name == def.input.name {
-                return Err(IrError::node(&n.name, n.op.kind(), "has the same name as the graph input"));
+                return Err(IrError::node(
+                    &n.name,
+                    n.op.kind(),
+                    "has the same name as the graph input",
+                ));
             }
             if by_name.insert(n.name.clone(), i).is_some() {
                 return Err(IrError::node(&n.name, n.op.kind(), "duplicate node name"));
@@ -147,7 +151,9 @@ impl Graph {
                     return Err(IrError::node(
                         &n.name,
                         n.op.kind(),
-                        format!("input {slot} refers to '{src}', which is neither a node nor the graph input"),
+                        format!(
+                            "input {slot} refers to '{src}', which is neither a node nor the graph input"
+                        ),
                     ));
                 };
                 dag.add_edge(index[j], index[i], slot);
@@ -158,14 +164,19 @@ impl Graph {
                     return Err(IrError::node(
                         &n.name,
                         n.op.kind(),
-                        format!("unknown parameter '{pname}' (this op takes: {})", list_or_none(&known)),
+                        format!(
+                            "unknown parameter '{pname}' (this op takes: {})",
+                            list_or_none(&known)
+                        ),
                     ));
                 }
                 if weights.get(key).is_none() {
                     return Err(IrError::node(
                         &n.name,
                         n.op.kind(),
-                        format!("parameter '{pname}' refers to tensor '{key}', which is not in the weights file"),
+                        format!(
+                            "parameter '{pname}' refers to tensor '{key}', which is not in the weights file"
+                        ),
                     ));
                 }
             }
@@ -191,16 +202,27 @@ impl Graph {
                     None => def.input.shape.as_slice(),
                 })
                 .collect();
-            let shape = n
-                .op
-                .infer_shape(&ins, &NodeParams { node: n, weights: &weights })
+            let shape =
+                n.op.infer_shape(
+                    &ins,
+                    &NodeParams {
+                        node: n,
+                        weights: &weights,
+                    },
+                )
                 .map_err(|m| IrError::node(&n.name, n.op.kind(), m))?;
             shapes[i] = Some(shape);
         }
         if !by_name.contains_key(&def.output) {
-            return Err(IrError::graph(format!("the output '{}' is not a node", def.output)));
+            return Err(IrError::graph(format!(
+                "the output '{}' is not a node",
+                def.output
+            )));
         }
-        let shapes: Vec<Shape> = shapes.into_iter().map(|s| s.expect("every node visited")).collect();
+        let shapes: Vec<Shape> = shapes
+            .into_iter()
+            .map(|s| s.expect("every node visited"))
+            .collect();
         if let Some(labels) = &def.labels {
             let out = &shapes[by_name[&def.output]];
             if out.len() != 1 || out[0] != labels.len() {
@@ -362,14 +384,23 @@ impl Graph {
 
 /// Topological order that keeps file order wherever the edges allow (Kahn's algorithm, always
 /// taking the lowest-numbered ready node). On a cycle, returns a node on or behind it.
-fn stable_toposort(dag: &StableDiGraph<NodeId, usize>, index: &[NodeIndex]) -> Result<Vec<NodeId>, NodeId> {
+fn stable_toposort(
+    dag: &StableDiGraph<NodeId, usize>,
+    index: &[NodeIndex],
+) -> Result<Vec<NodeId>, NodeId> {
     use std::cmp::Reverse;
     use std::collections::BinaryHeap;
     let mut indegree: Vec<usize> = index
         .iter()
-        .map(|&ix| dag.edges_directed(ix, petgraph::Direction::Incoming).count())
+        .map(|&ix| {
+            dag.edges_directed(ix, petgraph::Direction::Incoming)
+                .count()
+        })
         .collect();
-    let mut ready: BinaryHeap<Reverse<NodeId>> = (0..index.len()).filter(|&i| indegree[i] == 0).map(Reverse).collect();
+    let mut ready: BinaryHeap<Reverse<NodeId>> = (0..index.len())
+        .filter(|&i| indegree[i] == 0)
+        .map(Reverse)
+        .collect();
     let mut order = Vec::with_capacity(index.len());
     while let Some(Reverse(i)) = ready.pop() {
         order.push(i);
@@ -384,7 +415,9 @@ fn stable_toposort(dag: &StableDiGraph<NodeId, usize>, index: &[NodeIndex]) -> R
     if order.len() == index.len() {
         Ok(order)
     } else {
-        Err((0..index.len()).find(|&i| indegree[i] > 0).expect("some node was not reached"))
+        Err((0..index.len())
+            .find(|&i| indegree[i] > 0)
+            .expect("some node was not reached"))
     }
 }
 

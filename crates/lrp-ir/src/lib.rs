@@ -15,7 +15,9 @@ pub mod preprocess;
 pub mod weights;
 
 pub use error::IrError;
-pub use graph::{FORMAT_VERSION, Graph, GraphDef, InputDef, Layout, NodeDef, NodeId, parse_ron, to_ron};
+pub use graph::{
+    FORMAT_VERSION, Graph, GraphDef, InputDef, Layout, NodeDef, NodeId, parse_ron, to_ron,
+};
 pub use op::{Op, ParamSpec, Shape};
 pub use preprocess::{ChannelOrder, Preprocess};
 pub use weights::Weights;

@@ -214,7 +214,11 @@ impl Op {
     /// Infers the per-sample output shape from the per-sample input shapes and the parameter
     /// shapes, checking attributes and parameters on the way. The error is a message without
     /// the node's name (the caller adds it).
-    pub fn infer_shape(&self, inputs: &[&[usize]], params: &dyn ParamShapes) -> Result<Shape, String> {
+    pub fn infer_shape(
+        &self,
+        inputs: &[&[usize]],
+        params: &dyn ParamShapes,
+    ) -> Result<Shape, String> {
         let (lo, hi) = self.arity();
         if inputs.len() < lo || inputs.len() > hi {
             return Err(if lo == hi {
@@ -240,8 +244,10 @@ impl Op {
                 let [c, h, w] = rank3(x, "Conv")?;
                 check_window(kernel, strides, dilations)?;
                 let g = *groups;
-                if g == 0 || c % g != 0 {
-                    return Err(format!("groups = {g} does not divide the {c} input channels"));
+                if g == 0 || !c.is_multiple_of(g) {
+                    return Err(format!(
+                        "groups = {g} does not divide the {c} input channels"
+                    ));
                 }
                 let ws = params.param_shape("weight").unwrap_or_default();
                 if ws.len() != 4 || ws[1] != c / g || ws[2] != kernel[0] || ws[3] != kernel[1] {
@@ -253,17 +259,37 @@ impl Op {
                     ));
                 }
                 let o = ws[0];
-                if o == 0 || o % g != 0 {
-                    return Err(format!("{o} output channels are not divisible by groups = {g}"));
+                if o == 0 || !o.is_multiple_of(g) {
+                    return Err(format!(
+                        "{o} output channels are not divisible by groups = {g}"
+                    ));
                 }
                 check_bias(params, o)?;
-                let oh = window_out(h, kernel[0], strides[0], pads[0], pads[2], dilations[0], false)?;
-                let ow = window_out(w, kernel[1], strides[1], pads[1], pads[3], dilations[1], false)?;
+                let oh = window_out(
+                    h,
+                    kernel[0],
+                    strides[0],
+                    pads[0],
+                    pads[2],
+                    dilations[0],
+                    false,
+                )?;
+                let ow = window_out(
+                    w,
+                    kernel[1],
+                    strides[1],
+                    pads[1],
+                    pads[3],
+                    dilations[1],
+                    false,
+                )?;
                 Ok(vec![o, oh, ow])
             }
             Op::Dense => {
                 if x.len() != 1 {
-                    return Err(format!("input must be [N, features], got per-sample shape {x:?}"));
+                    return Err(format!(
+                        "input must be [N, features], got per-sample shape {x:?}"
+                    ));
                 }
                 let ws = params.param_shape("weight").unwrap_or_default();
                 if ws.len() != 2 || ws[1] != x[0] {
@@ -295,8 +321,24 @@ impl Op {
                 let [c, h, w] = rank3(x, "MaxPool")?;
                 check_window(kernel, strides, dilations)?;
                 check_pool_pads(kernel, pads)?;
-                let oh = window_out(h, kernel[0], strides[0], pads[0], pads[2], dilations[0], *ceil_mode)?;
-                let ow = window_out(w, kernel[1], strides[1], pads[1], pads[3], dilations[1], *ceil_mode)?;
+                let oh = window_out(
+                    h,
+                    kernel[0],
+                    strides[0],
+                    pads[0],
+                    pads[2],
+                    dilations[0],
+                    *ceil_mode,
+                )?;
+                let ow = window_out(
+                    w,
+                    kernel[1],
+                    strides[1],
+                    pads[1],
+                    pads[3],
+                    dilations[1],
+                    *ceil_mode,
+                )?;
                 Ok(vec![c, oh, ow])
             }
             Op::AvgPool {
@@ -330,11 +372,19 @@ impl Op {
             Op::Transpose { perm } => {
                 let rank = x.len() + 1;
                 let mut seen = vec![false; rank];
-                if perm.len() != rank || perm.iter().any(|&p| p >= rank || std::mem::replace(&mut seen[p], true)) {
-                    return Err(format!("perm {perm:?} is not a permutation of the {rank} axes"));
+                if perm.len() != rank
+                    || perm
+                        .iter()
+                        .any(|&p| p >= rank || std::mem::replace(&mut seen[p], true))
+                {
+                    return Err(format!(
+                        "perm {perm:?} is not a permutation of the {rank} axes"
+                    ));
                 }
                 if perm[0] != 0 {
-                    return Err(format!("perm {perm:?} moves the batch axis (perm[0] must be 0)"));
+                    return Err(format!(
+                        "perm {perm:?} moves the batch axis (perm[0] must be 0)"
+                    ));
                 }
                 Ok(perm[1..].iter().map(|&p| x[p - 1]).collect())
             }
@@ -351,7 +401,11 @@ impl Op {
                         return Err(format!("axis {a} has size {}, not 1", x[a - 1]));
                     }
                 }
-                Ok(x.iter().enumerate().filter(|(i, _)| !sorted.contains(&(i + 1))).map(|(_, &d)| d).collect())
+                Ok(x.iter()
+                    .enumerate()
+                    .filter(|(i, _)| !sorted.contains(&(i + 1)))
+                    .map(|(_, &d)| d)
+                    .collect())
             }
             Op::Unsqueeze { axes } => {
                 let out_rank = x.len() + 1 + axes.len();
@@ -363,7 +417,13 @@ impl Op {
                 }
                 let mut rest = x.iter();
                 Ok((1..out_rank)
-                    .map(|a| if sorted.contains(&a) { 1 } else { *rest.next().expect("counted") })
+                    .map(|a| {
+                        if sorted.contains(&a) {
+                            1
+                        } else {
+                            *rest.next().expect("counted")
+                        }
+                    })
                     .collect())
             }
             Op::BatchNorm { epsilon } => {
@@ -398,7 +458,11 @@ impl Op {
                 let a = axis - 1;
                 let mut out = x.to_vec();
                 for (k, s) in inputs.iter().enumerate().skip(1) {
-                    let same = s.len() == x.len() && s.iter().zip(x).enumerate().all(|(i, (p, q))| i == a || p == q);
+                    let same = s.len() == x.len()
+                        && s.iter()
+                            .zip(x)
+                            .enumerate()
+                            .all(|(i, (p, q))| i == a || p == q);
                     if !same {
                         return Err(format!(
                             "input {k} has shape {s:?}, incompatible with {x:?} outside axis {axis}"
@@ -411,12 +475,19 @@ impl Op {
             Op::Pad { pads } => {
                 let rank = x.len() + 1;
                 if pads.len() != 2 * rank {
-                    return Err(format!("pads has {} entries, expected {}", pads.len(), 2 * rank));
+                    return Err(format!(
+                        "pads has {} entries, expected {}",
+                        pads.len(),
+                        2 * rank
+                    ));
                 }
                 if pads[0] != 0 || pads[rank] != 0 {
                     return Err("padding the batch axis is not supported".into());
                 }
-                Ok(x.iter().enumerate().map(|(i, d)| d + pads[i + 1] + pads[rank + i + 1]).collect())
+                Ok(x.iter()
+                    .enumerate()
+                    .map(|(i, d)| d + pads[i + 1] + pads[rank + i + 1])
+                    .collect())
             }
             Op::Softmax { axis } => {
                 if *axis == 0 || *axis > x.len() {
@@ -431,11 +502,17 @@ impl Op {
 fn rank3(x: &[usize], op: &str) -> Result<[usize; 3], String> {
     match x {
         &[c, h, w] => Ok([c, h, w]),
-        _ => Err(format!("{op} needs an NCHW input, got per-sample shape {x:?}")),
+        _ => Err(format!(
+            "{op} needs an NCHW input, got per-sample shape {x:?}"
+        )),
     }
 }
 
-fn check_window(kernel: &[usize; 2], strides: &[usize; 2], dilations: &[usize; 2]) -> Result<(), String> {
+fn check_window(
+    kernel: &[usize; 2],
+    strides: &[usize; 2],
+    dilations: &[usize; 2],
+) -> Result<(), String> {
     if kernel.contains(&0) || strides.contains(&0) || dilations.contains(&0) {
         return Err(format!(
             "kernel {kernel:?}, strides {strides:?} and dilations {dilations:?} must be positive"
@@ -445,8 +522,11 @@ fn check_window(kernel: &[usize; 2], strides: &[usize; 2], dilations: &[usize; 2
 }
 
 fn check_pool_pads(kernel: &[usize; 2], pads: &[usize; 4]) -> Result<(), String> {
-    if pads[0] >= kernel[0] || pads[2] >= kernel[0] || pads[1] >= kernel[1] || pads[3] >= kernel[1] {
-        return Err(format!("pads {pads:?} must be smaller than the kernel {kernel:?}"));
+    if pads[0] >= kernel[0] || pads[2] >= kernel[0] || pads[1] >= kernel[1] || pads[3] >= kernel[1]
+    {
+        return Err(format!(
+            "pads {pads:?} must be smaller than the kernel {kernel:?}"
+        ));
     }
     Ok(())
 }
@@ -477,89 +557,26 @@ pub fn window_out(
         ));
     }
     let steps = padded - span;
-    let mut out = if ceil_mode { steps.div_ceil(stride) } else { steps / stride } + 1;
+    let mut out = if ceil_mode {
+        steps.div_ceil(stride)
+    } else {
+        steps / stride
+    } + 1;
     if ceil_mode && (out - 1) * stride >= len + pad_begin {
         out -= 1;
     }
     Ok(out)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    struct P(Vec<(&'static str, Vec<usize>)>);
-    impl ParamShapes for P {
-        fn param_shape(&self, name: &str) -> Option<&[usize]> {
-            self.0.iter().find(|(n, _)| *n == name).map(|(_, s)| s.as_slice())
-        }
-    }
-
-    #[test]
-    fn conv_shapes() {
-        let op = Op::Conv {
-            kernel: [3, 3],
-            strides: [2, 2],
-            pads: [1, 1, 1, 1],
-            dilations: [1, 1],
-            groups: 1,
-        };
-        let p = P(vec![("weight", vec![8, 3, 3, 3]), ("bias", vec![8])]);
-        assert_eq!(op.infer_shape(&[&[3, 32, 31]], &p).unwrap(), vec![8, 16, 16]);
-        let bad = P(vec![("weight", vec![8, 4, 3, 3])]);
-        let e = op.infer_shape(&[&[3, 32, 32]], &bad).unwrap_err();
-        assert!(e.contains("weight has shape [8, 4, 3, 3]"), "{e}");
-        let nobias = P(vec![("weight", vec![8, 3, 3, 3]), ("bias", vec![7])]);
-        assert!(op.infer_shape(&[&[3, 8, 8]], &nobias).unwrap_err().contains("bias"));
-    }
-
-    #[test]
-    fn depthwise_and_dilation() {
-        let op = Op::Conv {
-            kernel: [3, 3],
-            strides: [1, 1],
-            pads: [0, 0, 0, 0],
-            dilations: [2, 2],
-            groups: 4,
-        };
-        let p = P(vec![("weight", vec![4, 1, 3, 3])]);
-        assert_eq!(op.infer_shape(&[&[4, 10, 9]], &p).unwrap(), vec![4, 6, 5]);
-    }
-
-    #[test]
-    fn ceil_mode_drops_window_starting_in_padding() {
-        // ONNX: 5 wide, k=2, s=2, no pad: floor → 2, ceil → 3.
-        assert_eq!(window_out(5, 2, 2, 0, 0, 1, false).unwrap(), 2);
-        assert_eq!(window_out(5, 2, 2, 0, 0, 1, true).unwrap(), 3);
-        // 4 wide, k=2, s=2, end pad 1: ceil would give 3, but the 3rd window starts at 4 ≥ 4.
-        assert_eq!(window_out(4, 2, 2, 0, 1, 1, true).unwrap(), 2);
-    }
-
-    #[test]
-    fn shape_ops() {
-        let none = P(vec![]);
-        let t = Op::Transpose { perm: vec![0, 2, 3, 1] };
-        assert_eq!(t.infer_shape(&[&[3, 4, 5]], &none).unwrap(), vec![4, 5, 3]);
-        assert!(Op::Transpose { perm: vec![1, 0, 2, 3] }.infer_shape(&[&[3, 4, 5]], &none).is_err());
-        let u = Op::Unsqueeze { axes: vec![1, 3] };
-        assert_eq!(u.infer_shape(&[&[7, 8]], &none).unwrap(), vec![1, 7, 1, 8]);
-        let s = Op::Squeeze { axes: vec![2, 3] };
-        assert_eq!(s.infer_shape(&[&[7, 1, 1]], &none).unwrap(), vec![7]);
-        assert!(s.infer_shape(&[&[7, 2, 1]], &none).is_err());
-        let pad = Op::Pad { pads: vec![0, 0, 1, 2, 0, 0, 3, 4] };
-        assert_eq!(pad.infer_shape(&[&[3, 5, 6]], &none).unwrap(), vec![3, 9, 12]);
-        let c = Op::Concat { axis: 1 };
-        assert_eq!(c.infer_shape(&[&[3, 5, 6], &[2, 5, 6]], &none).unwrap(), vec![5, 5, 6]);
-        assert!(c.infer_shape(&[&[3, 5, 6], &[2, 4, 6]], &none).is_err());
-        assert!(Op::Reshape { shape: vec![10] }.infer_shape(&[&[3, 3]], &none).is_err());
-    }
-}
-
 /// A compact one-line form: the op's tag and its non-default attributes, e.g.
 /// `Conv 3x3 /2 pad 1,1,1,1 groups 4`.
 impl std::fmt::Display for Op {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let window = |f: &mut std::fmt::Formatter<'_>, k: &[usize; 2], s: &[usize; 2], p: &[usize; 4], d: &[usize; 2]| {
+        let window = |f: &mut std::fmt::Formatter<'_>,
+                      k: &[usize; 2],
+                      s: &[usize; 2],
+                      p: &[usize; 4],
+                      d: &[usize; 2]| {
             write!(f, " {}x{}", k[0], k[1])?;
             if *s != [1, 1] {
                 write!(f, " stride {}x{}", s[0], s[1])?;
@@ -626,5 +643,106 @@ impl std::fmt::Display for Op {
             Op::Pad { pads } => write!(f, " {pads:?}"),
             _ => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct P(Vec<(&'static str, Vec<usize>)>);
+    impl ParamShapes for P {
+        fn param_shape(&self, name: &str) -> Option<&[usize]> {
+            self.0
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, s)| s.as_slice())
+        }
+    }
+
+    #[test]
+    fn conv_shapes() {
+        let op = Op::Conv {
+            kernel: [3, 3],
+            strides: [2, 2],
+            pads: [1, 1, 1, 1],
+            dilations: [1, 1],
+            groups: 1,
+        };
+        let p = P(vec![("weight", vec![8, 3, 3, 3]), ("bias", vec![8])]);
+        assert_eq!(
+            op.infer_shape(&[&[3, 32, 31]], &p).unwrap(),
+            vec![8, 16, 16]
+        );
+        let bad = P(vec![("weight", vec![8, 4, 3, 3])]);
+        let e = op.infer_shape(&[&[3, 32, 32]], &bad).unwrap_err();
+        assert!(e.contains("weight has shape [8, 4, 3, 3]"), "{e}");
+        let nobias = P(vec![("weight", vec![8, 3, 3, 3]), ("bias", vec![7])]);
+        assert!(
+            op.infer_shape(&[&[3, 8, 8]], &nobias)
+                .unwrap_err()
+                .contains("bias")
+        );
+    }
+
+    #[test]
+    fn depthwise_and_dilation() {
+        let op = Op::Conv {
+            kernel: [3, 3],
+            strides: [1, 1],
+            pads: [0, 0, 0, 0],
+            dilations: [2, 2],
+            groups: 4,
+        };
+        let p = P(vec![("weight", vec![4, 1, 3, 3])]);
+        assert_eq!(op.infer_shape(&[&[4, 10, 9]], &p).unwrap(), vec![4, 6, 5]);
+    }
+
+    #[test]
+    fn ceil_mode_drops_window_starting_in_padding() {
+        // ONNX: 5 wide, k=2, s=2, no pad: floor → 2, ceil → 3.
+        assert_eq!(window_out(5, 2, 2, 0, 0, 1, false).unwrap(), 2);
+        assert_eq!(window_out(5, 2, 2, 0, 0, 1, true).unwrap(), 3);
+        // 4 wide, k=2, s=2, end pad 1: ceil would give 3, but the 3rd window starts at 4 ≥ 4.
+        assert_eq!(window_out(4, 2, 2, 0, 1, 1, true).unwrap(), 2);
+    }
+
+    #[test]
+    fn shape_ops() {
+        let none = P(vec![]);
+        let t = Op::Transpose {
+            perm: vec![0, 2, 3, 1],
+        };
+        assert_eq!(t.infer_shape(&[&[3, 4, 5]], &none).unwrap(), vec![4, 5, 3]);
+        assert!(
+            Op::Transpose {
+                perm: vec![1, 0, 2, 3]
+            }
+            .infer_shape(&[&[3, 4, 5]], &none)
+            .is_err()
+        );
+        let u = Op::Unsqueeze { axes: vec![1, 3] };
+        assert_eq!(u.infer_shape(&[&[7, 8]], &none).unwrap(), vec![1, 7, 1, 8]);
+        let s = Op::Squeeze { axes: vec![2, 3] };
+        assert_eq!(s.infer_shape(&[&[7, 1, 1]], &none).unwrap(), vec![7]);
+        assert!(s.infer_shape(&[&[7, 2, 1]], &none).is_err());
+        let pad = Op::Pad {
+            pads: vec![0, 0, 1, 2, 0, 0, 3, 4],
+        };
+        assert_eq!(
+            pad.infer_shape(&[&[3, 5, 6]], &none).unwrap(),
+            vec![3, 9, 12]
+        );
+        let c = Op::Concat { axis: 1 };
+        assert_eq!(
+            c.infer_shape(&[&[3, 5, 6], &[2, 5, 6]], &none).unwrap(),
+            vec![5, 5, 6]
+        );
+        assert!(c.infer_shape(&[&[3, 5, 6], &[2, 4, 6]], &none).is_err());
+        assert!(
+            Op::Reshape { shape: vec![10] }
+                .infer_shape(&[&[3, 3]], &none)
+                .is_err()
+        );
     }
 }

@@ -81,12 +81,20 @@ impl Preprocess {
 
     /// Mean of channel `c` (a single value applies to every channel).
     pub fn mean_of(&self, c: usize) -> f32 {
-        if self.mean.len() == 1 { self.mean[0] } else { self.mean[c] }
+        if self.mean.len() == 1 {
+            self.mean[0]
+        } else {
+            self.mean[c]
+        }
     }
 
     /// Standard deviation of channel `c` (a single value applies to every channel).
     pub fn std_of(&self, c: usize) -> f32 {
-        if self.std.len() == 1 { self.std[0] } else { self.std[c] }
+        if self.std.len() == 1 {
+            self.std[0]
+        } else {
+            self.std[c]
+        }
     }
 
     /// Checks that this preprocessing fits `input`: an image layout with 1 or 3 channels, and
@@ -144,7 +152,8 @@ impl std::str::FromStr for Preprocess {
     type Err = String;
 
     /// Parses `caffe`, `torch`, `tf`, `none`, or `key=value` pairs separated by commas:
-    /// `scale=S`, `mean=M` and `std=D` (per-channel values separated by `/`), `order=RGB|BGR`,
+    /// `scale=S` (a number or a fraction such as `1/255`), `mean=M` and `std=D` (per-channel values
+    /// separated by `/`), `order=RGB|BGR`,
     /// `resize=HxW`; keys not given keep the values of `none`.
     fn from_str(s: &str) -> Result<Self, String> {
         match s.trim() {
@@ -168,7 +177,17 @@ impl std::str::FromStr for Preprocess {
             };
             match k.trim() {
                 "scale" => {
-                    p.scale = parse_num(v.trim()).map_err(|_| format!("scale: '{v}' is not a number"))?
+                    let bad = || format!("scale: '{v}' is not a number or a fraction a/b");
+                    p.scale = match v.trim().split_once('/') {
+                        Some((a, b)) => {
+                            let (a, b) = (
+                                parse_num(a.trim()).map_err(|_| bad())?,
+                                parse_num(b.trim()).map_err(|_| bad())?,
+                            );
+                            ((a as f64) / (b as f64)) as f32
+                        }
+                        None => parse_num(v.trim()).map_err(|_| bad())?,
+                    }
                 }
                 "mean" => p.mean = floats(v)?,
                 "std" => p.std = floats(v)?,
@@ -184,10 +203,18 @@ impl std::str::FromStr for Preprocess {
                         .trim()
                         .split_once(['x', 'X'])
                         .ok_or_else(|| format!("resize: '{v}' is not HxW"))?;
-                    let parse = |x: &str| x.trim().parse::<usize>().map_err(|_| format!("resize: '{v}' is not HxW"));
+                    let parse = |x: &str| {
+                        x.trim()
+                            .parse::<usize>()
+                            .map_err(|_| format!("resize: '{v}' is not HxW"))
+                    };
                     p.resize = Some([parse(h)?, parse(w)?]);
                 }
-                other => return Err(format!("unknown preprocessing key '{other}' (scale, mean, std, order, resize)")),
+                other => {
+                    return Err(format!(
+                        "unknown preprocessing key '{other}' (scale, mean, std, order, resize)"
+                    ));
+                }
             }
         }
         Ok(p)
@@ -214,8 +241,22 @@ mod tests {
         assert_eq!(p.std, vec![0.2]);
         assert_eq!(p.order, ChannelOrder::BGR);
         assert_eq!(p.resize, Some([256, 300]));
-        assert!("scale=abc".parse::<Preprocess>().unwrap_err().contains("scale"));
-        assert!("foo=1".parse::<Preprocess>().unwrap_err().contains("unknown"));
+        assert!(
+            "scale=abc"
+                .parse::<Preprocess>()
+                .unwrap_err()
+                .contains("scale")
+        );
+        assert_eq!(
+            "scale=1/255".parse::<Preprocess>().unwrap().scale,
+            1.0 / 255.0
+        );
+        assert!(
+            "foo=1"
+                .parse::<Preprocess>()
+                .unwrap_err()
+                .contains("unknown")
+        );
         assert!("resize=12".parse::<Preprocess>().is_err());
     }
 }

@@ -66,7 +66,8 @@ impl Weights {
 
     /// Decodes safetensors bytes.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
-        let st = SafeTensors::deserialize(bytes).map_err(|e| format!("not a valid safetensors file: {e}"))?;
+        let st = SafeTensors::deserialize(bytes)
+            .map_err(|e| format!("not a valid safetensors file: {e}"))?;
         let mut tensors = BTreeMap::new();
         for (name, view) in st.iter() {
             let data = view.data();
@@ -83,7 +84,11 @@ impl Weights {
                     .chunks_exact(2)
                     .map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])))
                     .collect(),
-                other => return Err(format!("tensor '{name}' has dtype {other:?}; only F32, F64 and F16 are read")),
+                other => {
+                    return Err(format!(
+                        "tensor '{name}' has dtype {other:?}; only F32, F64 and F16 are read"
+                    ));
+                }
             };
             let arr = ArrayD::from_shape_vec(IxDyn(view.shape()), values)
                 .map_err(|e| format!("tensor '{name}': {e}"))?;
@@ -162,7 +167,10 @@ mod tests {
     #[test]
     fn round_trip() {
         let mut w = Weights::new();
-        w.insert("a", ArrayD::from_shape_vec(IxDyn(&[2, 3]), vec![1., 2., 3., 4., 5., -6.]).unwrap());
+        w.insert(
+            "a",
+            ArrayD::from_shape_vec(IxDyn(&[2, 3]), vec![1., 2., 3., 4., 5., -6.]).unwrap(),
+        );
         w.insert("b", ArrayD::from_shape_vec(IxDyn(&[1]), vec![0.5]).unwrap());
         let back = Weights::from_bytes(&w.to_bytes().unwrap()).unwrap();
         assert_eq!(back, w);

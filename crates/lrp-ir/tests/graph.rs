@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use lrp_ir::{Graph, GraphDef, InputDef, IrError, Layout, NodeDef, Op, Preprocess, Weights, parse_ron, to_ron};
+use lrp_ir::{
+    Graph, GraphDef, InputDef, IrError, Layout, NodeDef, Op, Preprocess, Weights, parse_ron, to_ron,
+};
 use ndarray::{ArrayD, IxDyn};
 
 fn node(name: &str, op: Op, inputs: &[&str], params: &[(&str, &str)]) -> NodeDef {
@@ -84,7 +86,11 @@ fn shapes_and_order() {
     let g = Graph::new(def, w).unwrap();
     assert_eq!(g.shape(g.output_id()), &[5]);
     assert_eq!(g.tensor_shape("pool").unwrap(), &[4, 4, 4]);
-    let names: Vec<&str> = g.topo_order().iter().map(|&i| g.nodes()[i].name.as_str()).collect();
+    let names: Vec<&str> = g
+        .topo_order()
+        .iter()
+        .map(|&i| g.nodes()[i].name.as_str())
+        .collect();
     assert_eq!(names, ["conv", "relu", "pool", "flat", "fc"]);
     assert_eq!(g.consumers(g.node_id("conv").unwrap()), vec![(1, 0)]);
 }
@@ -124,7 +130,10 @@ fn rejects_cycles_dangling_duplicates_and_bad_weights() {
     let (mut def, w) = small();
     def.nodes[1].inputs = vec!["nope".into()];
     let e = invalid(def, w);
-    assert!(e.contains("node 'relu' (Relu)") && e.contains("'nope'"), "{e}");
+    assert!(
+        e.contains("node 'relu' (Relu)") && e.contains("'nope'"),
+        "{e}"
+    );
 
     let (mut def, w) = small();
     def.nodes[2].name = "relu".into();
@@ -133,19 +142,27 @@ fn rejects_cycles_dangling_duplicates_and_bad_weights() {
     let (def, mut w) = small();
     w.insert("fc.weight", zeros(&[5, 63]));
     let e = invalid(def, w);
-    assert!(e.contains("node 'fc' (Dense)") && e.contains("[5, 63]"), "{e}");
+    assert!(
+        e.contains("node 'fc' (Dense)") && e.contains("[5, 63]"),
+        "{e}"
+    );
 
     let (def, mut w) = small();
     w.remove("conv.bias");
     let e = invalid(def, w);
-    assert!(e.contains("node 'conv' (Conv)") && e.contains("conv.bias"), "{e}");
+    assert!(
+        e.contains("node 'conv' (Conv)") && e.contains("conv.bias"),
+        "{e}"
+    );
 
     let (mut def, w) = small();
     def.nodes[4].params.clear();
     assert!(invalid(def, w).contains("missing parameter 'weight'"));
 
     let (mut def, w) = small();
-    def.nodes[1].params.insert("weight".into(), "fc.weight".into());
+    def.nodes[1]
+        .params
+        .insert("weight".into(), "fc.weight".into());
     assert!(invalid(def, w).contains("unknown parameter 'weight'"));
 
     let (mut def, w) = small();

@@ -2,8 +2,8 @@
 
 use lrp_ir::{Graph, Op};
 use lrp_onnx::proto::{
-    self, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto,
-    TypeProto, ValueInfoProto,
+    self, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
+    TensorShapeProto, TypeProto, ValueInfoProto,
 };
 use lrp_onnx::{attr_type, dtype};
 
@@ -33,7 +33,12 @@ pub fn to_onnx(graph: &Graph, outputs: &ExportOutputs) -> ModelProto {
     let mut inits: Vec<TensorProto> = graph
         .weights()
         .iter()
-        .filter(|(k, _)| graph.nodes().iter().any(|n| n.params.values().any(|v| v == k)))
+        .filter(|(k, _)| {
+            graph
+                .nodes()
+                .iter()
+                .any(|n| n.params.values().any(|v| v == k))
+        })
         .map(|(k, a)| f32_tensor(&init_name(k), a.shape(), a.iter().copied()))
         .collect();
     for &id in graph.topo_order() {
@@ -119,7 +124,9 @@ pub fn to_onnx(graph: &Graph, outputs: &ExportOutputs) -> ModelProto {
             Op::GlobalMaxPool => ("GlobalMaxPool", vec![]),
             Op::Flatten => ("Flatten", vec![int("axis", 1)]),
             Op::Reshape { shape } => {
-                let target: Vec<i64> = std::iter::once(0).chain(shape.iter().map(|&d| d as i64)).collect();
+                let target: Vec<i64> = std::iter::once(0)
+                    .chain(shape.iter().map(|&d| d as i64))
+                    .collect();
                 inputs.push(extra("shape", i64_tensor(&target)));
                 ("Reshape", vec![])
             }
@@ -127,7 +134,14 @@ pub fn to_onnx(graph: &Graph, outputs: &ExportOutputs) -> ModelProto {
             Op::Squeeze { axes } | Op::Unsqueeze { axes } => {
                 let v: Vec<i64> = axes.iter().map(|&a| a as i64).collect();
                 inputs.push(extra("axes", i64_tensor(&v)));
-                (if matches!(n.op, Op::Squeeze { .. }) { "Squeeze" } else { "Unsqueeze" }, vec![])
+                (
+                    if matches!(n.op, Op::Squeeze { .. }) {
+                        "Squeeze"
+                    } else {
+                        "Unsqueeze"
+                    },
+                    vec![],
+                )
             }
             Op::BatchNorm { epsilon } => {
                 for p in ["scale", "bias", "mean", "var"] {
@@ -166,7 +180,9 @@ pub fn to_onnx(graph: &Graph, outputs: &ExportOutputs) -> ModelProto {
                 }
             }
         }
-        ExportOutputs::All => out_ids.extend(graph.topo_order().iter().copied().filter(|&i| i != out_id)),
+        ExportOutputs::All => {
+            out_ids.extend(graph.topo_order().iter().copied().filter(|&i| i != out_id))
+        }
     }
     let output = out_ids
         .iter()
@@ -206,10 +222,12 @@ fn value_info(name: &str, per_sample: &[usize]) -> ValueInfoProto {
     ValueInfoProto {
         name: Some(name.into()),
         r#type: Some(TypeProto {
-            value: Some(proto::type_proto::Value::TensorType(proto::type_proto::Tensor {
-                elem_type: Some(dtype::FLOAT),
-                shape: Some(TensorShapeProto { dim }),
-            })),
+            value: Some(proto::type_proto::Value::TensorType(
+                proto::type_proto::Tensor {
+                    elem_type: Some(dtype::FLOAT),
+                    shape: Some(TensorShapeProto { dim }),
+                },
+            )),
             ..Default::default()
         }),
         ..Default::default()

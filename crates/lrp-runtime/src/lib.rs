@@ -9,4 +9,6 @@ pub mod export;
 mod session;
 
 pub use export::{ExportOutputs, to_onnx};
-pub use session::{Activations, Device, Forward, ORT_LIBRARY_FILE, RuntimeError, ort_library, run_onnx_bytes};
+pub use session::{
+    Activations, Device, Forward, ORT_LIBRARY_FILE, RuntimeError, ort_library, run_onnx_bytes,
+};

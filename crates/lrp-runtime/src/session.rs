@@ -64,13 +64,19 @@ pub fn ort_library() -> Result<PathBuf, RuntimeError> {
         };
     }
     let mut dirs = Vec::new();
-    if let Some(exe_dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(PathBuf::from)) {
+    if let Some(exe_dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(PathBuf::from))
+    {
         dirs.push(exe_dir.clone());
         if let Some(up) = exe_dir.parent() {
             dirs.push(up.join("lib"));
         }
     }
-    dirs.push(PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../.ort")));
+    dirs.push(PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../.ort"
+    )));
     for d in &dirs {
         for name in [ORT_LIBRARY_FILE, "libonnxruntime.so"] {
             let p = d.join(name);
@@ -81,7 +87,10 @@ pub fn ort_library() -> Result<PathBuf, RuntimeError> {
     }
     Err(RuntimeError::Library(format!(
         "cannot find {ORT_LIBRARY_FILE}; run scripts/setup.sh (it fetches the library from the onnxruntime wheel on PyPI) or set ORT_DYLIB_PATH to its path (looked in: {})",
-        dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+        dirs.iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     )))
 }
 
@@ -89,7 +98,8 @@ fn environment() -> Result<&'static Environment, RuntimeError> {
     static ENV: OnceLock<Result<Environment, String>> = OnceLock::new();
     ENV.get_or_init(|| {
         let path = ort_library().map_err(|e| e.to_string())?;
-        let builder = ort::init_from(&path).map_err(|e| format!("cannot load {}: {e}", path.display()))?;
+        let builder =
+            ort::init_from(&path).map_err(|e| format!("cannot load {}: {e}", path.display()))?;
         builder
             .with_name("lrp-graph")
             .build()
@@ -145,7 +155,12 @@ impl std::fmt::Debug for Forward {
 impl Forward {
     /// Exports `graph` with the requested outputs and opens a session on `device`, with
     /// `threads` intra-op threads (None: ONNX Runtime's default, all cores).
-    pub fn new(graph: &Graph, device: Device, outputs: ExportOutputs, threads: Option<usize>) -> Result<Self, RuntimeError> {
+    pub fn new(
+        graph: &Graph,
+        device: Device,
+        outputs: ExportOutputs,
+        threads: Option<usize>,
+    ) -> Result<Self, RuntimeError> {
         let env = environment()?;
         let model = to_onnx(graph, &outputs);
         let bytes = lrp_onnx::encode_model(&model);
@@ -159,7 +174,9 @@ impl Forward {
             .with_optimization_level(GraphOptimizationLevel::All)
             .map_err(|e| ort_err(e.into()))?;
         if let Some(n) = threads {
-            builder = builder.with_intra_threads(n).map_err(|e| ort_err(e.into()))?;
+            builder = builder
+                .with_intra_threads(n)
+                .map_err(|e| ort_err(e.into()))?;
         }
         match device {
             Device::Cpu => {}
@@ -189,11 +206,18 @@ impl Forward {
 
     /// Runs a batch `[N, ...input shape]` and returns the exposed activations.
     pub fn run(&mut self, input: ArrayViewD<'_, f32>) -> Result<Activations, RuntimeError> {
-        if input.ndim() != self.input_shape.len() + 1 || input.shape()[1..] != self.input_shape[..] || input.shape()[0] == 0 {
+        if input.ndim() != self.input_shape.len() + 1
+            || input.shape()[1..] != self.input_shape[..]
+            || input.shape()[0] == 0
+        {
             return Err(RuntimeError::Input(format!(
                 "input batch has shape {:?}; the graph takes [N, {}]",
                 input.shape(),
-                self.input_shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+                self.input_shape
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         }
         let ort_err = |e: ort::Error| RuntimeError::Ort {
@@ -213,10 +237,12 @@ impl Forward {
                 graph: self.graph_name.clone(),
                 message: format!("output '{name}' is missing"),
             })?;
-            let arr = v.try_extract_array::<f32>().map_err(|e| RuntimeError::Ort {
-                graph: self.graph_name.clone(),
-                message: format!("output '{name}': {e}"),
-            })?;
+            let arr = v
+                .try_extract_array::<f32>()
+                .map_err(|e| RuntimeError::Ort {
+                    graph: self.graph_name.clone(),
+                    message: format!("output '{name}': {e}"),
+                })?;
             values[*id] = Some(arr.to_owned());
         }
         Ok(Activations { batch, values })
@@ -224,7 +250,9 @@ impl Forward {
 }
 
 #[cfg(feature = "cuda")]
-fn with_cuda(builder: ort::session::builder::SessionBuilder) -> Result<ort::session::builder::SessionBuilder, RuntimeError> {
+fn with_cuda(
+    builder: ort::session::builder::SessionBuilder,
+) -> Result<ort::session::builder::SessionBuilder, RuntimeError> {
     let ep = ort::ep::CUDA::default().build().error_on_failure();
     builder.with_execution_providers([ep]).map_err(|e| {
         RuntimeError::Device(format!(
@@ -234,7 +262,9 @@ fn with_cuda(builder: ort::session::builder::SessionBuilder) -> Result<ort::sess
 }
 
 #[cfg(not(feature = "cuda"))]
-fn with_cuda(_: ort::session::builder::SessionBuilder) -> Result<ort::session::builder::SessionBuilder, RuntimeError> {
+fn with_cuda(
+    _: ort::session::builder::SessionBuilder,
+) -> Result<ort::session::builder::SessionBuilder, RuntimeError> {
     Err(RuntimeError::Device(
         "this build of lrp-graph has no CUDA support; rebuild with `cargo build --release --features cuda`, or use --device cpu".into(),
     ))
@@ -242,22 +272,34 @@ fn with_cuda(_: ort::session::builder::SessionBuilder) -> Result<ort::session::b
 
 /// Runs an arbitrary ONNX model (its bytes) on one input batch with ONNX Runtime's CPU provider
 /// and returns its outputs in order: the reference that converted graphs are checked against.
-pub fn run_onnx_bytes(bytes: &[u8], input: ArrayViewD<'_, f32>) -> Result<Vec<ArrayD<f32>>, RuntimeError> {
+pub fn run_onnx_bytes(
+    bytes: &[u8],
+    input: ArrayViewD<'_, f32>,
+) -> Result<Vec<ArrayD<f32>>, RuntimeError> {
     let env = environment()?;
     let ort_err = |e: ort::Error| RuntimeError::Ort {
         graph: "(original model)".into(),
         message: e.to_string(),
     };
-    let mut session = Session::builder(env).map_err(ort_err)?.commit_from_memory(bytes).map_err(ort_err)?;
+    let mut session = Session::builder(env)
+        .map_err(ort_err)?
+        .commit_from_memory(bytes)
+        .map_err(ort_err)?;
     let input_name = session
         .inputs()
         .first()
         .map(|i| i.name().to_string())
         .ok_or_else(|| RuntimeError::Input("the model has no inputs".into()))?;
-    let names: Vec<String> = session.outputs().iter().map(|o| o.name().to_string()).collect();
+    let names: Vec<String> = session
+        .outputs()
+        .iter()
+        .map(|o| o.name().to_string())
+        .collect();
     let input = input.as_standard_layout();
     let tensor = TensorRef::from_array_view(&input).map_err(ort_err)?;
-    let results = session.run(vec![(input_name.as_str(), tensor)]).map_err(ort_err)?;
+    let results = session
+        .run(vec![(input_name.as_str(), tensor)])
+        .map_err(ort_err)?;
     names
         .iter()
         .map(|n| {

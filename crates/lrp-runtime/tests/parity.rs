@@ -8,23 +8,42 @@ use ndarray::{ArrayD, IxDyn};
 fn check(model: &lrp_onnx::ModelProto, hw: usize, batch: usize) {
     let imported = import_onnx_model(model, "mem.onnx".as_ref(), "m").expect("import");
     let graph = imported.graph;
-    let x = ArrayD::from_shape_vec(IxDyn(&[batch, 3, hw, hw]), random_normal(7, batch * 3 * hw * hw, 1.0)).unwrap();
-    let reference = run_onnx_bytes(&lrp_onnx::encode_model(model), x.view()).expect("reference run");
+    let x = ArrayD::from_shape_vec(
+        IxDyn(&[batch, 3, hw, hw]),
+        random_normal(7, batch * 3 * hw * hw, 1.0),
+    )
+    .unwrap();
+    let reference =
+        run_onnx_bytes(&lrp_onnx::encode_model(model), x.view()).expect("reference run");
     let mut fwd = Forward::new(&graph, Device::Cpu, ExportOutputs::All, Some(1)).expect("session");
     let acts = fwd.run(x.view()).expect("run");
     let out = acts.get(graph.output_id()).expect("output");
     let scale = reference[0].iter().fold(0f32, |m, v| m.max(v.abs()));
-    let diff = (out - &reference[0]).iter().fold(0f32, |m, v| m.max(v.abs()));
+    let diff = (out - &reference[0])
+        .iter()
+        .fold(0f32, |m, v| m.max(v.abs()));
     assert!(diff <= 1e-5 * scale, "max |Δ| = {diff}, max |y| = {scale}");
     for &id in graph.topo_order() {
         let a = acts.get(id).expect("every node's activation");
-        assert_eq!(&a.shape()[1..], graph.shape(id), "node {}", graph.nodes()[id].name);
+        assert_eq!(
+            &a.shape()[1..],
+            graph.shape(id),
+            "node {}",
+            graph.nodes()[id].name
+        );
     }
 }
 
 #[test]
 fn vgg16_shaped() {
-    check(&VggConfig::new(10, 32, 1).width_div(8).classifier_width(64).build(), 32, 2);
+    check(
+        &VggConfig::new(10, 32, 1)
+            .width_div(8)
+            .classifier_width(64)
+            .build(),
+        32,
+        2,
+    );
 }
 
 #[test]

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Sets up, builds, and runs the main job on the bundled MNIST digit classifier: convert the ONNX
+# model into a graph, describe it, and classify the bundled example images. Outputs go to out/demo/.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+scripts/setup.sh
+cargo build --release --locked
+bin=target/release/lrp-graph
+out=out/demo
+mkdir -p "$out"
+"$bin" convert graphs/mnist/mnist_cnn.onnx -o "$out/mnist_cnn.ron" \
+  --preprocess scale=1/255 --labels graphs/mnist/labels.txt
+"$bin" inspect "$out/mnist_cnn.ron"
+"$bin" predict "$out/mnist_cnn.ron" --input graphs/mnist/examples --top 2 --logits "$out/logits.npy"
+echo "demo: outputs in $out/"

@@ -1,0 +1,84 @@
+//! Shared helpers of the integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use ndarray::ArrayD;
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A file under `tests/fixtures/onnx/`.
+pub fn fixture(name: &str) -> PathBuf {
+    root().join("tests/fixtures/onnx").join(name)
+}
+
+/// The ONNX fixtures that come with an input and ORT's expected output.
+pub const FIXTURES: &[&str] = &[
+    "vgg_small",
+    "fixed_batch",
+    "resnet_block",
+    "grouped_depthwise",
+    "mlp",
+    "conv_variety",
+];
+
+/// Runs the `lrp-graph` binary with `args`.
+pub fn lrp(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lrp-graph"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+/// Stderr as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Stdout as text.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Asserts a failed run: the exit code, and exactly one `error:` line on stderr containing
+/// every one of `needles`.
+pub fn assert_fails(o: &Output, code: i32, needles: &[&str]) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(code), "stderr: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(lines.len(), 1, "one error line expected, stderr: {err}");
+    for n in needles {
+        assert!(lines[0].contains(n), "'{n}' not in: {}", lines[0]);
+    }
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+/// Reads an f32 `.npy`.
+pub fn read_npy(path: &Path) -> ArrayD<f32> {
+    lrp_io::read_npy(path).expect("readable npy")
+}
+
+/// max |a − b| and max |b|.
+pub fn max_diff(a: &ArrayD<f32>, b: &ArrayD<f32>) -> (f32, f32) {
+    assert_eq!(a.shape(), b.shape());
+    let d = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    let s = b.iter().fold(0f32, |m, y| m.max(y.abs()));
+    (d, s)
+}
+
+/// Files in a folder (names), sorted.
+pub fn files_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|r| {
+            r.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
