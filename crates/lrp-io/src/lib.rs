@@ -100,47 +100,18 @@ fn extension(path: &Path) -> Option<String> {
 /// Writes `array` as a standard `.npy` file (float32, little-endian, C order) atomically:
 /// nothing is left at `path` on failure.
 pub fn write_npy(path: &Path, array: &ArrayD<f32>) -> Result<()> {
-    check_parent(path)?;
     lrp_ir::fsutil::write_atomic_with(path, |w| write_npy_to(w, array))
         .map_err(|e| write_error(path, e))
 }
 
 /// Writes `bytes` to `path` atomically.
 pub(crate) fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
-    check_parent(path)?;
     lrp_ir::fsutil::write_atomic(path, bytes).map_err(|e| write_error(path, e))
 }
 
-/// A clear error for an output path whose folder does not exist.
-fn check_parent(path: &Path) -> Result<()> {
-    match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => Err(IoError::Write {
-            path: path.to_path_buf(),
-            reason: if dir.exists() {
-                format!("{} is not a directory", dir.display())
-            } else {
-                format!("the folder {} does not exist", dir.display())
-            },
-        }),
-        _ => Ok(()),
-    }
-}
-
-/// The error of a failed write, without the temporary file's name that `tempfile` adds.
 fn write_error(path: &Path, e: std::io::Error) -> IoError {
-    let reason = match e.raw_os_error() {
-        Some(code) => std::io::Error::from_raw_os_error(code).to_string(),
-        None => {
-            // tempfile appends ` at path "<dir>/.lrp-tmp-XXXX"`: the user never sees that file.
-            let m = error::one_line(e);
-            match m.find(" at path \"") {
-                Some(i) if m[i..].contains(".lrp-tmp-") => m[..i].to_string(),
-                _ => m,
-            }
-        }
-    };
     IoError::Write {
         path: path.to_path_buf(),
-        reason,
+        reason: error::one_line(e),
     }
 }
