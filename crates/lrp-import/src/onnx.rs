@@ -1116,6 +1116,9 @@ fn resolve_reshape(input: &[usize], target: &[i64], allowzero: bool) -> Result<V
     if target.is_empty() {
         return Err("the target shape is empty (the batch axis must stay first)".into());
     }
+    if target[0] == -1 && target[1..].contains(&-1) {
+        return Err(format!("target shape {target:?} has more than one -1"));
+    }
     let total: usize = input.iter().product();
     let mut out = Vec::with_capacity(target.len() - 1);
     let mut infer = None;

@@ -14,16 +14,25 @@ pub fn write_atomic_with(
     write_inner(path, fill).map_err(clean)
 }
 
-fn write_inner(path: &Path, fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> std::io::Result<()> {
+fn write_inner(
+    path: &Path,
+    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
     if !dir.is_dir() {
         let (kind, what) = if dir.exists() {
-            (std::io::ErrorKind::NotADirectory, format!("{} is not a directory", dir.display()))
+            (
+                std::io::ErrorKind::NotADirectory,
+                format!("{} is not a directory", dir.display()),
+            )
         } else {
-            (std::io::ErrorKind::NotFound, format!("the folder {} does not exist", dir.display()))
+            (
+                std::io::ErrorKind::NotFound,
+                format!("the folder {} does not exist", dir.display()),
+            )
         };
         return Err(std::io::Error::new(kind, what));
     }
@@ -34,6 +43,13 @@ fn write_inner(path: &Path, fill: impl FnOnce(&mut dyn Write) -> std::io::Result
         let mut w = std::io::BufWriter::new(tmp.as_file_mut());
         fill(&mut w)?;
         w.flush()?;
+    }
+    #[cfg(unix)]
+    {
+        // Temporary files are created private (0600); outputs get the usual 0644.
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))?;
     }
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
@@ -47,7 +63,9 @@ fn clean(e: std::io::Error) -> std::io::Error {
     }
     let m = e.to_string();
     match m.find(" at path \"") {
-        Some(i) if m[i..].contains(".lrp-tmp-") => std::io::Error::new(e.kind(), m[..i].to_string()),
+        Some(i) if m[i..].contains(".lrp-tmp-") => {
+            std::io::Error::new(e.kind(), m[..i].to_string())
+        }
         _ => e,
     }
 }

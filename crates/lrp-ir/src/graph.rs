@@ -439,6 +439,25 @@ pub fn resolve_sidecar(graph_path: &Path, weights: &str) -> PathBuf {
 
 /// Parses RON text as a [`GraphDef`]; errors carry the file, line and column.
 pub fn parse_ron(text: &str, path: &Path) -> Result<GraphDef, IrError> {
+    // The version first, so that a file of another format version gets that error rather than
+    // one about fields this version does not know.
+    #[derive(Deserialize)]
+    struct Version {
+        format: u32,
+    }
+    if let Ok(v) = ron::Options::default().from_str::<Version>(text)
+        && v.format != FORMAT_VERSION
+    {
+        return Err(IrError::Invalid {
+            path: Some(path.to_owned()),
+            node: None,
+            op: None,
+            message: format!(
+                "unsupported graph format {} (this build reads format {FORMAT_VERSION})",
+                v.format
+            ),
+        });
+    }
     ron::Options::default()
         .from_str::<GraphDef>(text)
         .map_err(|e| IrError::Parse {
