@@ -7,7 +7,12 @@ use std::path::Path;
 use common::*;
 
 fn convert(model: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
-    let mut args = vec!["convert", model.to_str().unwrap(), "-o", out.to_str().unwrap()];
+    let mut args = vec![
+        "convert",
+        model.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ];
     args.extend_from_slice(extra);
     lrp(&args)
 }
@@ -19,7 +24,11 @@ fn convert_then_predict_matches_onnx_runtime() {
         let ron = dir.path().join(format!("{name}.ron"));
         let o = convert(&fixture(&format!("{name}.onnx")), &ron, &[]);
         assert!(o.status.success(), "{name}: {}", stderr(&o));
-        assert!(stderr(&o).contains("check: outputs match"), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("check: outputs match"),
+            "{}",
+            stderr(&o)
+        );
         assert!(ron.with_extension("safetensors").is_file());
         let logits = dir.path().join(format!("{name}.logits.npy"));
         let input = fixture(&format!("{name}.input.npy"));
@@ -46,7 +55,10 @@ fn convert_then_predict_matches_onnx_runtime() {
             let (d, s) = max_diff(&got, &expected);
             assert!(d <= 1e-5 * s, "{name}: max |Δ| = {d}, max |y| = {s}");
         }
-        assert_eq!(stdout(&o).matches("   1. class").count(), expected.shape()[0]);
+        assert_eq!(
+            stdout(&o).matches("   1. class").count(),
+            expected.shape()[0]
+        );
     }
 }
 
@@ -56,7 +68,9 @@ trait RowMax {
 
 impl RowMax for ndarray::ArrayD<f32> {
     fn row_max_prob(&self, row: usize) -> f32 {
-        self.index_axis(ndarray::Axis(0), row).iter().fold(0f32, |m, &v| m.max(v))
+        self.index_axis(ndarray::Axis(0), row)
+            .iter()
+            .fold(0f32, |m, &v| m.max(v))
     }
 }
 
@@ -64,12 +78,23 @@ impl RowMax for ndarray::ArrayD<f32> {
 fn inspect_lists_every_node_with_shapes() {
     let dir = tempfile::tempdir().unwrap();
     let ron = dir.path().join("vgg.ron");
-    assert!(convert(&fixture("vgg_small.onnx"), &ron, &["--no-check", "--preprocess", "torch"]).status.success());
+    assert!(
+        convert(
+            &fixture("vgg_small.onnx"),
+            &ron,
+            &["--no-check", "--preprocess", "torch"]
+        )
+        .status
+        .success()
+    );
     let o = lrp(&["inspect", ron.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     let text = stdout(&o);
     assert!(text.contains("input input [N, 3, 32, 32] NCHW"), "{text}");
-    assert!(text.contains("preprocess RGB scale 0.003921569 mean [0.485, 0.456, 0.406]"), "{text}");
+    assert!(
+        text.contains("preprocess RGB scale 0.003921569 mean [0.485, 0.456, 0.406]"),
+        "{text}"
+    );
     assert!(text.contains("output "), "{text}");
     let graph = lrp_ir::Graph::load(&ron).unwrap();
     for n in graph.nodes() {
@@ -85,7 +110,12 @@ fn mnist_demo_images_and_npy_agree() {
     let o = convert(
         &root.join("graphs/mnist/mnist_cnn.onnx"),
         &ron,
-        &["--preprocess", "scale=1/255", "--labels", root.join("graphs/mnist/labels.txt").to_str().unwrap()],
+        &[
+            "--preprocess",
+            "scale=1/255",
+            "--labels",
+            root.join("graphs/mnist/labels.txt").to_str().unwrap(),
+        ],
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let from_npy = dir.path().join("a.npy");
@@ -93,7 +123,9 @@ fn mnist_demo_images_and_npy_agree() {
         "predict",
         ron.to_str().unwrap(),
         "-i",
-        root.join("graphs/mnist/examples/examples.npy").to_str().unwrap(),
+        root.join("graphs/mnist/examples/examples.npy")
+            .to_str()
+            .unwrap(),
         "--logits",
         from_npy.to_str().unwrap(),
     ]);
@@ -102,21 +134,45 @@ fn mnist_demo_images_and_npy_agree() {
     let (d, s) = max_diff(&read_npy(&from_npy), &expected);
     assert!(d <= 1e-5 * s, "max |Δ| = {d}");
     // The single-digit PNGs, one by one, give the same logits as their rows of examples.npy.
-    let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(root.join("graphs/mnist/examples/examples.json")).unwrap()).unwrap();
-    let items = meta.as_array().or_else(|| meta["examples"].as_array()).expect("a list of examples");
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("graphs/mnist/examples/examples.json")).unwrap(),
+    )
+    .unwrap();
+    let items = meta
+        .as_array()
+        .or_else(|| meta["examples"].as_array())
+        .expect("a list of examples");
     for (row, item) in items.iter().enumerate() {
-        let file = item["file"].as_str().or_else(|| item["filename"].as_str()).expect("file name");
+        let file = item["file"]
+            .as_str()
+            .or_else(|| item["filename"].as_str())
+            .expect("file name");
         let png = root.join("graphs/mnist/examples").join(file);
         let out = dir.path().join(format!("{row}.npy"));
-        let o = lrp(&["predict", ron.to_str().unwrap(), "-i", png.to_str().unwrap(), "--logits", out.to_str().unwrap()]);
+        let o = lrp(&[
+            "predict",
+            ron.to_str().unwrap(),
+            "-i",
+            png.to_str().unwrap(),
+            "--logits",
+            out.to_str().unwrap(),
+        ]);
         assert!(o.status.success(), "{}", stderr(&o));
         let got = read_npy(&out);
-        let want = expected.index_axis(ndarray::Axis(0), row).to_owned().insert_axis(ndarray::Axis(0)).into_dyn();
+        let want = expected
+            .index_axis(ndarray::Axis(0), row)
+            .to_owned()
+            .insert_axis(ndarray::Axis(0))
+            .into_dyn();
         let (d, s) = max_diff(&got, &want);
         assert!(d <= 1e-5 * s, "{file}: max |Δ| = {d}");
-        if let Some(label) = file.strip_prefix("digit_").and_then(|f| f.strip_suffix(".png")) {
-            let names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"];
+        if let Some(label) = file
+            .strip_prefix("digit_")
+            .and_then(|f| f.strip_suffix(".png"))
+        {
+            let names = [
+                "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+            ];
             let name = names[label.parse::<usize>().unwrap()];
             let first = stdout(&o).lines().nth(1).unwrap_or_default().to_string();
             assert!(first.ends_with(name), "{file}: {first}");
@@ -140,7 +196,11 @@ fn not_onnx_and_truncated() {
     let dir = tempfile::tempdir().unwrap();
     for f in ["bad/not_onnx.onnx", "bad/truncated.onnx"] {
         let o = convert(&fixture(f), &dir.path().join("x.ron"), &[]);
-        assert_fails(&o, 2, &[f.trim_start_matches("bad/"), "not a valid ONNX model"]);
+        assert_fails(
+            &o,
+            2,
+            &[f.trim_start_matches("bad/"), "not a valid ONNX model"],
+        );
     }
     assert!(files_in(dir.path()).is_empty());
 }
@@ -148,21 +208,37 @@ fn not_onnx_and_truncated() {
 #[test]
 fn external_data_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let o = convert(&fixture("bad/external_data.onnx"), &dir.path().join("x.ron"), &[]);
+    let o = convert(
+        &fixture("bad/external_data.onnx"),
+        &dir.path().join("x.ron"),
+        &[],
+    );
     assert_fails(&o, 2, &["external_data.onnx", "fc.weight", "external data"]);
 }
 
 #[test]
 fn unsupported_ops_are_all_listed() {
     let dir = tempfile::tempdir().unwrap();
-    let o = convert(&fixture("bad/unsupported_op.onnx"), &dir.path().join("x.ron"), &[]);
-    assert_fails(&o, 2, &["unsupported_op.onnx", "Erf", "Cos", "supported ops: Add"]);
+    let o = convert(
+        &fixture("bad/unsupported_op.onnx"),
+        &dir.path().join("x.ron"),
+        &[],
+    );
+    assert_fails(
+        &o,
+        2,
+        &["unsupported_op.onnx", "Erf", "Cos", "supported ops: Add"],
+    );
 }
 
 #[test]
 fn two_inputs_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let o = convert(&fixture("bad/two_inputs.onnx"), &dir.path().join("x.ron"), &[]);
+    let o = convert(
+        &fixture("bad/two_inputs.onnx"),
+        &dir.path().join("x.ron"),
+        &[],
+    );
     assert_fails(&o, 2, &["two_inputs.onnx", "2 inputs", "input_a"]);
 }
 
@@ -171,23 +247,43 @@ fn keras_and_unknown_formats_get_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let h5 = dir.path().join("m.h5");
     std::fs::write(&h5, b"\x89HDF\r\n\x1a\n").unwrap();
-    assert_fails(&convert(&h5, &dir.path().join("x.ron"), &[]), 2, &["m.h5", "Keras"]);
+    assert_fails(
+        &convert(&h5, &dir.path().join("x.ron"), &[]),
+        2,
+        &["m.h5", "Keras"],
+    );
     let txt = dir.path().join("m.txt");
     std::fs::write(&txt, b"hello").unwrap();
-    assert_fails(&convert(&txt, &dir.path().join("x.ron"), &[]), 2, &["m.txt", ".onnx"]);
+    assert_fails(
+        &convert(&txt, &dir.path().join("x.ron"), &[]),
+        2,
+        &["m.txt", ".onnx"],
+    );
 }
 
 #[test]
 fn bad_preprocess_and_labels() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("x.ron");
-    let o = convert(&fixture("vgg_small.onnx"), &out, &["--no-check", "--preprocess", "scale=abc"]);
+    let o = convert(
+        &fixture("vgg_small.onnx"),
+        &out,
+        &["--no-check", "--preprocess", "scale=abc"],
+    );
     assert_fails(&o, 2, &["--preprocess", "scale"]);
     let labels = dir.path().join("labels.txt");
     std::fs::write(&labels, "a\nb\nc\n").unwrap();
-    let o = convert(&fixture("vgg_small.onnx"), &out, &["--no-check", "--labels", labels.to_str().unwrap()]);
+    let o = convert(
+        &fixture("vgg_small.onnx"),
+        &out,
+        &["--no-check", "--labels", labels.to_str().unwrap()],
+    );
     assert_fails(&o, 2, &["--labels", "3 labels"]);
-    let o = convert(&fixture("mlp.onnx"), &out, &["--no-check", "--preprocess", "caffe"]);
+    let o = convert(
+        &fixture("mlp.onnx"),
+        &out,
+        &["--no-check", "--preprocess", "caffe"],
+    );
     assert_fails(&o, 2, &["--preprocess", "not an image input"]);
     assert!(!out.exists());
 }
@@ -195,10 +291,18 @@ fn bad_preprocess_and_labels() {
 #[test]
 fn unwritable_output_paths() {
     let dir = tempfile::tempdir().unwrap();
-    let o = convert(&fixture("mlp.onnx"), &dir.path().join("no/such/dir/x.ron"), &["--no-check"]);
+    let o = convert(
+        &fixture("mlp.onnx"),
+        &dir.path().join("no/such/dir/x.ron"),
+        &["--no-check"],
+    );
     assert_fails(&o, 2, &["no/such/dir"]);
     let ron = dir.path().join("m.ron");
-    assert!(convert(&fixture("mlp.onnx"), &ron, &["--no-check"]).status.success());
+    assert!(
+        convert(&fixture("mlp.onnx"), &ron, &["--no-check"])
+            .status
+            .success()
+    );
     let bad = dir.path().join("missing/l.npy");
     let input = fixture("mlp.input.npy");
     let o = lrp(&[
@@ -217,15 +321,34 @@ fn unwritable_output_paths() {
 fn inputs_of_the_wrong_rank_shape_or_dtype() {
     let dir = tempfile::tempdir().unwrap();
     let ron = dir.path().join("m.ron");
-    assert!(convert(&fixture("vgg_small.onnx"), &ron, &["--no-check"]).status.success());
-    let predict = |input: &Path| lrp(&["predict", ron.to_str().unwrap(), "-i", input.to_str().unwrap()]);
+    assert!(
+        convert(&fixture("vgg_small.onnx"), &ron, &["--no-check"])
+            .status
+            .success()
+    );
+    let predict = |input: &Path| {
+        lrp(&[
+            "predict",
+            ron.to_str().unwrap(),
+            "-i",
+            input.to_str().unwrap(),
+        ])
+    };
 
     let wrong_rank = dir.path().join("rank.npy");
-    lrp_io::write_npy(&wrong_rank, &ndarray::ArrayD::zeros(ndarray::IxDyn(&[3, 32, 32]))).unwrap();
+    lrp_io::write_npy(
+        &wrong_rank,
+        &ndarray::ArrayD::zeros(ndarray::IxDyn(&[3, 32, 32])),
+    )
+    .unwrap();
     assert_fails(&predict(&wrong_rank), 2, &["rank.npy", "[N, 3, 32, 32]"]);
 
     let wrong_shape = dir.path().join("shape.npy");
-    lrp_io::write_npy(&wrong_shape, &ndarray::ArrayD::zeros(ndarray::IxDyn(&[1, 3, 32, 31]))).unwrap();
+    lrp_io::write_npy(
+        &wrong_shape,
+        &ndarray::ArrayD::zeros(ndarray::IxDyn(&[1, 3, 32, 31])),
+    )
+    .unwrap();
     assert_fails(&predict(&wrong_shape), 2, &["shape.npy", "[1, 3, 32, 31]"]);
 
     // int64 .npy: a hand-written header.
@@ -260,13 +383,33 @@ fn inputs_of_the_wrong_rank_shape_or_dtype() {
 fn broken_graph_files() {
     let dir = tempfile::tempdir().unwrap();
     let ron = dir.path().join("m.ron");
-    assert!(convert(&fixture("mlp.onnx"), &ron, &["--no-check"]).status.success());
+    assert!(
+        convert(&fixture("mlp.onnx"), &ron, &["--no-check"])
+            .status
+            .success()
+    );
     let text = std::fs::read_to_string(&ron).unwrap();
     let bad = dir.path().join("bad.ron");
     std::fs::write(&bad, text.replacen("op: Relu", "op: Relux", 1)).unwrap();
-    assert_fails(&lrp(&["inspect", bad.to_str().unwrap()]), 2, &["bad.ron:", "Relux"]);
-    std::fs::write(&bad, text.replacen("weights: \"m.safetensors\"", "weights: \"other.safetensors\"", 1)).unwrap();
-    assert_fails(&lrp(&["inspect", bad.to_str().unwrap()]), 2, &["other.safetensors"]);
+    assert_fails(
+        &lrp(&["inspect", bad.to_str().unwrap()]),
+        2,
+        &["bad.ron:", "Relux"],
+    );
+    std::fs::write(
+        &bad,
+        text.replacen(
+            "weights: \"m.safetensors\"",
+            "weights: \"other.safetensors\"",
+            1,
+        ),
+    )
+    .unwrap();
+    assert_fails(
+        &lrp(&["inspect", bad.to_str().unwrap()]),
+        2,
+        &["other.safetensors"],
+    );
 }
 
 #[test]
@@ -285,8 +428,19 @@ fn usage_errors_exit_2() {
 fn cuda_without_the_feature_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let ron = dir.path().join("m.ron");
-    assert!(convert(&fixture("mlp.onnx"), &ron, &["--no-check"]).status.success());
+    assert!(
+        convert(&fixture("mlp.onnx"), &ron, &["--no-check"])
+            .status
+            .success()
+    );
     let input = fixture("mlp.input.npy");
-    let o = lrp(&["predict", ron.to_str().unwrap(), "-i", input.to_str().unwrap(), "--device", "cuda"]);
+    let o = lrp(&[
+        "predict",
+        ron.to_str().unwrap(),
+        "-i",
+        input.to_str().unwrap(),
+        "--device",
+        "cuda",
+    ]);
     assert_fails(&o, 2, &["CUDA", "--features cuda"]);
 }

@@ -22,6 +22,10 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Run a graph on inputs and print the top classes.
     Predict(PredictArgs),
+    /// Relevance maps (.npy), heatmaps (PNG) and a report (JSON) for inputs.
+    Explain(ExplainArgs),
+    /// List the registered rules with their parameters, and the methods (presets).
+    Rules,
 }
 
 /// `convert` arguments.
@@ -54,6 +58,62 @@ pub struct ConvertArgs {
 pub struct InspectArgs {
     /// The graph (.ron).
     pub graph: PathBuf,
+    /// Print the rule each node gets under this method (a preset name).
+    #[arg(long, value_name = "M", conflicts_with = "rules")]
+    pub method: Option<String>,
+    /// Print the rule each node gets under this rule configuration (.ron).
+    #[arg(long, value_name = "R.ron")]
+    pub rules: Option<PathBuf>,
+}
+
+/// `explain` arguments.
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// The graph (.ron).
+    pub graph: PathBuf,
+    /// A .npy batch in the model's layout, an image file, or a folder of images.
+    #[arg(short, long, value_name = "INPUT")]
+    pub input: PathBuf,
+    /// The method: a preset name (see `lrp-graph rules`).
+    #[arg(
+        short,
+        long,
+        value_name = "M",
+        conflicts_with = "rules",
+        default_value = "sglrp"
+    )]
+    pub method: String,
+    /// A rule configuration file (.ron) instead of a preset.
+    #[arg(long, value_name = "R.ron")]
+    pub rules: Option<PathBuf>,
+    /// Target class: `top` (each input's top class), a class index, or one index per input
+    /// separated by commas.
+    #[arg(short, long, value_name = "T", default_value = "top")]
+    pub target: String,
+    /// Lowest input value for bounded (z^B) rules: one number or one per channel separated by '/'.
+    #[arg(long, value_name = "L", allow_hyphen_values = true)]
+    pub low: Option<String>,
+    /// Highest input value for bounded (z^B) rules: one number or one per channel separated by '/'.
+    #[arg(long, value_name = "H", allow_hyphen_values = true)]
+    pub high: Option<String>,
+    /// Keep only positive relevance (max(map, 0)), as the seed's `relu=True`.
+    #[arg(long)]
+    pub relu: bool,
+    /// Output folder.
+    #[arg(short, long, value_name = "DIR", default_value = "lrp-out")]
+    pub out: PathBuf,
+    /// Override the image preprocessing recorded in the graph (same syntax as `convert`).
+    #[arg(long, value_name = "P")]
+    pub preprocess: Option<String>,
+    /// Inputs per forward/relevance pass.
+    #[arg(long, value_name = "B", default_value_t = 16)]
+    pub batch_size: usize,
+    /// Where the forward pass runs.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    pub device: DeviceArg,
+    /// ONNX Runtime intra-op threads (default: all cores).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
 }
 
 /// Where the forward pass runs.

@@ -4,6 +4,7 @@
 
 pub mod args;
 mod convert;
+mod explain;
 mod inspect;
 mod predict;
 
@@ -26,6 +27,11 @@ pub enum Failure {
 /// Classifies an error by the library error it wraps.
 pub fn failure_kind(err: &anyhow::Error) -> Failure {
     for cause in err.chain() {
+        if let Some(lrp_engine::ExplainError::Rule { .. }) =
+            cause.downcast_ref::<lrp_engine::ExplainError>()
+        {
+            return Failure::Runtime;
+        }
         if let Some(e) = cause.downcast_ref::<lrp_runtime::RuntimeError>() {
             return match e {
                 lrp_runtime::RuntimeError::Input(_) | lrp_runtime::RuntimeError::Device(_) => {
@@ -54,6 +60,8 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Convert(a) => convert::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Predict(a) => predict::run(a),
+        Command::Explain(a) => explain::run(a),
+        Command::Rules => explain::list_rules(),
     }
 }
 

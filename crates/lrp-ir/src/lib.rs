@@ -7,6 +7,7 @@
 //!
 //! The format is described in `docs/graph-format.md`.
 
+pub mod canon;
 pub mod error;
 pub mod fsutil;
 pub mod graph;
@@ -14,6 +15,7 @@ pub mod op;
 pub mod preprocess;
 pub mod weights;
 
+pub use canon::{FoldedBatchNorm, fold_batchnorm, fold_batchnorm_with_report, strip_softmax};
 pub use error::IrError;
 pub use graph::{
     FORMAT_VERSION, Graph, GraphDef, InputDef, Layout, NodeDef, NodeId, parse_ron, to_ron,

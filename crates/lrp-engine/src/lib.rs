@@ -1,0 +1,370 @@
+//! The relevance pass: a graph, a rule configuration and an input batch in; relevance maps,
+//! per-node relevance and a report out.
+//!
+//! [`Explainer::new`] canonicalises the graph (final Softmax removed, BatchNorm folded into the
+//! preceding Conv/Dense), assigns every node its rule and opens an ONNX Runtime session that
+//! exposes every activation. [`Explainer::explain`] runs the forward pass, builds the initial
+//! relevance from the logits ([`Signal`]) and walks the petgraph in reverse topological order,
+//! summing relevance where a tensor fans out; all relevance maps of a signal (target and dual
+//! pass) travel through the pass together.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::time::Instant;
+
+use lrp_ir::Graph;
+use lrp_rules::{
+    Assignment, BatchNormMode, Bounds, NodeContext, Registry, RuleConfig, Signal, SignalNote,
+};
+use lrp_runtime::{Device, ExportOutputs, Forward, RuntimeError};
+use ndarray::{Array2, ArrayD, Ix2, IxDyn};
+
+/// Errors of the relevance pass.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExplainError {
+    /// The configuration does not fit the graph.
+    #[error(transparent)]
+    Config(#[from] lrp_rules::ConfigError),
+    /// The graph cannot be canonicalised.
+    #[error(transparent)]
+    Graph(#[from] lrp_ir::IrError),
+    /// The forward pass failed.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// The input or the options are not valid.
+    #[error("{0}")]
+    Input(String),
+    /// A rule failed, returned the wrong shape, produced NaN/Inf, or panicked.
+    #[error("node '{node}' ({op}), rule {rule}: {message}")]
+    Rule {
+        /// The node.
+        node: String,
+        /// Its op.
+        op: &'static str,
+        /// The rule's description.
+        rule: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// Which class each input is explained for.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Targets {
+    /// The top-scoring class of each input.
+    #[default]
+    Top,
+    /// One class for every input.
+    All(usize),
+    /// One class per input.
+    Each(Vec<usize>),
+}
+
+/// Options of one explanation.
+#[derive(Debug, Clone, Default)]
+pub struct ExplainOptions {
+    /// The target classes.
+    pub targets: Targets,
+    /// Bounds for bounded (z^B) rules, overriding the configuration's.
+    pub bounds: Option<Bounds>,
+    /// `max(map, 0)` after combination, overriding the configuration's `relu` when set.
+    pub relu: Option<bool>,
+    /// Nodes whose relevance to return (their names).
+    pub keep: Vec<String>,
+}
+
+/// The explanation of one batch.
+#[derive(Debug, Clone)]
+pub struct Explanation {
+    /// Relevance at the input: the input batch's shape and layout.
+    pub relevance: ArrayD<f32>,
+    /// Pre-softmax logits `[N, classes]`.
+    pub logits: Array2<f32>,
+    /// The target class of each input.
+    pub targets: Vec<usize>,
+    /// Per node (in topological order of the canonical graph): name and relevance sum per
+    /// input and per relevance map (`[N][maps]`), before the maps are combined.
+    pub node_sums: Vec<(String, Vec<Vec<f64>>)>,
+    /// Sum of the initial relevance per input and map.
+    pub initial_sums: Vec<Vec<f64>>,
+    /// Σ R_input − Σ R_logits per input and map (what the rules absorbed or created).
+    pub conservation_gap: Vec<Vec<f64>>,
+    /// Notes per input (e.g. ΣO = 0).
+    pub notes: Vec<Vec<SignalNote>>,
+    /// Relevance maps kept at the requested nodes: name → `[N·maps, ...]`.
+    pub kept: Vec<(String, ArrayD<f32>)>,
+    /// Seconds spent in the forward pass.
+    pub forward_seconds: f64,
+    /// Seconds spent in the relevance pass.
+    pub relevance_seconds: f64,
+}
+
+/// A graph prepared for explanations with one rule configuration.
+#[derive(Debug)]
+pub struct Explainer {
+    graph: Graph,
+    config: RuleConfig,
+    assignment: Assignment,
+    forward: Forward,
+    softmax_removed: bool,
+}
+
+impl Explainer {
+    /// Canonicalises `graph`, assigns the rules of `config` and opens the forward session.
+    pub fn new(
+        graph: Graph,
+        config: RuleConfig,
+        registry: &Registry,
+        device: Device,
+        threads: Option<usize>,
+    ) -> Result<Self, ExplainError> {
+        let (graph, softmax_removed) = canonicalize(graph, &config)?;
+        let assignment = config.assign(&graph, registry)?;
+        let forward = Forward::new(&graph, device, ExportOutputs::All, threads)?;
+        Ok(Explainer {
+            graph,
+            config,
+            assignment,
+            forward,
+            softmax_removed,
+        })
+    }
+
+    /// The canonical graph the relevance pass runs on.
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    /// The rule of every node.
+    pub fn assignment(&self) -> &Assignment {
+        &self.assignment
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RuleConfig {
+        &self.config
+    }
+
+    /// Whether a final Softmax was removed.
+    pub fn softmax_removed(&self) -> bool {
+        self.softmax_removed
+    }
+
+    /// Explains a batch `[N, ...input shape]`.
+    pub fn explain(
+        &mut self,
+        batch: &ArrayD<f32>,
+        opts: &ExplainOptions,
+    ) -> Result<Explanation, ExplainError> {
+        if let Some((i, v)) = batch.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(ExplainError::Input(format!(
+                "the input holds {v} at flat index {i}"
+            )));
+        }
+        let t0 = Instant::now();
+        let acts = self.forward.run(batch.view())?;
+        let forward_seconds = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        let g = &self.graph;
+        let out_id = g.output_id();
+        let out = acts.get(out_id).expect("every node is exported");
+        let n = out.shape()[0];
+        let classes = out.len() / n;
+        let logits: Array2<f32> = out
+            .as_standard_layout()
+            .into_owned()
+            .into_shape_with_order((n, classes))
+            .expect("output values")
+            .into_dimensionality::<Ix2>()
+            .expect("2-D");
+        let targets = resolve_targets(&opts.targets, &logits)?;
+        let signal: Signal = self.config.signal;
+        let maps = signal.maps();
+        let (r0, mut notes) = signal.initial(logits.view(), &targets);
+        let initial_sums = row_sums(&r0.clone().into_dyn(), n, maps);
+        let mut shape = vec![n * maps];
+        shape.extend_from_slice(g.shape(out_id));
+        let mut pending: HashMap<String, ArrayD<f32>> = HashMap::new();
+        pending.insert(
+            g.nodes()[out_id].name.clone(),
+            r0.into_shape_with_order(IxDyn(&shape))
+                .expect("logit relevance"),
+        );
+        let input_name = g.input().name.clone();
+        let mut node_sums = vec![(String::new(), Vec::new()); g.nodes().len()];
+        let mut kept = Vec::new();
+        for &id in g.topo_order().iter().rev() {
+            let node = &g.nodes()[id];
+            let Some(r) = pending.remove(&node.name) else {
+                node_sums[id] = (node.name.clone(), vec![vec![0.0; maps]; n]);
+                continue;
+            };
+            node_sums[id] = (node.name.clone(), row_sums(&r, n, maps));
+            if opts.keep.contains(&node.name) {
+                kept.push((node.name.clone(), r.clone()));
+            }
+            let inputs: Vec<_> = node
+                .inputs
+                .iter()
+                .map(|s| {
+                    if *s == input_name {
+                        batch.view()
+                    } else {
+                        acts_view(&acts, g, s)
+                    }
+                })
+                .collect();
+            let ctx = NodeContext {
+                graph: g,
+                id,
+                inputs,
+                output: acts.get(id).expect("exported").view(),
+                maps,
+                bounds: opts.bounds.as_ref(),
+            };
+            let rule = self.assignment.rule(id);
+            let fail = |message: String| ExplainError::Rule {
+                node: node.name.clone(),
+                op: node.op.kind(),
+                rule: rule.describe(),
+                message,
+            };
+            let outs =
+                std::panic::catch_unwind(AssertUnwindSafe(|| rule.relevance(&ctx, r.view())))
+                    .map_err(|p| fail(format!("the rule panicked: {}", panic_text(&p))))?
+                    .map_err(fail)?;
+            if outs.len() != node.inputs.len() {
+                return Err(fail(format!(
+                    "returned {} relevance arrays for {} inputs",
+                    outs.len(),
+                    node.inputs.len()
+                )));
+            }
+            for (k, (src, rin)) in node.inputs.iter().zip(outs).enumerate() {
+                let mut want = vec![n * maps];
+                want.extend_from_slice(g.tensor_shape(src).expect("validated"));
+                if rin.shape() != want.as_slice() {
+                    return Err(fail(format!(
+                        "returned shape {:?} for input {k} ('{src}'), expected {want:?}",
+                        rin.shape()
+                    )));
+                }
+                if let Some(v) = rin.iter().find(|v| !v.is_finite()) {
+                    return Err(fail(format!(
+                        "produced {v} in the relevance of input {k} ('{src}')"
+                    )));
+                }
+                match pending.get_mut(src) {
+                    Some(acc) => *acc += &rin,
+                    None => {
+                        pending.insert(src.clone(), rin);
+                    }
+                }
+            }
+        }
+        let r_input = pending.remove(&input_name).unwrap_or_else(|| {
+            let mut s = vec![n * maps];
+            s.extend_from_slice(&g.input().shape);
+            ArrayD::zeros(IxDyn(&s))
+        });
+        let input_sums = row_sums(&r_input, n, maps);
+        let conservation_gap = input_sums
+            .iter()
+            .zip(&initial_sums)
+            .map(|(a, b)| a.iter().zip(b).map(|(x, y)| x - y).collect())
+            .collect();
+        let relu = opts.relu.unwrap_or(self.config.relu);
+        let relevance = signal.combine(r_input, relu, &mut notes);
+        Ok(Explanation {
+            relevance,
+            logits,
+            targets,
+            node_sums: g
+                .topo_order()
+                .iter()
+                .map(|&i| node_sums[i].clone())
+                .collect(),
+            initial_sums,
+            conservation_gap,
+            notes,
+            kept,
+            forward_seconds,
+            relevance_seconds: t1.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+fn acts_view<'a>(
+    acts: &'a lrp_runtime::Activations,
+    g: &Graph,
+    name: &str,
+) -> ndarray::ArrayViewD<'a, f32> {
+    acts.get(g.node_id(name).expect("validated"))
+        .expect("exported")
+        .view()
+}
+
+fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// Sums of each row, as `[N][maps]`.
+fn row_sums(r: &ArrayD<f32>, n: usize, maps: usize) -> Vec<Vec<f64>> {
+    let rows: Vec<f64> = r
+        .outer_iter()
+        .map(|row| row.iter().map(|&v| v as f64).sum())
+        .collect();
+    (0..n)
+        .map(|i| rows[i * maps..(i + 1) * maps].to_vec())
+        .collect()
+}
+
+fn resolve_targets(t: &Targets, logits: &Array2<f32>) -> Result<Vec<usize>, ExplainError> {
+    let (n, c) = logits.dim();
+    let v = match t {
+        Targets::Top => logits
+            .outer_iter()
+            .map(|row| {
+                row.iter()
+                    .enumerate()
+                    .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+                        if v > bv { (i, v) } else { (bi, bv) }
+                    })
+                    .0
+            })
+            .collect(),
+        Targets::All(k) => vec![*k; n],
+        Targets::Each(v) => {
+            if v.len() != n {
+                return Err(ExplainError::Input(format!(
+                    "{} targets given for {n} inputs (give one, or one per input)",
+                    v.len()
+                )));
+            }
+            v.clone()
+        }
+    };
+    if let Some(&bad) = v.iter().find(|&&k| k >= c) {
+        return Err(ExplainError::Input(format!(
+            "target class {bad} is out of range: the model has {c} classes (0..{})",
+            c - 1
+        )));
+    }
+    Ok(v)
+}
+
+/// The graph the pass runs on: the final Softmax removed and, unless the configuration says
+/// `batch_norm: Pass`, BatchNorm folded into the preceding Conv/Dense.
+pub fn canonicalize(graph: Graph, config: &RuleConfig) -> Result<(Graph, bool), lrp_ir::IrError> {
+    let (graph, removed) = lrp_ir::canon::strip_softmax(graph)?;
+    let graph = if config.conventions.batch_norm == BatchNormMode::Pass {
+        graph
+    } else {
+        lrp_ir::canon::fold_batchnorm(graph)?
+    };
+    Ok((graph, removed))
+}

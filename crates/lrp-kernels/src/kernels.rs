@@ -1,0 +1,1153 @@
+//! Numeric kernels of the relevance pass (f32, NCHW).
+//!
+//! - Convolution: [`conv2d_forward`] (the layer's linear map without bias) and
+//!   [`conv2d_transpose`] (its transpose, the gradient w.r.t. the input), both im2col/col2im +
+//!   GEMM per group, on a [`ConvGeometry`].
+//! - Dense: [`dense_forward`] and [`dense_transpose`].
+//! - Pools, on a [`PoolGeometry`]: winner-take-all and proportional redistribution through max
+//!   pools, the z-rule and the gradient through average pools, and their global forms.
+//!
+//! Relevance tensors may hold `k` maps per image (`[N·k, …]`, image-major: row `m` belongs to
+//! image `m / k`); the pool kernels take the activations once (`[N, …]`) and the relevance with
+//! all its rows. The linear kernels take any batch, so one call serves every map.
+//!
+//! Shapes that disagree with the geometry are programming errors and panic with a message that
+//! names the kernel; geometries are validated once, when they are built from an [`Op`].
+
+use lrp_ir::Op;
+use lrp_ir::op::window_out;
+use ndarray::LinalgScalar;
+use ndarray::linalg::general_mat_mul;
+use ndarray::{
+    Array2, Array4, ArrayView1, ArrayView2, ArrayView4, ArrayViewMut2, ArrayViewMut4, Axis, s,
+};
+
+use crate::Stabilizer;
+
+/// The op or shapes a geometry was asked to describe do not make a valid layer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{op}: {message}")]
+pub struct KernelError {
+    /// The op's kind (`"Conv"`, `"MaxPool"`, …).
+    pub op: &'static str,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl KernelError {
+    fn new(op: &'static str, message: impl Into<String>) -> Self {
+        KernelError {
+            op,
+            message: message.into(),
+        }
+    }
+}
+
+/// Upper bound, in f32 elements, on the im2col buffer when several images share one GEMM. One
+/// image always fits, whatever its size.
+const COL_BUDGET: usize = 1 << 24;
+
+// ---------------------------------------------------------------------------------------------
+// Convolution
+// ---------------------------------------------------------------------------------------------
+
+/// The geometry of one 2-D convolution: per-sample input `[C, H, W]`, weight
+/// `[O, C/groups, kh, kw]`, per-sample output `[O, OH, OW]`, strides, zero padding
+/// `[top, left, bottom, right]`, dilations and groups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConvGeometry {
+    input: [usize; 3],
+    output: [usize; 3],
+    kernel: [usize; 2],
+    strides: [usize; 2],
+    pads: [usize; 4],
+    dilations: [usize; 2],
+    groups: usize,
+}
+
+impl ConvGeometry {
+    /// The geometry of `op` (an [`Op::Conv`]) on a per-sample input of shape `input` (`[C, H, W]`)
+    /// with a weight of shape `weight` (`[O, C/groups, kh, kw]`). The output size is ONNX's
+    /// (floor mode).
+    pub fn new(op: &Op, input: &[usize], weight: &[usize]) -> Result<Self, KernelError> {
+        let &Op::Conv {
+            kernel,
+            strides,
+            pads,
+            dilations,
+            groups,
+        } = op
+        else {
+            return Err(KernelError::new(
+                op.kind(),
+                "a convolution geometry needs a Conv op",
+            ));
+        };
+        let err = |m: String| KernelError::new("Conv", m);
+        let &[c, h, w] = input else {
+            return Err(err(format!(
+                "input must have per-sample shape [C, H, W], got {input:?}"
+            )));
+        };
+        let &[o, cg, kh, kw] = weight else {
+            return Err(err(format!(
+                "weight must have shape [O, C/groups, kh, kw], got {weight:?}"
+            )));
+        };
+        if kernel.contains(&0) || strides.contains(&0) || dilations.contains(&0) {
+            return Err(err(format!(
+                "kernel {kernel:?}, strides {strides:?} and dilations {dilations:?} must be positive"
+            )));
+        }
+        if groups == 0 || c == 0 || !c.is_multiple_of(groups) {
+            return Err(err(format!(
+                "groups = {groups} does not divide the {c} input channels"
+            )));
+        }
+        if o == 0 || !o.is_multiple_of(groups) {
+            return Err(err(format!(
+                "{o} output channels are not divisible by groups = {groups}"
+            )));
+        }
+        if cg != c / groups || [kh, kw] != kernel {
+            return Err(err(format!(
+                "weight has shape {weight:?}, expected [{o}, {}, {}, {}]",
+                c / groups,
+                kernel[0],
+                kernel[1]
+            )));
+        }
+        let oh =
+            window_out(h, kh, strides[0], pads[0], pads[2], dilations[0], false).map_err(err)?;
+        let ow =
+            window_out(w, kw, strides[1], pads[1], pads[3], dilations[1], false).map_err(err)?;
+        Ok(ConvGeometry {
+            input: [c, h, w],
+            output: [o, oh, ow],
+            kernel,
+            strides,
+            pads,
+            dilations,
+            groups,
+        })
+    }
+
+    /// Per-sample input shape `[C, H, W]`.
+    pub fn input_shape(&self) -> [usize; 3] {
+        self.input
+    }
+    /// Per-sample output shape `[O, OH, OW]`.
+    pub fn output_shape(&self) -> [usize; 3] {
+        self.output
+    }
+    /// Weight shape `[O, C/groups, kh, kw]`.
+    pub fn weight_shape(&self) -> [usize; 4] {
+        [
+            self.output[0],
+            self.input[0] / self.groups,
+            self.kernel[0],
+            self.kernel[1],
+        ]
+    }
+    /// Kernel height and width.
+    pub fn kernel(&self) -> [usize; 2] {
+        self.kernel
+    }
+    /// Strides along H and W.
+    pub fn strides(&self) -> [usize; 2] {
+        self.strides
+    }
+    /// Zero padding: top, left, bottom, right.
+    pub fn pads(&self) -> [usize; 4] {
+        self.pads
+    }
+    /// Dilations along H and W.
+    pub fn dilations(&self) -> [usize; 2] {
+        self.dilations
+    }
+    /// Number of groups.
+    pub fn groups(&self) -> usize {
+        self.groups
+    }
+
+    fn check(&self, what: &str, got: &[usize], per_sample: [usize; 3]) -> usize {
+        assert!(
+            got.len() == 4 && got[1..] == per_sample,
+            "{what}: tensor of shape {got:?} does not match the geometry (expected [_, {}, {}, {}])",
+            per_sample[0],
+            per_sample[1],
+            per_sample[2]
+        );
+        got[0]
+    }
+
+    fn check_weight(&self, what: &str, got: &[usize]) {
+        let want = self.weight_shape();
+        assert!(
+            got == want,
+            "{what}: weight of shape {got:?} does not match the geometry (expected {want:?})"
+        );
+    }
+
+    fn taps(&self) -> (Vec<Tap>, Vec<Tap>) {
+        let [_, h, w] = self.input;
+        let [_, oh, ow] = self.output;
+        (
+            taps(
+                h,
+                self.kernel[0],
+                self.strides[0],
+                self.pads[0],
+                self.dilations[0],
+                oh,
+            ),
+            taps(
+                w,
+                self.kernel[1],
+                self.strides[1],
+                self.pads[1],
+                self.dilations[1],
+                ow,
+            ),
+        )
+    }
+}
+
+/// For one kernel tap along one axis: outputs `lo..hi` read a real (unpadded) input position, the
+/// one of output `lo` being `first`; consecutive outputs step by the stride.
+#[derive(Debug, Clone, Copy)]
+struct Tap {
+    lo: usize,
+    hi: usize,
+    first: usize,
+}
+
+fn taps(len: usize, k: usize, stride: usize, pad: usize, dil: usize, out: usize) -> Vec<Tap> {
+    (0..k)
+        .map(|t| {
+            // Output o reads input o·stride + t·dil − pad.
+            let off = t * dil;
+            let lo = if pad > off {
+                (pad - off).div_ceil(stride)
+            } else {
+                0
+            };
+            let hi = if len + pad > off {
+                ((len + pad - off - 1) / stride + 1).min(out)
+            } else {
+                0
+            };
+            let lo = lo.min(hi);
+            let first = if lo < hi { lo * stride + off - pad } else { 0 };
+            Tap { lo, hi, first }
+        })
+        .collect()
+}
+
+fn images_per_chunk(n: usize, per_image: usize, budget: usize) -> usize {
+    (budget / per_image.max(1)).clamp(1, n.max(1))
+}
+
+/// Sizes shared by im2col and col2im.
+struct Cols<'a> {
+    g: &'a ConvGeometry,
+    th: &'a [Tap],
+    tw: &'a [Tap],
+    /// Channels per group.
+    cg: usize,
+    /// Output positions per image.
+    p: usize,
+}
+
+impl Cols<'_> {
+    /// Fills `col` (`[cg·kh·kw, nb·p]`, row-major) with the receptive fields of images
+    /// `n0..n0+nb`, channels `c0..c0+cg` of `xs` (`[N, C, H, W]`, contiguous); padding reads 0.
+    fn im2col<A: LinalgScalar>(&self, xs: &[A], col: &mut [A], n0: usize, nb: usize, c0: usize) {
+        let [c, h, w] = self.g.input;
+        let [_, _, ow] = self.g.output;
+        let [kh, kw] = self.g.kernel;
+        let [sh, sw] = self.g.strides;
+        let (p, hw) = (self.p, h * w);
+        let cols = nb * p;
+        for ni in 0..nb {
+            for ci in 0..self.cg {
+                let base = ((n0 + ni) * c + c0 + ci) * hw;
+                let plane = &xs[base..base + hw];
+                for (ki, th) in self.th.iter().enumerate() {
+                    for (kj, tw) in self.tw.iter().enumerate() {
+                        let r = (ci * kh + ki) * kw + kj;
+                        let dst = &mut col[r * cols + ni * p..][..p];
+                        dst[..th.lo * ow].fill(A::zero());
+                        dst[th.hi * ow..].fill(A::zero());
+                        let n_w = tw.hi - tw.lo;
+                        for (step, drow) in
+                            dst[th.lo * ow..th.hi * ow].chunks_exact_mut(ow).enumerate()
+                        {
+                            let ih = th.first + step * sh;
+                            drow[..tw.lo].fill(A::zero());
+                            drow[tw.hi..].fill(A::zero());
+                            let src = &plane[ih * w + tw.first..];
+                            if sw == 1 {
+                                drow[tw.lo..tw.hi].copy_from_slice(&src[..n_w]);
+                            } else {
+                                for (d, s) in
+                                    drow[tw.lo..tw.hi].iter_mut().zip(src.iter().step_by(sw))
+                                {
+                                    *d = *s;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Adds the columns `col` (`[cg·kh·kw, nb·p]`) back onto images `n0..n0+nb`, channels
+    /// `c0..c0+cg` of `out` (`[N, C, H, W]`, contiguous); entries of padded positions are dropped.
+    fn col2im(&self, col: &[f32], out: &mut [f32], n0: usize, nb: usize, c0: usize) {
+        let [c, h, w] = self.g.input;
+        let [_, _, ow] = self.g.output;
+        let [kh, kw] = self.g.kernel;
+        let [sh, sw] = self.g.strides;
+        let (p, hw) = (self.p, h * w);
+        let cols = nb * p;
+        for ni in 0..nb {
+            for ci in 0..self.cg {
+                let base = ((n0 + ni) * c + c0 + ci) * hw;
+                let plane = &mut out[base..base + hw];
+                for (ki, th) in self.th.iter().enumerate() {
+                    for (kj, tw) in self.tw.iter().enumerate() {
+                        let r = (ci * kh + ki) * kw + kj;
+                        let src = &col[r * cols + ni * p..][..p];
+                        for (step, srow) in src[th.lo * ow..th.hi * ow].chunks_exact(ow).enumerate()
+                        {
+                            let ih = th.first + step * sh;
+                            let dst = &mut plane[ih * w + tw.first..];
+                            let srow = &srow[tw.lo..tw.hi];
+                            if sw == 1 {
+                                for (d, s) in dst.iter_mut().zip(srow) {
+                                    *d += *s;
+                                }
+                            } else {
+                                for (d, s) in dst.iter_mut().step_by(sw).zip(srow) {
+                                    *d += *s;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The convolution without bias:
+/// `y[n, o, p, q] = Σ_{c ∈ group(o), a, b} w[o, c, a, b] · x[n, c, p·sh + a·dh − top, q·sw + b·dw − left]`,
+/// with `x` read as 0 outside the image. `x` is `[N, C, H, W]`, `w` is `[O, C/groups, kh, kw]`,
+/// the result `[N, O, OH, OW]`.
+///
+/// Generic over the element type: f32 for relevance, f64 where a rule needs exact denominators.
+pub fn conv2d_forward<A: LinalgScalar>(
+    x: ArrayView4<A>,
+    w: ArrayView4<A>,
+    g: &ConvGeometry,
+) -> Array4<A> {
+    conv2d_forward_budget(x, w, g, COL_BUDGET)
+}
+
+fn conv2d_forward_budget<A: LinalgScalar>(
+    x: ArrayView4<A>,
+    w: ArrayView4<A>,
+    g: &ConvGeometry,
+    budget: usize,
+) -> Array4<A> {
+    let n = g.check("conv2d_forward", x.shape(), g.input);
+    g.check_weight("conv2d_forward", w.shape());
+    let [c, _, _] = g.input;
+    let [o, oh, ow] = g.output;
+    let (cg, og) = (c / g.groups, o / g.groups);
+    let kg = cg * g.kernel[0] * g.kernel[1];
+    let p = oh * ow;
+    let mut out = Array4::<A>::zeros((n, o, oh, ow));
+    if n == 0 {
+        return out;
+    }
+    let x = x.as_standard_layout();
+    let xs = x.as_slice().expect("standard layout");
+    let w = w.as_standard_layout();
+    let w2 = w
+        .view()
+        .into_shape_with_order((o, kg))
+        .expect("standard layout");
+    let (th, tw) = g.taps();
+    let cols = Cols {
+        g,
+        th: &th,
+        tw: &tw,
+        cg,
+        p,
+    };
+    let nb = images_per_chunk(n, kg * p, budget);
+    let mut col = vec![A::zero(); kg * nb * p];
+    let mut res = vec![A::zero(); og * nb * p];
+    let outs = out.as_slice_mut().expect("fresh array");
+    for n0 in (0..n).step_by(nb) {
+        let nbc = nb.min(n - n0);
+        let ncol = nbc * p;
+        for gi in 0..g.groups {
+            cols.im2col(xs, &mut col[..kg * ncol], n0, nbc, gi * cg);
+            let colv = ArrayView2::from_shape((kg, ncol), &col[..kg * ncol]).expect("sized");
+            let mut resv =
+                ArrayViewMut2::from_shape((og, ncol), &mut res[..og * ncol]).expect("sized");
+            let wg = w2.slice(s![gi * og..(gi + 1) * og, ..]);
+            general_mat_mul(A::one(), &wg, &colv, A::zero(), &mut resv);
+            for (oi, row) in res[..og * ncol].chunks_exact(ncol).enumerate() {
+                for (ni, src) in row.chunks_exact(p).enumerate() {
+                    let dst = ((n0 + ni) * o + gi * og + oi) * p;
+                    outs[dst..dst + p].copy_from_slice(src);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The transpose of [`conv2d_forward`] (the gradient of `Σ s·conv(x)` w.r.t. `x`):
+/// `r[m, i] = Σ_j w_ij s[m, j]` over the output units `j` that read input position `i`, i.e.
+/// `r[m, c, y, x] = Σ_{o ∈ group(c), a, b, p, q : p·sh + a·dh − top = y, q·sw + b·dw − left = x}
+/// w[o, c, a, b] · s[m, o, p, q]`. Contributions to padding are dropped. `s` is `[M, O, OH, OW]`
+/// (any `M`), `w` is `[O, C/groups, kh, kw]`, the result `[M, C, H, W]`.
+pub fn conv2d_transpose(s: ArrayView4<f32>, w: ArrayView4<f32>, g: &ConvGeometry) -> Array4<f32> {
+    conv2d_transpose_budget(s, w, g, COL_BUDGET)
+}
+
+fn conv2d_transpose_budget(
+    s: ArrayView4<f32>,
+    w: ArrayView4<f32>,
+    g: &ConvGeometry,
+    budget: usize,
+) -> Array4<f32> {
+    let m = g.check("conv2d_transpose", s.shape(), g.output);
+    g.check_weight("conv2d_transpose", w.shape());
+    let [c, h, wd] = g.input;
+    let [o, oh, ow] = g.output;
+    let (cg, og) = (c / g.groups, o / g.groups);
+    let kg = cg * g.kernel[0] * g.kernel[1];
+    let p = oh * ow;
+    let mut out = Array4::<f32>::zeros((m, c, h, wd));
+    if m == 0 {
+        return out;
+    }
+    let s = s.as_standard_layout();
+    let ss = s.as_slice().expect("standard layout");
+    let w = w.as_standard_layout();
+    let w2 = w
+        .view()
+        .into_shape_with_order((o, kg))
+        .expect("standard layout");
+    let (th, tw) = g.taps();
+    let cols = Cols {
+        g,
+        th: &th,
+        tw: &tw,
+        cg,
+        p,
+    };
+    let nb = images_per_chunk(m, kg * p, budget);
+    let mut col = vec![0f32; kg * nb * p];
+    let mut sbuf = vec![0f32; og * nb * p];
+    let outs = out.as_slice_mut().expect("fresh array");
+    for n0 in (0..m).step_by(nb) {
+        let nbc = nb.min(m - n0);
+        let ncol = nbc * p;
+        for gi in 0..g.groups {
+            for (oi, row) in sbuf[..og * ncol].chunks_exact_mut(ncol).enumerate() {
+                for (ni, dst) in row.chunks_exact_mut(p).enumerate() {
+                    let src = ((n0 + ni) * o + gi * og + oi) * p;
+                    dst.copy_from_slice(&ss[src..src + p]);
+                }
+            }
+            let sv = ArrayView2::from_shape((og, ncol), &sbuf[..og * ncol]).expect("sized");
+            let mut colv =
+                ArrayViewMut2::from_shape((kg, ncol), &mut col[..kg * ncol]).expect("sized");
+            let wgt = w2.slice(s![gi * og..(gi + 1) * og, ..]).reversed_axes();
+            general_mat_mul(1.0, &wgt, &sv, 0.0, &mut colv);
+            cols.col2im(&col[..kg * ncol], outs, n0, nbc, gi * cg);
+        }
+    }
+    out
+}
+
+/// Adds a per-channel bias to an NCHW tensor: `y[n, o, :, :] += b[o]`.
+pub fn add_channel_bias(mut y: ArrayViewMut4<f32>, b: ArrayView1<f32>) {
+    assert_eq!(
+        y.shape()[1],
+        b.len(),
+        "add_channel_bias: {} channels, {} biases",
+        y.shape()[1],
+        b.len()
+    );
+    for mut image in y.axis_iter_mut(Axis(0)) {
+        for (mut plane, &bv) in image.axis_iter_mut(Axis(0)).zip(b.iter()) {
+            plane += bv;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dense
+// ---------------------------------------------------------------------------------------------
+
+/// The dense layer without bias: `y[n, o] = Σ_i x[n, i] · w[o, i]` (`x` is `[N, in]`, `w` is
+/// `[out, in]`, the result `[N, out]`). Generic over f32 and f64.
+pub fn dense_forward<A: LinalgScalar>(x: ArrayView2<A>, w: ArrayView2<A>) -> Array2<A> {
+    assert_eq!(
+        x.ncols(),
+        w.ncols(),
+        "dense_forward: input has {} features, weight takes {}",
+        x.ncols(),
+        w.ncols()
+    );
+    x.dot(&w.t())
+}
+
+/// The transpose of [`dense_forward`]: `r[m, i] = Σ_o w[o, i] · s[m, o]` (`s` is `[M, out]`,
+/// `w` is `[out, in]`, the result `[M, in]`).
+pub fn dense_transpose(s: ArrayView2<f32>, w: ArrayView2<f32>) -> Array2<f32> {
+    assert_eq!(
+        s.ncols(),
+        w.nrows(),
+        "dense_transpose: signal has {} outputs, weight has {}",
+        s.ncols(),
+        w.nrows()
+    );
+    s.dot(&w)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pooling
+// ---------------------------------------------------------------------------------------------
+
+/// The geometry of one 2-D pool: per-sample input `[C, H, W]`, output `[C, OH, OW]`, window,
+/// strides, padding `[top, left, bottom, right]`, dilations, `ceil_mode` and, for average pools,
+/// `count_include_pad`. Padding never takes part in a window's max or sum; it only counts in an
+/// average's divisor `n_j` when `count_include_pad` is set.
+///
+/// `n_j` follows ONNX Runtime (and PyTorch): with `count_include_pad`, the positions of window
+/// `j` inside `[−pad_begin, len + pad_end)` per axis (a `ceil_mode` window that runs past the end
+/// padding does not count the overhang); without it, the real positions only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolGeometry {
+    channels: usize,
+    input: [usize; 2],
+    output: [usize; 2],
+    kernel: [usize; 2],
+    strides: [usize; 2],
+    pads: [usize; 4],
+    dilations: [usize; 2],
+    ceil_mode: bool,
+    count_include_pad: bool,
+}
+
+impl PoolGeometry {
+    /// The geometry of `op` on a per-sample input of shape `input` (`[C, H, W]`). `op` is an
+    /// [`Op::MaxPool`], [`Op::AvgPool`], [`Op::GlobalAvgPool`] or [`Op::GlobalMaxPool`]; the output
+    /// size is ONNX's (with `ceil_mode`, a last window that would start in the end padding is
+    /// dropped).
+    pub fn new(op: &Op, input: &[usize]) -> Result<Self, KernelError> {
+        let kind = op.kind();
+        let &[c, h, w] = input else {
+            return Err(KernelError::new(
+                kind,
+                format!("input must have per-sample shape [C, H, W], got {input:?}"),
+            ));
+        };
+        let (kernel, strides, pads, dilations, ceil_mode, count_include_pad) = match *op {
+            Op::MaxPool {
+                kernel,
+                strides,
+                pads,
+                dilations,
+                ceil_mode,
+            } => (kernel, strides, pads, dilations, ceil_mode, false),
+            Op::AvgPool {
+                kernel,
+                strides,
+                pads,
+                count_include_pad,
+                ceil_mode,
+            } => (kernel, strides, pads, [1, 1], ceil_mode, count_include_pad),
+            Op::GlobalAvgPool | Op::GlobalMaxPool => {
+                if h == 0 || w == 0 {
+                    return Err(KernelError::new(kind, "empty input"));
+                }
+                return Ok(Self::global(c, h, w));
+            }
+            _ => {
+                return Err(KernelError::new(
+                    kind,
+                    "a pool geometry needs a MaxPool, AvgPool, GlobalAvgPool or GlobalMaxPool op",
+                ));
+            }
+        };
+        if kernel.contains(&0) || strides.contains(&0) || dilations.contains(&0) {
+            return Err(KernelError::new(
+                kind,
+                format!(
+                    "kernel {kernel:?}, strides {strides:?} and dilations {dilations:?} must be positive"
+                ),
+            ));
+        }
+        let err = |m: String| KernelError::new(kind, m);
+        let oh = window_out(
+            h,
+            kernel[0],
+            strides[0],
+            pads[0],
+            pads[2],
+            dilations[0],
+            ceil_mode,
+        )
+        .map_err(err)?;
+        let ow = window_out(
+            w,
+            kernel[1],
+            strides[1],
+            pads[1],
+            pads[3],
+            dilations[1],
+            ceil_mode,
+        )
+        .map_err(err)?;
+        Ok(PoolGeometry {
+            channels: c,
+            input: [h, w],
+            output: [oh, ow],
+            kernel,
+            strides,
+            pads,
+            dilations,
+            ceil_mode,
+            count_include_pad,
+        })
+    }
+
+    /// The global pool over `[C, H, W]`: one `H×W` window per channel, output `[C, 1, 1]`.
+    pub fn global(channels: usize, h: usize, w: usize) -> Self {
+        PoolGeometry {
+            channels,
+            input: [h, w],
+            output: [1, 1],
+            kernel: [h, w],
+            strides: [1, 1],
+            pads: [0; 4],
+            dilations: [1, 1],
+            ceil_mode: false,
+            count_include_pad: false,
+        }
+    }
+
+    /// Per-sample input shape `[C, H, W]`.
+    pub fn input_shape(&self) -> [usize; 3] {
+        [self.channels, self.input[0], self.input[1]]
+    }
+    /// Per-sample output shape `[C, OH, OW]`.
+    pub fn output_shape(&self) -> [usize; 3] {
+        [self.channels, self.output[0], self.output[1]]
+    }
+    /// Window height and width.
+    pub fn kernel(&self) -> [usize; 2] {
+        self.kernel
+    }
+    /// Strides along H and W.
+    pub fn strides(&self) -> [usize; 2] {
+        self.strides
+    }
+    /// Padding: top, left, bottom, right.
+    pub fn pads(&self) -> [usize; 4] {
+        self.pads
+    }
+    /// Dilations along H and W (always 1 for average pools).
+    pub fn dilations(&self) -> [usize; 2] {
+        self.dilations
+    }
+    /// Whether the output size rounds up.
+    pub fn ceil_mode(&self) -> bool {
+        self.ceil_mode
+    }
+    /// Whether padded positions count in an average's divisor.
+    pub fn count_include_pad(&self) -> bool {
+        self.count_include_pad
+    }
+
+    /// The same geometry with `count_include_pad` replaced (the op's own value is the default).
+    pub fn with_count_include_pad(mut self, count_include_pad: bool) -> Self {
+        self.count_include_pad = count_include_pad;
+        self
+    }
+
+    /// The windows along H and along W.
+    fn windows(&self) -> (Vec<Win>, Vec<Win>) {
+        let axis = |a: usize| {
+            axis_windows(
+                self.input[a],
+                self.kernel[a],
+                self.strides[a],
+                self.pads[a],
+                self.pads[a + 2],
+                self.dilations[a],
+                self.output[a],
+            )
+        };
+        (axis(0), axis(1))
+    }
+
+    /// Checks `x` (`[N, C, H, W]`, if given) and `r` (`[N·k, C, OH, OW]`); returns `N·k`.
+    fn check_pair(&self, what: &str, x: Option<&[usize]>, r: &[usize], k: usize) -> usize {
+        let [c, oh, ow] = self.output_shape();
+        assert!(
+            r.len() == 4 && r[1..] == [c, oh, ow],
+            "{what}: relevance of shape {r:?} does not match the pool output [_, {c}, {oh}, {ow}]"
+        );
+        if let Some(x) = x {
+            let [c, h, w] = self.input_shape();
+            assert!(
+                x.len() == 4 && x[1..] == [c, h, w],
+                "{what}: activation of shape {x:?} does not match the pool input [_, {c}, {h}, {w}]"
+            );
+            assert!(
+                k >= 1 && r[0] == x[0] * k,
+                "{what}: {} relevance rows for {} images and k = {k}",
+                r[0],
+                x[0]
+            );
+        }
+        r[0]
+    }
+
+    /// Divisor of an average window.
+    fn divisor(&self, wh: &Win, ww: &Win) -> usize {
+        if self.count_include_pad {
+            wh.padded * ww.padded
+        } else {
+            wh.count * ww.count
+        }
+    }
+}
+
+/// One window along one axis: its real positions are `first + t·dilation` for `t < count`;
+/// `padded` also counts the window's positions in the padding (not those beyond it).
+#[derive(Debug, Clone, Copy)]
+struct Win {
+    first: usize,
+    count: usize,
+    padded: usize,
+}
+
+fn axis_windows(
+    len: usize,
+    k: usize,
+    stride: usize,
+    pad_begin: usize,
+    pad_end: usize,
+    dil: usize,
+    out: usize,
+) -> Vec<Win> {
+    (0..out)
+        .map(|o| {
+            // Positions in padded coordinates (input index + pad_begin).
+            let start = o * stride;
+            let mut win = Win {
+                first: 0,
+                count: 0,
+                padded: 0,
+            };
+            for t in 0..k {
+                let pos = start + t * dil;
+                if pos < len + pad_begin + pad_end {
+                    win.padded += 1;
+                }
+                if pos >= pad_begin && pos < len + pad_begin {
+                    if win.count == 0 {
+                        win.first = pos - pad_begin;
+                    }
+                    win.count += 1;
+                }
+            }
+            win
+        })
+        .collect()
+}
+
+/// Calls `f(j, window along H, window along W)` for every output position `j` of a plane, in
+/// row-major order.
+fn for_each_window(wh: &[Win], ww: &[Win], mut f: impl FnMut(usize, &Win, &Win)) {
+    let mut j = 0;
+    for a in wh {
+        for b in ww {
+            f(j, a, b);
+            j += 1;
+        }
+    }
+}
+
+/// Iterates the flat indices of the real positions of window `(a, b)`, row-major.
+fn window_indices(
+    a: &Win,
+    b: &Win,
+    dil: [usize; 2],
+    width: usize,
+) -> impl Iterator<Item = usize> + use<> {
+    let (a, b) = (*a, *b);
+    (0..a.count).flat_map(move |s| {
+        let row = (a.first + s * dil[0]) * width;
+        (0..b.count).map(move |t| row + b.first + t * dil[1])
+    })
+}
+
+/// Max pool, winner take all (the gradient of the max): all of `R_j` goes to the first position
+/// (row-major within the window) where window `j` of the image's activation attains its maximum;
+/// padding never wins; where windows overlap the shares add up. `x` is `[N, C, H, W]`, `r` is
+/// `[N·k, C, OH, OW]` (`k` maps per image, row `m` belonging to image `m / k`), the result
+/// `[N·k, C, H, W]`. A window with no real position (possible only with unusual padding) passes
+/// nothing on.
+pub fn maxpool_winner_take_all(
+    x: ArrayView4<f32>,
+    r: ArrayView4<f32>,
+    k: usize,
+    g: &PoolGeometry,
+) -> Array4<f32> {
+    let m = g.check_pair("maxpool_winner_take_all", Some(x.shape()), r.shape(), k);
+    let n = x.shape()[0];
+    let [c, h, w] = g.input_shape();
+    let (hw, p) = (h * w, g.output[0] * g.output[1]);
+    let (wh, ww) = g.windows();
+    let x = x.as_standard_layout();
+    let xs = x.as_slice().expect("standard layout");
+    let r = r.as_standard_layout();
+    let rs = r.as_slice().expect("standard layout");
+    let mut out = Array4::<f32>::zeros((m, c, h, w));
+    let os = out.as_slice_mut().expect("fresh array");
+    let mut arg = vec![usize::MAX; p];
+    for ni in 0..n {
+        for ci in 0..c {
+            let plane = &xs[(ni * c + ci) * hw..][..hw];
+            for_each_window(&wh, &ww, |j, a, b| {
+                let mut best = usize::MAX;
+                let mut best_v = f32::NEG_INFINITY;
+                for i in window_indices(a, b, g.dilations, w) {
+                    let v = plane[i];
+                    if best == usize::MAX || v > best_v {
+                        best = i;
+                        best_v = v;
+                    }
+                }
+                arg[j] = best;
+            });
+            for kk in 0..k {
+                let row = (ni * k + kk) * c + ci;
+                let rp = &rs[row * p..][..p];
+                let op = &mut os[row * hw..][..hw];
+                for (&i, &rv) in arg.iter().zip(rp) {
+                    if i != usize::MAX {
+                        op[i] += rv;
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Shared body of the proportional rules: `R_i = Σ_j x_i · R_j · f_j` with `f_j` from the window
+/// sum `Σ_window x` and the window's divisor.
+fn proportional(
+    what: &str,
+    x: ArrayView4<f32>,
+    r: ArrayView4<f32>,
+    k: usize,
+    g: &PoolGeometry,
+    factor: impl Fn(f32, usize) -> f32,
+) -> Array4<f32> {
+    let m = g.check_pair(what, Some(x.shape()), r.shape(), k);
+    let n = x.shape()[0];
+    let [c, h, w] = g.input_shape();
+    let (hw, p) = (h * w, g.output[0] * g.output[1]);
+    let (wh, ww) = g.windows();
+    let x = x.as_standard_layout();
+    let xs = x.as_slice().expect("standard layout");
+    let r = r.as_standard_layout();
+    let rs = r.as_slice().expect("standard layout");
+    let mut out = Array4::<f32>::zeros((m, c, h, w));
+    let os = out.as_slice_mut().expect("fresh array");
+    let mut f = vec![0f32; p];
+    for ni in 0..n {
+        for ci in 0..c {
+            let plane = &xs[(ni * c + ci) * hw..][..hw];
+            for_each_window(&wh, &ww, |j, a, b| {
+                let n_j = g.divisor(a, b);
+                let sum: f64 = window_indices(a, b, g.dilations, w)
+                    .map(|i| f64::from(plane[i]))
+                    .sum();
+                f[j] = if a.count * b.count == 0 || n_j == 0 {
+                    0.0
+                } else {
+                    factor(sum as f32, n_j)
+                };
+            });
+            for kk in 0..k {
+                let row = (ni * k + kk) * c + ci;
+                let rp = &rs[row * p..][..p];
+                let op = &mut os[row * hw..][..hw];
+                let mut j = 0;
+                for a in &wh {
+                    for b in &ww {
+                        let s = rp[j] * f[j];
+                        j += 1;
+                        if s == 0.0 {
+                            continue;
+                        }
+                        for i in window_indices(a, b, g.dilations, w) {
+                            op[i] += plane[i] * s;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Max pool, proportional: `R_i = Σ_j x_i · R_j / stab(Σ_{i' ∈ window j} x_i')`, sums over the
+/// real positions of each window (padding takes no share). Shapes as
+/// [`maxpool_winner_take_all`].
+pub fn maxpool_proportional(
+    x: ArrayView4<f32>,
+    r: ArrayView4<f32>,
+    k: usize,
+    g: &PoolGeometry,
+    stab: Stabilizer,
+) -> Array4<f32> {
+    proportional("maxpool_proportional", x, r, k, g, |sum, _| {
+        1.0 / stab.apply(sum)
+    })
+}
+
+/// Average pool, z-rule: with `z_j = (Σ_{i ∈ window j} x_i) / n_j`,
+/// `R_i = Σ_j (x_i / n_j) · R_j / stab(z_j)`; `n_j` as [`PoolGeometry`] describes
+/// (`count_include_pad`). Shapes as [`maxpool_winner_take_all`].
+pub fn avgpool_proportional(
+    x: ArrayView4<f32>,
+    r: ArrayView4<f32>,
+    k: usize,
+    g: &PoolGeometry,
+    stab: Stabilizer,
+) -> Array4<f32> {
+    proportional("avgpool_proportional", x, r, k, g, |sum, n_j| {
+        let n_j = n_j as f32;
+        1.0 / (n_j * stab.apply(sum / n_j))
+    })
+}
+
+/// Average pool, gradient: `R_i = Σ_{j : i ∈ window j} R_j / n_j` (`n_j` as [`PoolGeometry`]
+/// describes). `r` is `[M, C, OH, OW]` (any `M`), the result `[M, C, H, W]`.
+pub fn avgpool_gradient(r: ArrayView4<f32>, g: &PoolGeometry) -> Array4<f32> {
+    let m = g.check_pair("avgpool_gradient", None, r.shape(), 1);
+    let [c, h, w] = g.input_shape();
+    let (hw, p) = (h * w, g.output[0] * g.output[1]);
+    let (wh, ww) = g.windows();
+    let mut inv = Vec::with_capacity(p);
+    for_each_window(&wh, &ww, |_, a, b| {
+        let n_j = g.divisor(a, b);
+        inv.push(if a.count * b.count == 0 || n_j == 0 {
+            0.0
+        } else {
+            1.0 / n_j as f32
+        });
+    });
+    let r = r.as_standard_layout();
+    let rs = r.as_slice().expect("standard layout");
+    let mut out = Array4::<f32>::zeros((m, c, h, w));
+    let os = out.as_slice_mut().expect("fresh array");
+    for row in 0..m * c {
+        let rp = &rs[row * p..][..p];
+        let op = &mut os[row * hw..][..hw];
+        let mut j = 0;
+        for a in &wh {
+            for b in &ww {
+                let s = rp[j] * inv[j];
+                j += 1;
+                for i in window_indices(a, b, g.dilations, w) {
+                    op[i] += s;
+                }
+            }
+        }
+    }
+    out
+}
+
+fn global_of(x: &ArrayView4<f32>, what: &str) -> PoolGeometry {
+    let sh = x.shape();
+    assert!(
+        sh[2] > 0 && sh[3] > 0,
+        "{what}: activation of shape {sh:?} is empty"
+    );
+    PoolGeometry::global(sh[1], sh[2], sh[3])
+}
+
+/// Global average pool, z-rule: with `z_c = mean_{h,w} x[c, h, w]`,
+/// `R[c, h, w] = x[c, h, w] / (H·W) · R_c / stab(z_c)`. `x` is `[N, C, H, W]`, `r` is
+/// `[N·k, C, 1, 1]`, the result `[N·k, C, H, W]`.
+pub fn global_avgpool_proportional(
+    x: ArrayView4<f32>,
+    r: ArrayView4<f32>,
+    k: usize,
+    stab: Stabilizer,
+) -> Array4<f32> {
+    let g = global_of(&x, "global_avgpool_proportional");
+    avgpool_proportional(x, r, k, &g, stab)
+}
+
+/// Global average pool, gradient: `R[c, h, w] = R_c / (H·W)`. `r` is `[M, C, 1, 1]`, the result
+/// `[M, C, H, W]`.
+pub fn global_avgpool_gradient(r: ArrayView4<f32>, h: usize, w: usize) -> Array4<f32> {
+    assert!(
+        h > 0 && w > 0,
+        "global_avgpool_gradient: empty input {h}×{w}"
+    );
+    let g = PoolGeometry::global(r.shape()[1], h, w);
+    avgpool_gradient(r, &g)
+}
+
+/// Global max pool, winner take all: all of `R_c` goes to the first (row-major) maximum of
+/// `x[c, :, :]`. `x` is `[N, C, H, W]`, `r` is `[N·k, C, 1, 1]`, the result `[N·k, C, H, W]`.
+pub fn global_maxpool_winner_take_all(
+    x: ArrayView4<f32>,
+    r: ArrayView4<f32>,
+    k: usize,
+) -> Array4<f32> {
+    let g = global_of(&x, "global_maxpool_winner_take_all");
+    maxpool_winner_take_all(x, r, k, &g)
+}
+
+/// Global max pool, proportional: `R[c, h, w] = x[c, h, w] · R_c / stab(Σ_{h,w} x[c, h, w])`.
+/// Shapes as [`global_maxpool_winner_take_all`].
+pub fn global_maxpool_proportional(
+    x: ArrayView4<f32>,
+    r: ArrayView4<f32>,
+    k: usize,
+    stab: Stabilizer,
+) -> Array4<f32> {
+    let g = global_of(&x, "global_maxpool_proportional");
+    maxpool_proportional(x, r, k, &g, stab)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::Array;
+
+    fn conv(c: usize, h: usize, w: usize, o: usize, groups: usize) -> (Op, ConvGeometry) {
+        let op = Op::Conv {
+            kernel: [3, 2],
+            strides: [2, 1],
+            pads: [1, 0, 2, 1],
+            dilations: [1, 2],
+            groups,
+        };
+        let g = ConvGeometry::new(&op, &[c, h, w], &[o, c / groups, 3, 2]).unwrap();
+        (op, g)
+    }
+
+    fn ramp(shape: (usize, usize, usize, usize), k: f32) -> Array4<f32> {
+        let len = shape.0 * shape.1 * shape.2 * shape.3;
+        Array::from_iter((0..len).map(|i| ((i as f32 * k).sin() * 3.0).round() / 2.0))
+            .into_shape_with_order(shape)
+            .unwrap()
+    }
+
+    /// Chunking several images into one GEMM gives the same numbers as one image at a time.
+    #[test]
+    fn chunked_equals_unchunked() {
+        let (_, g) = conv(4, 7, 6, 6, 2);
+        let x = ramp((5, 4, 7, 6), 0.37);
+        let w = ramp((6, 2, 3, 2), 0.91);
+        let [o, oh, ow] = g.output_shape();
+        let s = ramp((5, o, oh, ow), 0.53);
+        let whole = conv2d_forward_budget(x.view(), w.view(), &g, usize::MAX);
+        let one = conv2d_forward_budget(x.view(), w.view(), &g, 1);
+        let two = conv2d_forward_budget(x.view(), w.view(), &g, 2 * 12 * oh * ow);
+        assert_eq!(whole, one);
+        assert_eq!(whole, two);
+        let whole = conv2d_transpose_budget(s.view(), w.view(), &g, usize::MAX);
+        let one = conv2d_transpose_budget(s.view(), w.view(), &g, 1);
+        let two = conv2d_transpose_budget(s.view(), w.view(), &g, 3 * 12 * oh * ow);
+        assert_eq!(whole, one);
+        assert_eq!(whole, two);
+    }
+
+    #[test]
+    fn non_standard_layouts() {
+        let (_, g) = conv(2, 5, 5, 2, 1);
+        let x = ramp((3, 2, 5, 5), 0.7);
+        let w = ramp((2, 2, 3, 2), 0.3);
+        let want = conv2d_forward(x.view(), w.view(), &g);
+        // The same values behind permuted strides.
+        let xt = x
+            .view()
+            .permuted_axes([1, 0, 2, 3])
+            .as_standard_layout()
+            .into_owned();
+        let xt = xt.view().permuted_axes([1, 0, 2, 3]);
+        assert!(!xt.is_standard_layout());
+        assert_eq!(conv2d_forward(xt, w.view(), &g), want);
+    }
+
+    #[test]
+    fn taps_cover_exactly_the_real_positions() {
+        for (len, k, s, pad, d) in [
+            (5, 3, 2, 1, 1),
+            (7, 4, 3, 2, 2),
+            (4, 2, 1, 0, 3),
+            (3, 3, 1, 2, 1),
+        ] {
+            let out = window_out(len, k, s, pad, 1, d, false).unwrap();
+            for (t, tap) in taps(len, k, s, pad, d, out).iter().enumerate() {
+                for o in 0..out {
+                    let pos = (o * s + t * d) as isize - pad as isize;
+                    let real = pos >= 0 && pos < len as isize;
+                    assert_eq!(
+                        real,
+                        (tap.lo..tap.hi).contains(&o),
+                        "{len} {k} {s} {pad} {d}"
+                    );
+                    if real {
+                        assert_eq!(pos as usize, tap.first + (o - tap.lo) * s);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn geometry_errors() {
+        let op = Op::Conv {
+            kernel: [3, 3],
+            strides: [1, 1],
+            pads: [0; 4],
+            dilations: [1, 1],
+            groups: 2,
+        };
+        assert!(ConvGeometry::new(&op, &[3, 5, 5], &[4, 1, 3, 3]).is_err());
+        assert!(ConvGeometry::new(&op, &[4, 5, 5], &[3, 2, 3, 3]).is_err());
+        assert!(ConvGeometry::new(&op, &[4, 5, 5], &[4, 2, 3, 2]).is_err());
+        assert!(ConvGeometry::new(&op, &[4, 2, 5], &[4, 2, 3, 3]).is_err());
+        let e = ConvGeometry::new(&Op::Relu, &[4, 5, 5], &[4, 2, 3, 3]).unwrap_err();
+        assert_eq!(e.op, "Relu");
+        assert!(PoolGeometry::new(&Op::Dense, &[1, 2, 2]).is_err());
+        let g = PoolGeometry::new(&Op::GlobalAvgPool, &[3, 4, 5]).unwrap();
+        assert_eq!(g.output_shape(), [3, 1, 1]);
+        assert_eq!(g.kernel(), [4, 5]);
+    }
+}

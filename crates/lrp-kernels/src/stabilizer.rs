@@ -1,0 +1,101 @@
+//! The division stabiliser of the relevance rules.
+
+use serde::{Deserialize, Serialize};
+
+/// How a rule keeps a denominator `d` away from zero before dividing by it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum Stabilizer {
+    /// `d + e·sign(d)`, with `sign(0) = +1` (Zennit everywhere; iNNvestigate's ε-rule).
+    SignEpsilon(f32),
+    /// `d + e` where `d == 0` exactly, `d` elsewhere (iNNvestigate's `SafeDivide`).
+    ZeroGuard(f32),
+}
+
+impl Stabilizer {
+    /// The stabilised denominator: `d + e·sign(d)` (sign(0) = +1) for [`SignEpsilon`], `d + e·[d == 0]`
+    /// for [`ZeroGuard`]. NaN stays NaN.
+    ///
+    /// [`SignEpsilon`]: Stabilizer::SignEpsilon
+    /// [`ZeroGuard`]: Stabilizer::ZeroGuard
+    #[inline]
+    pub fn apply(&self, d: f32) -> f32 {
+        match *self {
+            Stabilizer::SignEpsilon(e) => {
+                if d >= 0.0 {
+                    d + e
+                } else {
+                    d - e
+                }
+            }
+            Stabilizer::ZeroGuard(e) => {
+                if d == 0.0 {
+                    d + e
+                } else {
+                    d
+                }
+            }
+        }
+    }
+
+    /// [`Stabilizer::apply`] in f64 (`e` widened from f32).
+    pub fn apply_f64(&self, d: f64) -> f64 {
+        match *self {
+            Stabilizer::SignEpsilon(e) => {
+                if d >= 0.0 {
+                    d + e as f64
+                } else {
+                    d - e as f64
+                }
+            }
+            Stabilizer::ZeroGuard(e) => {
+                if d == 0.0 {
+                    d + e as f64
+                } else {
+                    d
+                }
+            }
+        }
+    }
+
+    /// The stabiliser's `e`.
+    pub fn epsilon(&self) -> f32 {
+        match *self {
+            Stabilizer::SignEpsilon(e) | Stabilizer::ZeroGuard(e) => e,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sign_epsilon() {
+        let s = Stabilizer::SignEpsilon(0.25);
+        assert_eq!(s.apply(0.0), 0.25);
+        assert_eq!(s.apply(-0.0), 0.25);
+        assert_eq!(s.apply(1.0), 1.25);
+        assert_eq!(s.apply(-1.0), -1.25);
+        assert!(s.apply(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn zero_guard() {
+        let s = Stabilizer::ZeroGuard(1e-7);
+        assert_eq!(s.apply(0.0), 1e-7);
+        assert_eq!(s.apply(-0.0), 1e-7);
+        assert_eq!(s.apply(-3.0), -3.0);
+        assert_eq!(s.apply(1e-30), 1e-30);
+    }
+
+    #[test]
+    fn ron_form() {
+        let s: Stabilizer = ron::from_str("SignEpsilon(1e-6)").unwrap();
+        assert_eq!(s, Stabilizer::SignEpsilon(1e-6));
+        let text = ron::to_string(&Stabilizer::ZeroGuard(1e-7)).unwrap();
+        assert_eq!(
+            ron::from_str::<Stabilizer>(&text).unwrap(),
+            Stabilizer::ZeroGuard(1e-7)
+        );
+    }
+}

@@ -1,0 +1,552 @@
+//! [`BasicRule`]: the rules of linear layers as data, in the spirit of Zennit's `BasicHook`.
+//!
+//! A rule is a list of [`Term`]s. Term `t` has branches `b`, each a sign `c_b`, an input
+//! modifier `m_b` and a weight modifier `p_b`, plus a bias modifier and an output mask:
+//!
+//! ```text
+//! Z_t = Σ_b c_b · fwd(m_b(x), p_b(W)) + bias_t(b)
+//! s_t = mask_t(z) ⊙ R_out / stab(Z_t)
+//! R_in = Σ_t coef_t Σ_b c_b · m_b(x) ⊙ T(s_t, p_b(W))
+//! ```
+//!
+//! where `fwd` is the layer's own linear map, `T` its transpose and `z` the layer's actual
+//! output. Z, Epsilon, AlphaBeta, ZPlus, z^B, Flat, WSquare and Gamma are all such lists.
+
+use lrp_kernels::Stabilizer;
+use ndarray::{ArrayD, ArrayViewD, Axis};
+use serde::{Deserialize, Serialize};
+
+use crate::rule::{Bounds, NodeContext, Rule, mul_rows, repeat_rows, zip_rows};
+
+/// What a branch feeds into the layer instead of the input `x`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum InputMod {
+    /// `x`.
+    Identity,
+    /// `x⁺ = max(x, 0)`.
+    Positive,
+    /// `x⁻ = min(x, 0)`.
+    Negative,
+    /// 1 at every real input position.
+    Ones,
+    /// The lower bound `l` at every real input position.
+    Low,
+    /// The upper bound `h` at every real input position.
+    High,
+}
+
+/// How a branch modifies the weights.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum ParamMod {
+    /// `W`.
+    Identity,
+    /// `W⁺`.
+    Positive,
+    /// `W⁻`.
+    Negative,
+    /// `W²`.
+    Squared,
+    /// All ones.
+    Ones,
+    /// `W + γ·W⁺` (`positive`) or `W + γ·W⁻`.
+    Gamma {
+        /// γ.
+        gamma: f32,
+        /// Add the positive (true) or the negative (false) part.
+        positive: bool,
+    },
+}
+
+/// Which bias a term's denominator includes.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum BiasMod {
+    /// No bias.
+    None,
+    /// `b`.
+    Identity,
+    /// `b⁺`.
+    Positive,
+    /// `b⁻`.
+    Negative,
+    /// `b + γ·b⁺` (`positive`) or `b + γ·b⁻`.
+    Gamma {
+        /// γ.
+        gamma: f32,
+        /// Add the positive (true) or the negative (false) part.
+        positive: bool,
+    },
+}
+
+/// Where a term applies, judged by the layer's actual output `z`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum OutputMask {
+    /// Everywhere.
+    All,
+    /// Where `z > 0`.
+    Positive,
+    /// Where `z < 0`.
+    Negative,
+}
+
+/// One branch of a term.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Branch {
+    /// `c_b`, the branch's sign or weight in both the denominator and the redistribution.
+    pub sign: f32,
+    /// `m_b`.
+    pub input: InputMod,
+    /// `p_b`.
+    pub param: ParamMod,
+}
+
+/// One term: branches sharing a denominator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Term {
+    /// `coef_t`.
+    pub coef: f32,
+    /// The branches.
+    pub branches: Vec<Branch>,
+    /// The bias in the denominator.
+    pub bias: BiasMod,
+    /// Where the term applies.
+    pub mask: OutputMask,
+}
+
+/// A rule for Conv and Dense layers given as terms (see the module docs).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BasicRule {
+    /// The description `describe()` returns.
+    pub description: String,
+    /// The terms.
+    pub terms: Vec<Term>,
+    /// Denominator stabiliser.
+    pub stabilizer: Stabilizer,
+    /// Bounds for `Low`/`High` inputs (overridden by command-line bounds).
+    pub bounds: Option<Bounds>,
+    /// Compute recomputed denominators `Z_t` in f64. Denominators that cancel to near 0
+    /// (αβ inhibitors with a full bias, say) are ill-conditioned in f32; f64 makes the rule
+    /// reproduce an exact reference to ~1e-6 at about twice the cost of those forwards.
+    pub f64_denominators: bool,
+}
+
+fn br(sign: f32, input: InputMod, param: ParamMod) -> Branch {
+    Branch { sign, input, param }
+}
+
+fn term(coef: f32, branches: Vec<Branch>, bias: BiasMod, mask: OutputMask) -> Term {
+    Term {
+        coef,
+        branches,
+        bias,
+        mask,
+    }
+}
+
+/// Bias convention of AlphaBeta and ZPlus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BiasMode {
+    /// Both the activator and the inhibitor contain the whole bias (iNNvestigate, bias=True).
+    Full,
+    /// The activator contains `b⁺`, the inhibitor `b⁻` (Zennit).
+    Split,
+    /// No bias.
+    Ignore,
+}
+
+impl BasicRule {
+    /// Z: `R_i = x_i Σ_j w_ij R_j / stab(z_j)`.
+    pub fn z(stabilizer: Stabilizer) -> Self {
+        BasicRule {
+            description: format!("Z(stabilizer: {})", stab_text(stabilizer)),
+            terms: vec![term(
+                1.0,
+                vec![br(1.0, InputMod::Identity, ParamMod::Identity)],
+                BiasMod::Identity,
+                OutputMask::All,
+            )],
+            stabilizer,
+            bounds: None,
+            f64_denominators: true,
+        }
+    }
+
+    /// Epsilon: Z with `SignEpsilon(ε)`.
+    pub fn epsilon(epsilon: f32) -> Self {
+        BasicRule {
+            description: format!("Epsilon(epsilon: {})", num(epsilon)),
+            ..Self::z(Stabilizer::SignEpsilon(epsilon))
+        }
+    }
+
+    /// AlphaBeta(α, β) with the given bias convention.
+    pub fn alpha_beta(alpha: f32, beta: f32, bias: BiasMode, stabilizer: Stabilizer) -> Self {
+        let (ba, bi) = match bias {
+            BiasMode::Full => (BiasMod::Identity, BiasMod::Identity),
+            BiasMode::Split => (BiasMod::Positive, BiasMod::Negative),
+            BiasMode::Ignore => (BiasMod::None, BiasMod::None),
+        };
+        let mut terms = vec![term(
+            alpha,
+            vec![
+                br(1.0, InputMod::Positive, ParamMod::Positive),
+                br(1.0, InputMod::Negative, ParamMod::Negative),
+            ],
+            ba,
+            OutputMask::All,
+        )];
+        if beta != 0.0 {
+            terms.push(term(
+                -beta,
+                vec![
+                    br(1.0, InputMod::Positive, ParamMod::Negative),
+                    br(1.0, InputMod::Negative, ParamMod::Positive),
+                ],
+                bi,
+                OutputMask::All,
+            ));
+        }
+        BasicRule {
+            description: format!(
+                "AlphaBeta(alpha: {}, beta: {}, bias: {bias:?}, stabilizer: {})",
+                num(alpha),
+                num(beta),
+                stab_text(stabilizer)
+            ),
+            terms,
+            stabilizer,
+            bounds: None,
+            f64_denominators: true,
+        }
+    }
+
+    /// Bounded z^B: `Z_j = fwd(x, W) − fwd(l, W⁺) − fwd(h, W⁻)`,
+    /// `R_i = x_i T(s, W)_i − l T(s, W⁺)_i − h T(s, W⁻)_i`.
+    pub fn z_box(bounds: Bounds, stabilizer: Stabilizer) -> Self {
+        BasicRule {
+            description: format!(
+                "ZBox(low: {}, high: {}, stabilizer: {})",
+                nums(&bounds.low),
+                nums(&bounds.high),
+                stab_text(stabilizer)
+            ),
+            terms: vec![term(
+                1.0,
+                vec![
+                    br(1.0, InputMod::Identity, ParamMod::Identity),
+                    br(-1.0, InputMod::Low, ParamMod::Positive),
+                    br(-1.0, InputMod::High, ParamMod::Negative),
+                ],
+                BiasMod::None,
+                OutputMask::All,
+            )],
+            stabilizer,
+            bounds: Some(bounds),
+            f64_denominators: true,
+        }
+    }
+
+    /// Flat: relevance spread uniformly over each unit's in-bounds inputs.
+    pub fn flat(stabilizer: Stabilizer) -> Self {
+        BasicRule {
+            description: format!("Flat(stabilizer: {})", stab_text(stabilizer)),
+            terms: vec![term(
+                1.0,
+                vec![br(1.0, InputMod::Ones, ParamMod::Ones)],
+                BiasMod::None,
+                OutputMask::All,
+            )],
+            stabilizer,
+            bounds: None,
+            f64_denominators: true,
+        }
+    }
+
+    /// WSquare: relevance spread in proportion to `w²`.
+    pub fn w_square(stabilizer: Stabilizer) -> Self {
+        BasicRule {
+            description: format!("WSquare(stabilizer: {})", stab_text(stabilizer)),
+            terms: vec![term(
+                1.0,
+                vec![br(1.0, InputMod::Ones, ParamMod::Squared)],
+                BiasMod::None,
+                OutputMask::All,
+            )],
+            stabilizer,
+            bounds: None,
+            f64_denominators: true,
+        }
+    }
+
+    /// Gamma(γ). `generalized` (Zennit): `w + γw⁺`, `b + γb⁺` where `z > 0` and `w + γw⁻`,
+    /// `b + γb⁻` where `z < 0`, with inputs split by sign; otherwise Z with `w + γw⁺`,
+    /// `b + γb⁺` everywhere.
+    pub fn gamma(gamma: f32, generalized: bool, stabilizer: Stabilizer) -> Self {
+        let plus = ParamMod::Gamma {
+            gamma,
+            positive: true,
+        };
+        let minus = ParamMod::Gamma {
+            gamma,
+            positive: false,
+        };
+        let terms = if generalized {
+            vec![
+                term(
+                    1.0,
+                    vec![
+                        br(1.0, InputMod::Positive, plus),
+                        br(1.0, InputMod::Negative, minus),
+                    ],
+                    BiasMod::Gamma {
+                        gamma,
+                        positive: true,
+                    },
+                    OutputMask::Positive,
+                ),
+                term(
+                    1.0,
+                    vec![
+                        br(1.0, InputMod::Positive, minus),
+                        br(1.0, InputMod::Negative, plus),
+                    ],
+                    BiasMod::Gamma {
+                        gamma,
+                        positive: false,
+                    },
+                    OutputMask::Negative,
+                ),
+            ]
+        } else {
+            vec![term(
+                1.0,
+                vec![br(1.0, InputMod::Identity, plus)],
+                BiasMod::Gamma {
+                    gamma,
+                    positive: true,
+                },
+                OutputMask::All,
+            )]
+        };
+        BasicRule {
+            description: format!(
+                "Gamma(gamma: {}, generalized: {generalized}, stabilizer: {})",
+                num(gamma),
+                stab_text(stabilizer)
+            ),
+            terms,
+            stabilizer,
+            bounds: None,
+            f64_denominators: true,
+        }
+    }
+}
+
+/// Shortest round-tripping text of a float (`1`, `0.25`, `1e-7`).
+pub fn num(v: f32) -> String {
+    let s = format!("{v}");
+    let e = format!("{v:e}");
+    if e.len() < s.len() { e } else { s }
+}
+
+fn nums(v: &[f32]) -> String {
+    if v.len() == 1 {
+        num(v[0])
+    } else {
+        format!(
+            "[{}]",
+            v.iter().map(|x| num(*x)).collect::<Vec<_>>().join(", ")
+        )
+    }
+}
+
+/// A stabiliser as text: `SignEpsilon(1e-6)`, `ZeroGuard(1e-7)`.
+pub fn stab_text(s: Stabilizer) -> String {
+    match s {
+        Stabilizer::SignEpsilon(e) => format!("SignEpsilon({})", num(e)),
+        Stabilizer::ZeroGuard(e) => format!("ZeroGuard({})", num(e)),
+    }
+}
+
+fn modify_weight(w: &ArrayD<f32>, m: ParamMod) -> Option<ArrayD<f32>> {
+    Some(match m {
+        ParamMod::Identity => return None,
+        ParamMod::Positive => w.mapv(|v| v.max(0.0)),
+        ParamMod::Negative => w.mapv(|v| v.min(0.0)),
+        ParamMod::Squared => w.mapv(|v| v * v),
+        ParamMod::Ones => w.mapv(|_| 1.0),
+        ParamMod::Gamma { gamma, positive } => {
+            w.mapv(|v| v + gamma * if positive { v.max(0.0) } else { v.min(0.0) })
+        }
+    })
+}
+
+fn modify_bias(b: &ArrayD<f32>, m: BiasMod) -> Option<ArrayD<f32>> {
+    Some(match m {
+        BiasMod::None => return None,
+        BiasMod::Identity => b.clone(),
+        BiasMod::Positive => b.mapv(|v| v.max(0.0)),
+        BiasMod::Negative => b.mapv(|v| v.min(0.0)),
+        BiasMod::Gamma { gamma, positive } => {
+            b.mapv(|v| v + gamma * if positive { v.max(0.0) } else { v.min(0.0) })
+        }
+    })
+}
+
+/// Fills every position of `x`'s shape with `values` (one value or one per channel, axis 1).
+fn filled(x: ArrayViewD<'_, f32>, values: &[f32]) -> Result<ArrayD<f32>, String> {
+    let mut out = ArrayD::zeros(x.raw_dim());
+    if values.len() == 1 {
+        out.fill(values[0]);
+        return Ok(out);
+    }
+    let channels = x.shape().get(1).copied().unwrap_or(0);
+    if values.len() != channels {
+        return Err(format!(
+            "{} bound values given, but the layer's input has {channels} channels",
+            values.len()
+        ));
+    }
+    for (c, mut lane) in out.axis_iter_mut(Axis(1)).enumerate() {
+        lane.fill(values[c]);
+    }
+    Ok(out)
+}
+
+impl Rule for BasicRule {
+    fn relevance(
+        &self,
+        ctx: &NodeContext<'_>,
+        r_out: ArrayViewD<'_, f32>,
+    ) -> Result<Vec<ArrayD<f32>>, String> {
+        let lin = ctx
+            .linear()
+            .ok_or_else(|| format!("{} applies to Conv and Dense layers only", self.describe()))?;
+        let x = ctx.inputs[0].view();
+        let z = ctx.output.view();
+        let maps = ctx.maps;
+        let bounds = ctx.bounds.or(self.bounds.as_ref());
+        let mut result: Option<ArrayD<f32>> = None;
+        for t in &self.terms {
+            // The denominator, per image.
+            let plain = t.branches.len() == 1
+                && t.branches[0].sign == 1.0
+                && t.branches[0].input == InputMod::Identity
+                && t.branches[0].param == ParamMod::Identity
+                && t.bias == BiasMod::Identity;
+            let mut inputs = Vec::with_capacity(t.branches.len());
+            let mut weights = Vec::with_capacity(t.branches.len());
+            for b in &t.branches {
+                let xi = match b.input {
+                    InputMod::Identity => None,
+                    InputMod::Positive => Some(x.mapv(|v| v.max(0.0))),
+                    InputMod::Negative => Some(x.mapv(|v| v.min(0.0))),
+                    InputMod::Ones => Some(x.mapv(|_| 1.0)),
+                    InputMod::Low | InputMod::High => {
+                        let bd = bounds.ok_or("a bounded rule needs low/high bounds")?;
+                        Some(filled(
+                            x.view(),
+                            if b.input == InputMod::Low {
+                                &bd.low
+                            } else {
+                                &bd.high
+                            },
+                        )?)
+                    }
+                };
+                inputs.push(xi);
+                weights.push(modify_weight(lin.weight, b.param));
+            }
+            let stab = self.stabilizer;
+            let mut s = r_out.as_standard_layout().into_owned();
+            if plain {
+                zip_rows(&mut s, z.view(), maps, |r, d| *r /= stab.apply(d));
+            } else if self.f64_denominators {
+                let mut acc: Option<ArrayD<f64>> = None;
+                for (k, b) in t.branches.iter().enumerate() {
+                    let xi = inputs[k]
+                        .as_ref()
+                        .map(|a| a.view())
+                        .unwrap_or(x.view())
+                        .mapv(|v| v as f64);
+                    let wi = weights[k].as_ref().unwrap_or(lin.weight).mapv(|v| v as f64);
+                    let mut f = lin.forward_f64(xi.view(), wi.view());
+                    if b.sign != 1.0 {
+                        f.mapv_inplace(|v| v * b.sign as f64);
+                    }
+                    acc = Some(match acc {
+                        None => f,
+                        Some(a) => a + f,
+                    });
+                }
+                let mut d = acc.expect("a term has branches");
+                if let Some(bias) = lin.bias.and_then(|b| modify_bias(b, t.bias)) {
+                    lin.add_bias(&mut d, &bias.mapv(|v| v as f64));
+                }
+                let d = d.as_standard_layout().into_owned();
+                let ds = d.as_slice().expect("standard layout");
+                let row = ds.len() / d.shape()[0].max(1);
+                let ss = s.as_slice_mut().expect("standard layout");
+                for (m, chunk) in ss.chunks_mut(row.max(1)).enumerate() {
+                    let dr = &ds[(m / maps) * row..(m / maps + 1) * row];
+                    for (r, &dv) in chunk.iter_mut().zip(dr) {
+                        *r = (*r as f64 / stab.apply_f64(dv)) as f32;
+                    }
+                }
+            } else {
+                let mut acc: Option<ArrayD<f32>> = None;
+                for (k, b) in t.branches.iter().enumerate() {
+                    let xi = inputs[k].as_ref().map(|a| a.view()).unwrap_or(x.view());
+                    let wi = weights[k].as_ref().unwrap_or(lin.weight);
+                    let mut f = lin.forward(xi, wi);
+                    if b.sign != 1.0 {
+                        f.mapv_inplace(|v| v * b.sign);
+                    }
+                    acc = Some(match acc {
+                        None => f,
+                        Some(a) => a + f,
+                    });
+                }
+                let mut d = acc.expect("a term has branches");
+                if let Some(bias) = lin.bias.and_then(|b| modify_bias(b, t.bias)) {
+                    lin.add_bias(&mut d, &bias);
+                }
+                zip_rows(&mut s, d.view(), maps, |r, dv| *r /= stab.apply(dv));
+            }
+            // s = mask ⊙ R / stab(Z), per relevance map.
+            match t.mask {
+                OutputMask::All => {}
+                OutputMask::Positive => zip_rows(&mut s, z.view(), maps, |r, zv| {
+                    if zv <= 0.0 {
+                        *r = 0.0
+                    }
+                }),
+                OutputMask::Negative => zip_rows(&mut s, z.view(), maps, |r, zv| {
+                    if zv >= 0.0 {
+                        *r = 0.0
+                    }
+                }),
+            }
+            for (k, b) in t.branches.iter().enumerate() {
+                let wi = weights[k].as_ref().unwrap_or(lin.weight);
+                let mut g = lin.transpose(s.view(), wi);
+                let xi = inputs[k].as_ref().map(|a| a.view()).unwrap_or(x.view());
+                mul_rows(&mut g, xi, maps);
+                let c = t.coef * b.sign;
+                result = Some(match result {
+                    None if c == 1.0 => g,
+                    None => g.mapv(|v| v * c),
+                    Some(mut acc) => {
+                        acc.scaled_add(c, &g);
+                        acc
+                    }
+                });
+            }
+        }
+        let r = result.unwrap_or_else(|| repeat_rows(x.view(), maps).mapv(|_| 0.0));
+        Ok(vec![r])
+    }
+
+    fn describe(&self) -> String {
+        self.description.clone()
+    }
+}

@@ -1,0 +1,217 @@
+//! The [`Rule`] trait and what a rule sees of its node ([`NodeContext`]).
+
+use lrp_ir::{Graph, NodeDef, NodeId, Op};
+use ndarray::{ArrayD, ArrayViewD, Ix2, Ix4};
+
+use lrp_kernels::kernels::{self, ConvGeometry};
+
+/// A relevance rule: maps the relevance at a node's output to the relevance at its inputs.
+///
+/// Every rule is linear in the output relevance for a fixed forward pass. `r_out` holds
+/// [`NodeContext::maps`] relevance maps per input image, image-major: row `m` belongs to image
+/// `m / maps`. The result has one array per node input, each `[rows of r_out, ...input shape]`.
+pub trait Rule: Send + Sync + std::fmt::Debug {
+    /// The relevance at each input of the node.
+    fn relevance(
+        &self,
+        ctx: &NodeContext<'_>,
+        r_out: ArrayViewD<'_, f32>,
+    ) -> Result<Vec<ArrayD<f32>>, String>;
+
+    /// A stable one-line description with every parameter, e.g.
+    /// `AlphaBeta(alpha: 1, beta: 0, bias: Full, stabilizer: ZeroGuard(1e-7))`.
+    fn describe(&self) -> String;
+}
+
+/// Input bounds of the bounded (z^B) rule given on the command line: they override the bounds
+/// written in rule configurations.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bounds {
+    /// Lowest input value: one value, or one per input channel.
+    pub low: Vec<f32>,
+    /// Highest input value: one value, or one per input channel.
+    pub high: Vec<f32>,
+}
+
+/// What a rule sees of the node it is applied to.
+#[derive(Debug)]
+pub struct NodeContext<'a> {
+    /// The graph.
+    pub graph: &'a Graph,
+    /// The node.
+    pub id: NodeId,
+    /// The forward inputs of the node, each `[N, ...]`.
+    pub inputs: Vec<ArrayViewD<'a, f32>>,
+    /// The forward output of the node, `[N, ...]`.
+    pub output: ArrayViewD<'a, f32>,
+    /// Relevance maps per image in `r_out`.
+    pub maps: usize,
+    /// Bounds given on the command line, if any.
+    pub bounds: Option<&'a Bounds>,
+}
+
+impl<'a> NodeContext<'a> {
+    /// The node's definition.
+    pub fn node(&self) -> &'a NodeDef {
+        &self.graph.nodes()[self.id]
+    }
+
+    /// The node's op.
+    pub fn op(&self) -> &'a Op {
+        &self.node().op
+    }
+
+    /// Parameter `name` of the node.
+    pub fn param(&self, name: &str) -> Option<&'a ArrayD<f32>> {
+        self.graph.param(self.id, name)
+    }
+
+    /// The node's linear map, if it is a Conv or Dense node.
+    pub fn linear(&self) -> Option<Linear<'a>> {
+        let weight = self.param("weight")?;
+        let bias = self.param("bias");
+        let kind = match self.op() {
+            Op::Dense => LinearKind::Dense,
+            op @ Op::Conv { .. } => {
+                let in_shape = &self.inputs[0].shape()[1..];
+                LinearKind::Conv(ConvGeometry::new(op, in_shape, weight.shape()).ok()?)
+            }
+            _ => return None,
+        };
+        Some(Linear { kind, weight, bias })
+    }
+}
+
+/// The kind of a linear layer with its geometry.
+#[derive(Debug, Clone)]
+pub enum LinearKind {
+    /// Dense on `[N, in]`.
+    Dense,
+    /// 2-D convolution.
+    Conv(ConvGeometry),
+}
+
+/// A Conv or Dense layer as a linear map `x ↦ fwd(x, W)` that rules evaluate with modified
+/// inputs and weights.
+#[derive(Debug, Clone)]
+pub struct Linear<'a> {
+    /// Dense or Conv, with the geometry.
+    pub kind: LinearKind,
+    /// The weight (`[out, in]` or `[O, C/groups, kh, kw]`).
+    pub weight: &'a ArrayD<f32>,
+    /// The bias `[out]`, if any.
+    pub bias: Option<&'a ArrayD<f32>>,
+}
+
+impl Linear<'_> {
+    /// `fwd(x, w)`: the layer's map with weight `w`, without bias; `x` is `[rows, ...in]`.
+    pub fn forward(&self, x: ArrayViewD<'_, f32>, w: &ArrayD<f32>) -> ArrayD<f32> {
+        match &self.kind {
+            LinearKind::Dense => kernels::dense_forward(
+                x.into_dimensionality::<Ix2>().expect("dense input is 2-D"),
+                w.view()
+                    .into_dimensionality::<Ix2>()
+                    .expect("dense weight is 2-D"),
+            )
+            .into_dyn(),
+            LinearKind::Conv(g) => kernels::conv2d_forward(
+                x.into_dimensionality::<Ix4>().expect("conv input is 4-D"),
+                w.view()
+                    .into_dimensionality::<Ix4>()
+                    .expect("conv weight is 4-D"),
+                g,
+            )
+            .into_dyn(),
+        }
+    }
+
+    /// `fwd(x, w)` computed in f64.
+    pub fn forward_f64(&self, x: ArrayViewD<'_, f64>, w: ArrayViewD<'_, f64>) -> ArrayD<f64> {
+        match &self.kind {
+            LinearKind::Dense => kernels::dense_forward(
+                x.into_dimensionality::<Ix2>().expect("dense input is 2-D"),
+                w.into_dimensionality::<Ix2>().expect("dense weight is 2-D"),
+            )
+            .into_dyn(),
+            LinearKind::Conv(g) => kernels::conv2d_forward(
+                x.into_dimensionality::<Ix4>().expect("conv input is 4-D"),
+                w.into_dimensionality::<Ix4>().expect("conv weight is 4-D"),
+                g,
+            )
+            .into_dyn(),
+        }
+    }
+
+    /// `T(s, w)`: the transpose of the map with weight `w` (the gradient w.r.t. the input);
+    /// `s` is `[rows, ...out]`.
+    pub fn transpose(&self, s: ArrayViewD<'_, f32>, w: &ArrayD<f32>) -> ArrayD<f32> {
+        match &self.kind {
+            LinearKind::Dense => kernels::dense_transpose(
+                s.into_dimensionality::<Ix2>()
+                    .expect("dense relevance is 2-D"),
+                w.view()
+                    .into_dimensionality::<Ix2>()
+                    .expect("dense weight is 2-D"),
+            )
+            .into_dyn(),
+            LinearKind::Conv(g) => kernels::conv2d_transpose(
+                s.into_dimensionality::<Ix4>()
+                    .expect("conv relevance is 4-D"),
+                w.view()
+                    .into_dimensionality::<Ix4>()
+                    .expect("conv weight is 4-D"),
+                g,
+            )
+            .into_dyn(),
+        }
+    }
+
+    /// Adds a per-output-unit (per-channel for Conv) bias `b` to `z`.
+    pub fn add_bias<A: Copy + std::ops::AddAssign>(&self, z: &mut ArrayD<A>, b: &ArrayD<A>) {
+        let b = b.as_slice().expect("bias is contiguous");
+        let per_unit = z.len() / (z.shape()[0] * b.len()).max(1);
+        let z = z.as_slice_mut().expect("fresh arrays are contiguous");
+        for (k, v) in z.iter_mut().enumerate() {
+            *v += b[(k / per_unit) % b.len()];
+        }
+    }
+}
+
+/// Multiplies each row `m` of `r` (`[N·maps, ...]`) by row `m / maps` of `x` (`[N, ...]`).
+pub fn mul_rows(r: &mut ArrayD<f32>, x: ArrayViewD<'_, f32>, maps: usize) {
+    zip_rows(r, x, maps, |a, b| *a *= b);
+}
+
+/// Applies `f(r_m, x_{m / maps})` elementwise, row by row (see [`mul_rows`]).
+pub fn zip_rows(
+    r: &mut ArrayD<f32>,
+    x: ArrayViewD<'_, f32>,
+    maps: usize,
+    f: impl Fn(&mut f32, f32),
+) {
+    let x = x.as_standard_layout();
+    let xs = x.as_slice().expect("standard layout");
+    let row = xs.len() / x.shape()[0].max(1);
+    if !r.is_standard_layout() {
+        *r = r.as_standard_layout().into_owned();
+    }
+    let rs = r.as_slice_mut().expect("standard layout");
+    for (m, chunk) in rs.chunks_mut(row.max(1)).enumerate() {
+        let xr = &xs[(m / maps) * row..(m / maps + 1) * row];
+        for (a, &b) in chunk.iter_mut().zip(xr) {
+            f(a, b);
+        }
+    }
+}
+
+/// Repeats every row of `x` (`[N, ...]`) `maps` times: `[N·maps, ...]`.
+pub fn repeat_rows(x: ArrayViewD<'_, f32>, maps: usize) -> ArrayD<f32> {
+    if maps == 1 {
+        return x.to_owned();
+    }
+    let views: Vec<_> = x
+        .outer_iter()
+        .flat_map(|row| std::iter::repeat_n(row, maps))
+        .collect();
+    ndarray::stack(ndarray::Axis(0), &views).expect("rows share a shape")
+}
