@@ -108,6 +108,9 @@ pub struct ExplainArgs {
     /// Inputs per forward/relevance pass.
     #[arg(long, value_name = "B", default_value_t = 16)]
     pub batch_size: usize,
+    /// Heatmap enlargement (nearest neighbour); 0: enough for the shorter side to reach 112 px.
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    pub zoom: usize,
     /// Where the forward pass runs.
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     pub device: DeviceArg,

@@ -156,9 +156,15 @@ pub fn run_with(a: ExplainArgs, registry: &Registry) -> Result<()> {
     for (i, map) in relevance.outer_iter().enumerate() {
         let h = lrp_render::channel_sum(map, axis);
         let (hh, ww) = h.dim();
+        let zoom = if a.zoom == 0 {
+            lrp_render::auto_zoom(hh, ww)
+        } else {
+            a.zoom
+        };
+        let (px, zw, zh) = lrp_render::zoom_rgb(&lrp_render::heatmap_rgb(&h), ww, hh, zoom);
         let name = heatmap_name(&sources, i, n);
         let path = a.out.join(&name);
-        lrp_io::write_png_rgb(&path, ww as u32, hh as u32, &lrp_render::heatmap_rgb(&h))?;
+        lrp_io::write_png_rgb(&path, zw as u32, zh as u32, &px)?;
         pngs.push(name);
     }
     for (r, png) in records.iter_mut().zip(&pngs) {

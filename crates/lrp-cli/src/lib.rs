@@ -26,19 +26,20 @@ pub enum Failure {
 
 /// Classifies an error by the library error it wraps.
 pub fn failure_kind(err: &anyhow::Error) -> Failure {
+    let runtime = |e: &lrp_runtime::RuntimeError| match e {
+        lrp_runtime::RuntimeError::Input(_) | lrp_runtime::RuntimeError::Device(_) => {
+            Failure::BadInput
+        }
+        _ => Failure::Runtime,
+    };
     for cause in err.chain() {
-        if let Some(lrp_engine::ExplainError::Rule { .. }) =
+        if let Some(lrp_engine::ExplainError::Runtime(e)) =
             cause.downcast_ref::<lrp_engine::ExplainError>()
         {
-            return Failure::Runtime;
+            return runtime(e);
         }
         if let Some(e) = cause.downcast_ref::<lrp_runtime::RuntimeError>() {
-            return match e {
-                lrp_runtime::RuntimeError::Input(_) | lrp_runtime::RuntimeError::Device(_) => {
-                    Failure::BadInput
-                }
-                _ => Failure::Runtime,
-            };
+            return runtime(e);
         }
     }
     Failure::BadInput

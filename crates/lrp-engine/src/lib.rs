@@ -79,6 +79,9 @@ pub struct ExplainOptions {
 pub struct Explanation {
     /// Relevance at the input: the input batch's shape and layout.
     pub relevance: ArrayD<f32>,
+    /// The input relevance of every pass before the signal combines them: `[N·maps, ...]`,
+    /// image-major (for two-pass signals the target pass, then the dual pass, of each image).
+    pub passes: ArrayD<f32>,
     /// Pre-softmax logits `[N, classes]`.
     pub logits: Array2<f32>,
     /// The target class of each input.
@@ -275,9 +278,11 @@ impl Explainer {
             .map(|(a, b)| a.iter().zip(b).map(|(x, y)| x - y).collect())
             .collect();
         let relu = opts.relu.unwrap_or(self.config.relu);
+        let passes = r_input.clone();
         let relevance = signal.combine(r_input, relu, &mut notes);
         Ok(Explanation {
             relevance,
+            passes,
             logits,
             targets,
             node_sums: g

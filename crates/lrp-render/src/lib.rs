@@ -102,3 +102,43 @@ mod tests {
         );
     }
 }
+
+/// Enlarges RGB pixels (`w × h`, 3 bytes each) by an integer factor with nearest-neighbour
+/// sampling, so small maps stay crisp; returns the pixels and the new size.
+pub fn zoom_rgb(px: &[u8], w: usize, h: usize, factor: usize) -> (Vec<u8>, usize, usize) {
+    let f = factor.max(1);
+    let (zw, zh) = (w * f, h * f);
+    let mut out = Vec::with_capacity(zw * zh * 3);
+    for y in 0..zh {
+        for x in 0..zw {
+            let k = ((y / f) * w + x / f) * 3;
+            out.extend_from_slice(&px[k..k + 3]);
+        }
+    }
+    (out, zw, zh)
+}
+
+/// The zoom factor that makes the shorter side of an `h × w` map at least 112 pixels.
+pub fn auto_zoom(h: usize, w: usize) -> usize {
+    112usize.div_ceil(h.min(w).max(1)).max(1)
+}
+
+#[cfg(test)]
+mod zoom_tests {
+    use super::*;
+
+    #[test]
+    fn nearest_zoom() {
+        let px = [1, 2, 3, 4, 5, 6];
+        let (z, w, h) = zoom_rgb(&px, 2, 1, 2);
+        assert_eq!((w, h), (4, 2));
+        assert_eq!(
+            z,
+            [
+                1, 2, 3, 1, 2, 3, 4, 5, 6, 4, 5, 6, 1, 2, 3, 1, 2, 3, 4, 5, 6, 4, 5, 6
+            ]
+        );
+        assert_eq!(auto_zoom(28, 56), 4);
+        assert_eq!(auto_zoom(224, 224), 1);
+    }
+}

@@ -267,3 +267,44 @@ fn uncovered_dense_is_an_error_naming_the_node() {
         "{e}"
     );
 }
+
+#[test]
+fn every_linear_rule_is_linear_in_the_output_relevance() {
+    let g = dense(
+        &[&[0.5, -1.0, 2.0], &[-0.25, 0.75, 1.0]],
+        Some(&[0.1, -0.2]),
+    );
+    let s = Stabilizer::SignEpsilon(1e-6);
+    let b = Bounds {
+        low: vec![-2.0],
+        high: vec![2.0],
+    };
+    let rules: Vec<Box<dyn Rule>> = vec![
+        Box::new(BasicRule::z(s)),
+        Box::new(BasicRule::epsilon(0.1)),
+        Box::new(BasicRule::alpha_beta(2.0, 1.0, BiasMode::Full, s)),
+        Box::new(BasicRule::alpha_beta(1.0, 0.0, BiasMode::Split, s)),
+        Box::new(BasicRule::z_box(b, s)),
+        Box::new(BasicRule::flat(s)),
+        Box::new(BasicRule::w_square(s)),
+        Box::new(BasicRule::gamma(0.25, true, s)),
+    ];
+    let x = [1.5, -0.5, 0.25];
+    for rule in &rules {
+        let r1 = apply(rule.as_ref(), &g, &x, &[0.7, -1.3]);
+        let r2 = apply(rule.as_ref(), &g, &x, &[2.1, -3.9]);
+        let sum = apply(rule.as_ref(), &g, &x, &[2.8, -5.2]);
+        for i in 0..3 {
+            assert!(
+                (3.0 * r1[i] - r2[i]).abs() <= 1e-5 * r2[i].abs().max(1.0),
+                "{}: {r1:?} {r2:?}",
+                rule.describe()
+            );
+            assert!(
+                (r1[i] + r2[i] - sum[i]).abs() <= 1e-5 * sum[i].abs().max(1.0),
+                "{}",
+                rule.describe()
+            );
+        }
+    }
+}

@@ -417,7 +417,6 @@ fn random_helpers_have_the_requested_range() {
 
 /// Materialises the real VGG16 (553 MB of weights; about 1.2 GB at peak with the encoding).
 #[test]
-#[ignore = "builds 553 MB of weights"]
 fn vgg16_full_build_matches_its_count() {
     let m = vgg16(1000, 224, 1);
     assert_eq!(initializer_elements(&m), 138_357_544);
