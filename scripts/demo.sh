@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up, builds, and runs the main job on the bundled MNIST digit classifier: convert the ONNX
-# model into a graph, describe it, and classify the bundled example images. Outputs go to out/demo/.
+# model into a graph, describe it, classify the bundled example images, and explain them with
+# SGLRP, LRP and CLRP (relevance maps, heatmaps, reports). Outputs go to out/demo/.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/setup.sh
@@ -12,4 +13,10 @@ mkdir -p "$out"
   --preprocess scale=1/255 --labels graphs/mnist/labels.txt
 "$bin" inspect "$out/mnist_cnn.ron"
 "$bin" predict "$out/mnist_cnn.ron" --input graphs/mnist/examples --top 2 --logits "$out/logits.npy"
-echo "demo: outputs in $out/"
+"$bin" inspect "$out/mnist_cnn.ron" --method sglrp
+for method in sglrp lrp clrp; do
+  # Pixels are scaled to [0, 1]: the bounds of the first layer's z^B rule.
+  "$bin" explain "$out/mnist_cnn.ron" --input graphs/mnist/examples --method "$method" \
+    --low 0 --high 1 --out "$out/$method"
+done
+echo "demo: outputs in $out/ (heatmaps: $out/sglrp/*.png, $out/lrp/*.png, $out/clrp/*.png)"
