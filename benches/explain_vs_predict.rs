@@ -275,6 +275,18 @@ fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
+/// CPU seconds (user, system) used by this process so far, all threads (/proc/self/stat;
+/// clock ticks of 1/100 s, the Linux default).
+fn cpu_seconds() -> (f64, f64) {
+    let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = s.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / 100.0;
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    (tick(11), tick(12))
+}
+
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -297,6 +309,7 @@ struct ExplainRow {
     predict: f64,
     predict_peak: Option<f64>,
     explain: f64,
+    cpu: (f64, f64),
     forward: f64,
     relevance: f64,
     peak: Option<f64>,
@@ -333,7 +346,7 @@ fn time_explain(
     method: &str,
     reg: &Registry,
     o: &Options,
-) -> (f64, f64, f64, Option<f64>) {
+) -> (f64, (f64, f64), f64, f64, Option<f64>) {
     let config = method_config(method, reg);
     let reset = reset_peak_rss();
     let mut ex = Explainer::new(graph.clone(), config, reg, Device::Cpu, o.threads)
@@ -356,6 +369,7 @@ fn time_explain(
         );
     }
     let (mut tot, mut fwd, mut rel) = (Vec::new(), Vec::new(), Vec::new());
+    let c0 = cpu_seconds();
     for i in 0..o.reps {
         let (t, f, r) = run(&mut ex);
         eprintln!(
@@ -366,8 +380,13 @@ fn time_explain(
         fwd.push(f);
         rel.push(r);
     }
+    let c1 = cpu_seconds();
+    let cpu = (
+        (c1.0 - c0.0) / o.reps as f64,
+        (c1.1 - c0.1) / o.reps as f64,
+    );
     let peak = if reset { status_mib("VmHWM:") } else { None };
-    (median(&tot), median(&fwd), median(&rel), peak)
+    (median(&tot), cpu, median(&fwd), median(&rel), peak)
 }
 
 fn main() {
@@ -430,7 +449,7 @@ fn main() {
             eprintln!("  batch {n}: predict median {:.3} s", p.median);
             for m in &o.methods {
                 let load_before = loadavg();
-                let (explain, forward, relevance, peak) = time_explain(&graph, &batch, m, &reg, &o);
+                let (explain, cpu, forward, relevance, peak) = time_explain(&graph, &batch, m, &reg, &o);
                 eprintln!(
                     "  batch {n}: {m} explain median {explain:.3} s ({:.1}x predict)",
                     explain / p.median
@@ -442,6 +461,7 @@ fn main() {
                     predict: p.median,
                     predict_peak: p.peak,
                     explain,
+                    cpu,
                     forward,
                     relevance,
                     peak,
@@ -457,12 +477,12 @@ fn main() {
     );
     println!();
     println!(
-        "| method | batch | predict median s | explain median s | ratio | forward part s | relevance part s | relevance ÷ forward | peak RSS (predict / explain) | loadavg (1/5/15 min, before → after) |"
+        "| method | batch | predict median s | explain median s | ratio | forward part s | relevance part s | relevance ÷ forward | explain CPU s per run (user / sys) | peak RSS (predict / explain) | loadavg 1/5/15 min (before → after) |"
     );
-    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
+    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
     for r in &rows {
         println!(
-            "| {} | {}×{}² | {:.3} | {:.3} | {:.1}× | {:.3} | {:.3} | {:.1}× | {} / {} | {} |",
+            "| {} | {}×{}² | {:.3} | {:.3} | {:.1}× | {:.3} | {:.3} | {:.1}× | {:.2} / {:.2} | {} / {} | {} |",
             r.method,
             r.batch,
             r.hw,
@@ -472,6 +492,8 @@ fn main() {
             r.forward,
             r.relevance,
             r.relevance / r.forward,
+            r.cpu.0,
+            r.cpu.1,
             fmt_mib(r.predict_peak),
             fmt_mib(r.peak),
             r.load,

@@ -192,8 +192,8 @@ fn main() -> Res<()> {
         )?;
         let mut cells = [Mean::default(); 4];
         let mut note_counts = [[0usize; 2]; 2]; // [top/second][target logit ≤ 0, ΣO = 0]
-        for i in 0..n {
-            let Some(top_left) = which[i] else { continue };
+        for (i, w) in which.iter().enumerate() {
+            let Some(top_left) = *w else { continue };
             let (p, q) = shares(&top, i, top_left);
             cells[0].add(p);
             cells[1].add(q);
