@@ -13,10 +13,10 @@
 //! output. Z, Epsilon, AlphaBeta, ZPlus, z^B, Flat, WSquare and Gamma are all such lists.
 
 use lrp_kernels::Stabilizer;
-use ndarray::{ArrayD, ArrayViewD, Axis};
+use ndarray::{ArrayD, ArrayViewD, Axis, LinalgScalar};
 use serde::{Deserialize, Serialize};
 
-use crate::rule::{Bounds, NodeContext, Rule, mul_rows, repeat_rows, zip_rows};
+use crate::rule::{Bounds, Linear, NodeContext, Rule, mul_rows, repeat_rows, zip_rows};
 
 /// What a branch feeds into the layer instead of the input `x`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -392,6 +392,59 @@ fn modify_bias(b: &ArrayD<f32>, m: BiasMod) -> Option<ArrayD<f32>> {
     })
 }
 
+/// `Z_t = Σ_b c_b fwd(m_b(x), p_b(W)) + bias_t` in the element type `A`; `inputs[b]` and
+/// `weights[b]` are the modified inputs and weights (None: unmodified).
+fn denominator<A: LinalgScalar + From<f32> + std::ops::AddAssign>(
+    t: &Term,
+    lin: &Linear<'_>,
+    x: ArrayViewD<'_, f32>,
+    inputs: &[Option<ArrayD<f32>>],
+    weights: &[Option<ArrayD<f32>>],
+) -> ArrayD<A> {
+    let mut acc: Option<ArrayD<A>> = None;
+    for (k, b) in t.branches.iter().enumerate() {
+        let xi = inputs[k]
+            .as_ref()
+            .map(|a| a.view())
+            .unwrap_or(x.view())
+            .mapv(A::from);
+        let wi = weights[k].as_ref().unwrap_or(lin.weight).mapv(A::from);
+        let mut f = lin.forward(xi.view(), wi.view());
+        if b.sign != 1.0 {
+            let c = A::from(b.sign);
+            f.mapv_inplace(|v| v * c);
+        }
+        acc = Some(match acc {
+            None => f,
+            Some(a) => a + f,
+        });
+    }
+    let mut d = acc.expect("a term has branches");
+    if let Some(bias) = lin.bias.and_then(|b| modify_bias(b, t.bias)) {
+        lin.add_bias(&mut d, &bias.mapv(A::from));
+    }
+    d
+}
+
+/// `s_m ← s_m / stab(d_{m / maps})` row by row, the division in f64.
+fn divide_rows<A: Copy + Into<f64>>(
+    s: &mut ArrayD<f32>,
+    d: &ArrayD<A>,
+    maps: usize,
+    stab: Stabilizer,
+) {
+    let d = d.as_standard_layout();
+    let ds = d.as_slice().expect("standard layout");
+    let row = ds.len() / d.shape()[0].max(1);
+    let ss = s.as_slice_mut().expect("standard layout");
+    for (m, chunk) in ss.chunks_mut(row.max(1)).enumerate() {
+        let dr = &ds[(m / maps) * row..(m / maps + 1) * row];
+        for (r, &dv) in chunk.iter_mut().zip(dr) {
+            *r = (*r as f64 / stab.apply_f64(dv.into())) as f32;
+        }
+    }
+}
+
 /// Fills every position of `x`'s shape with `values` (one value or one per channel, axis 1).
 fn filled(x: ArrayViewD<'_, f32>, values: &[f32]) -> Result<ArrayD<f32>, String> {
     let mut out = ArrayD::zeros(x.raw_dim());
@@ -456,63 +509,19 @@ impl Rule for BasicRule {
                 inputs.push(xi);
                 weights.push(modify_weight(lin.weight, b.param));
             }
+            // s = R / stab(Z_t), per relevance map; Z_t recomputed in f64 or f32.
             let stab = self.stabilizer;
             let mut s = r_out.as_standard_layout().into_owned();
             if plain {
                 zip_rows(&mut s, z.view(), maps, |r, d| *r /= stab.apply(d));
             } else if self.f64_denominators {
-                let mut acc: Option<ArrayD<f64>> = None;
-                for (k, b) in t.branches.iter().enumerate() {
-                    let xi = inputs[k]
-                        .as_ref()
-                        .map(|a| a.view())
-                        .unwrap_or(x.view())
-                        .mapv(|v| v as f64);
-                    let wi = weights[k].as_ref().unwrap_or(lin.weight).mapv(|v| v as f64);
-                    let mut f = lin.forward_f64(xi.view(), wi.view());
-                    if b.sign != 1.0 {
-                        f.mapv_inplace(|v| v * b.sign as f64);
-                    }
-                    acc = Some(match acc {
-                        None => f,
-                        Some(a) => a + f,
-                    });
-                }
-                let mut d = acc.expect("a term has branches");
-                if let Some(bias) = lin.bias.and_then(|b| modify_bias(b, t.bias)) {
-                    lin.add_bias(&mut d, &bias.mapv(|v| v as f64));
-                }
-                let d = d.as_standard_layout().into_owned();
-                let ds = d.as_slice().expect("standard layout");
-                let row = ds.len() / d.shape()[0].max(1);
-                let ss = s.as_slice_mut().expect("standard layout");
-                for (m, chunk) in ss.chunks_mut(row.max(1)).enumerate() {
-                    let dr = &ds[(m / maps) * row..(m / maps + 1) * row];
-                    for (r, &dv) in chunk.iter_mut().zip(dr) {
-                        *r = (*r as f64 / stab.apply_f64(dv)) as f32;
-                    }
-                }
+                let d = denominator::<f64>(t, &lin, x.view(), &inputs, &weights);
+                divide_rows(&mut s, &d, maps, stab);
             } else {
-                let mut acc: Option<ArrayD<f32>> = None;
-                for (k, b) in t.branches.iter().enumerate() {
-                    let xi = inputs[k].as_ref().map(|a| a.view()).unwrap_or(x.view());
-                    let wi = weights[k].as_ref().unwrap_or(lin.weight);
-                    let mut f = lin.forward(xi, wi);
-                    if b.sign != 1.0 {
-                        f.mapv_inplace(|v| v * b.sign);
-                    }
-                    acc = Some(match acc {
-                        None => f,
-                        Some(a) => a + f,
-                    });
-                }
-                let mut d = acc.expect("a term has branches");
-                if let Some(bias) = lin.bias.and_then(|b| modify_bias(b, t.bias)) {
-                    lin.add_bias(&mut d, &bias);
-                }
-                zip_rows(&mut s, d.view(), maps, |r, dv| *r /= stab.apply(dv));
+                let d = denominator::<f32>(t, &lin, x.view(), &inputs, &weights);
+                divide_rows(&mut s, &d, maps, stab);
             }
-            // s = mask ⊙ R / stab(Z), per relevance map.
+            // Only where the term applies.
             match t.mask {
                 OutputMask::All => {}
                 OutputMask::Positive => zip_rows(&mut s, z.view(), maps, |r, zv| {

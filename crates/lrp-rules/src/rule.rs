@@ -1,7 +1,7 @@
 //! The [`Rule`] trait and what a rule sees of its node ([`NodeContext`]).
 
 use lrp_ir::{Graph, NodeDef, NodeId, Op};
-use ndarray::{ArrayD, ArrayViewD, Ix2, Ix4};
+use ndarray::{ArrayD, ArrayViewD, Ix2, Ix4, LinalgScalar};
 
 use lrp_kernels::kernels::{self, ConvGeometry};
 
@@ -105,28 +105,12 @@ pub struct Linear<'a> {
 
 impl Linear<'_> {
     /// `fwd(x, w)`: the layer's map with weight `w`, without bias; `x` is `[rows, ...in]`.
-    pub fn forward(&self, x: ArrayViewD<'_, f32>, w: &ArrayD<f32>) -> ArrayD<f32> {
-        match &self.kind {
-            LinearKind::Dense => kernels::dense_forward(
-                x.into_dimensionality::<Ix2>().expect("dense input is 2-D"),
-                w.view()
-                    .into_dimensionality::<Ix2>()
-                    .expect("dense weight is 2-D"),
-            )
-            .into_dyn(),
-            LinearKind::Conv(g) => kernels::conv2d_forward(
-                x.into_dimensionality::<Ix4>().expect("conv input is 4-D"),
-                w.view()
-                    .into_dimensionality::<Ix4>()
-                    .expect("conv weight is 4-D"),
-                g,
-            )
-            .into_dyn(),
-        }
-    }
-
-    /// `fwd(x, w)` computed in f64.
-    pub fn forward_f64(&self, x: ArrayViewD<'_, f64>, w: ArrayViewD<'_, f64>) -> ArrayD<f64> {
+    /// Works in f32, or in f64 where a rule needs exact denominators.
+    pub fn forward<A: LinalgScalar>(
+        &self,
+        x: ArrayViewD<'_, A>,
+        w: ArrayViewD<'_, A>,
+    ) -> ArrayD<A> {
         match &self.kind {
             LinearKind::Dense => kernels::dense_forward(
                 x.into_dimensionality::<Ix2>().expect("dense input is 2-D"),

@@ -7,7 +7,7 @@ use ndarray::{ArrayD, ArrayViewD, Axis, Ix4, IxDyn, Slice};
 use serde::{Deserialize, Serialize};
 
 use crate::basic::stab_text;
-use crate::rule::{NodeContext, Rule, repeat_rows, zip_rows};
+use crate::rule::{NodeContext, Rule, zip_rows};
 
 /// `R_in = R_out`: element-wise activations, Dropout, Identity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -337,9 +337,4 @@ impl Rule for BatchNormRule {
             "BatchNorm(z: false)".into()
         }
     }
-}
-
-/// Relevance of zero everywhere at a node's inputs (used for inputs a rule does not reach).
-pub fn zeros_like_rows(x: ArrayViewD<'_, f32>, maps: usize) -> ArrayD<f32> {
-    repeat_rows(x, maps).mapv(|_| 0.0)
 }
