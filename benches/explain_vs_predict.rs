@@ -22,17 +22,21 @@
 //! | --- | --- | --- | --- |
 //! | `--quick` | `LRP_BENCH_QUICK=1` | off | width_div 4, classifier width 1024, 64x64 |
 //! | `--sizes 1,8x224` | `LRP_BENCH_SIZES` | `1,8` | batches, each `N` or `NxHW` |
-//! | `--reps R` | `LRP_BENCH_REPS` | 3 | timed runs per configuration (median) |
-//! | `--warmup W` | `LRP_BENCH_WARMUP` | 1 | untimed runs first |
-//! | `--methods a,b` | `LRP_BENCH_METHODS` | `lrp-epsilon,sglrp,sglrp-seq-b` | presets |
+//! | `--reps R` | `LRP_BENCH_REPS` | 3 | timed explain runs per configuration (median); predict runs max(R, 10) |
+//! | `--warmup W` | `LRP_BENCH_WARMUP` | 1 | untimed runs first (predict: at least 2) |
+//! | `--methods a,b` | `LRP_BENCH_METHODS` | `lrp-epsilon,sglrp,sglrp-seq-b` | methods (below) |
 //! | `--threads T` | `LRP_BENCH_THREADS` | ONNX Runtime's default | intra-op threads |
 //! | `--width-div D` | `LRP_BENCH_WIDTH_DIV` | 1 (4 quick) | VGG channel divisor |
 //! | `--seed S` | `LRP_BENCH_SEED` | testkit's DEFAULT_SEED | weights; input uses S+1 |
 //!
-//! A method `NAME+f32den` is preset NAME with every recomputed-denominator rule (AlphaBeta,
-//! ZPlus, ZBox, Flat, WSquare, Gamma) replaced by the same `BasicRule` with
-//! `f64_denominators: false`, registered here under another name: it measures what the f64
-//! denominators cost.
+//! A method is a preset name, a rule configuration file (`path/to/config.ron`), or
+//! `NAME+f32den`: preset NAME with every recomputed-denominator rule (AlphaBeta, ZPlus, ZBox,
+//! Flat, WSquare, Gamma) replaced by the same `BasicRule` with `f64_denominators: false`,
+//! registered here as `<Rule>F32Den`; it measures what the f64 denominators cost.
+//!
+//! Besides the timings, the table gives the CPU time (user / system) and minor page faults per
+//! explain run (from /proc/self/stat) and the 1/5/15-minute load average, since other work on
+//! the machine skews wall-clock numbers. Results and observations: `docs/performance.md`.
 //!
 //! Without `--bench` on the command line (`cargo test --benches`, `--all-targets`) the binary
 //! only prints how to run it: the full benchmark takes many minutes.
@@ -222,8 +226,13 @@ fn register_f32_rules(reg: &mut Registry) {
     }
 }
 
-/// The rule configuration of `method` (`NAME` or `NAME+f32den`).
+/// The rule configuration of `method`: a preset `NAME`, `NAME+f32den`, or the path of a rule
+/// configuration file (`.ron`; it may use the `<Rule>F32Den` rules).
 fn method_config(method: &str, reg: &Registry) -> RuleConfig {
+    if method.ends_with(".ron") {
+        return RuleConfig::load(std::path::Path::new(method), reg)
+            .unwrap_or_else(|e| fail(&e.to_string()));
+    }
     let Some(base) = method.strip_suffix(F32_SUFFIX) else {
         return lrp_graph::rules::presets::preset(method, reg).unwrap_or_else(|e| fail(&e));
     };
@@ -275,16 +284,21 @@ fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
-/// CPU seconds (user, system) used by this process so far, all threads (/proc/self/stat;
-/// clock ticks of 1/100 s, the Linux default).
-fn cpu_seconds() -> (f64, f64) {
+/// CPU seconds (user, system) used by this process so far, all threads, and its minor page
+/// faults (/proc/self/stat; clock ticks of 1/100 s, the Linux default).
+fn cpu_seconds() -> (f64, f64, f64) {
     let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name, which is in parentheses and may hold spaces.
+    // Fields after the command name, which is in parentheses and may hold spaces: field k of
+    // the line (1-based) is entry k - 3.
     let rest = s.rsplit_once(')').map_or("", |(_, r)| r);
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / 100.0;
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    (tick(11), tick(12))
+    let field = |k: usize| {
+        f.get(k - 3)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // minflt is field 10, utime 14, stime 15.
+    (field(14) / 100.0, field(15) / 100.0, field(10))
 }
 
 fn loadavg() -> String {
@@ -309,11 +323,17 @@ struct ExplainRow {
     predict: f64,
     predict_peak: Option<f64>,
     explain: f64,
-    cpu: (f64, f64),
+    cpu: (f64, f64, f64),
     forward: f64,
     relevance: f64,
     peak: Option<f64>,
     load: String,
+}
+
+/// Timed predict runs: at least 10 (predict is cheap next to explain, and it is the ratio's
+/// denominator).
+fn predict_reps(o: &Options) -> usize {
+    o.reps.max(10)
 }
 
 fn time_predict(graph: &lrp_graph::ir::Graph, batch: &ArrayD<f32>, o: &Options) -> PredictRow {
@@ -346,7 +366,7 @@ fn time_explain(
     method: &str,
     reg: &Registry,
     o: &Options,
-) -> (f64, (f64, f64), f64, f64, Option<f64>) {
+) -> (f64, (f64, f64, f64), f64, f64, Option<f64>) {
     let config = method_config(method, reg);
     let reset = reset_peak_rss();
     let mut ex = Explainer::new(graph.clone(), config, reg, Device::Cpu, o.threads)
@@ -384,6 +404,7 @@ fn time_explain(
     let cpu = (
         (c1.0 - c0.0) / o.reps as f64,
         (c1.1 - c0.1) / o.reps as f64,
+        (c1.2 - c0.2) / o.reps as f64,
     );
     let peak = if reset { status_mib("VmHWM:") } else { None };
     (median(&tot), cpu, median(&fwd), median(&rel), peak)
@@ -449,7 +470,8 @@ fn main() {
             eprintln!("  batch {n}: predict median {:.3} s", p.median);
             for m in &o.methods {
                 let load_before = loadavg();
-                let (explain, cpu, forward, relevance, peak) = time_explain(&graph, &batch, m, &reg, &o);
+                let (explain, cpu, forward, relevance, peak) =
+                    time_explain(&graph, &batch, m, &reg, &o);
                 eprintln!(
                     "  batch {n}: {m} explain median {explain:.3} s ({:.1}x predict)",
                     explain / p.median
@@ -472,17 +494,21 @@ fn main() {
     }
     println!();
     println!(
-        "VGG16 (width_div {}, classifier {cw}, 1000 classes, seeded random weights), CPU, {} warm-up + {} timed runs, medians",
-        o.width_div, o.warmup, o.reps
+        "VGG16 (width_div {}, classifier {cw}, 1000 classes, seeded random weights), CPU; explain: {} warm-up + {} timed runs, predict: {} + {}; medians",
+        o.width_div,
+        o.warmup,
+        o.reps,
+        o.warmup.max(2),
+        predict_reps(&o)
     );
     println!();
     println!(
-        "| method | batch | predict median s | explain median s | ratio | forward part s | relevance part s | relevance ÷ forward | explain CPU s per run (user / sys) | peak RSS (predict / explain) | loadavg 1/5/15 min (before → after) |"
+        "| method | batch | predict median s | explain median s | ratio | forward part s | relevance part s | relevance ÷ forward | explain CPU s per run (user / sys) | minor page faults per run | peak RSS (predict / explain) | loadavg 1/5/15 min (before → after) |"
     );
-    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
+    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
     for r in &rows {
         println!(
-            "| {} | {}×{}² | {:.3} | {:.3} | {:.1}× | {:.3} | {:.3} | {:.1}× | {:.2} / {:.2} | {} / {} | {} |",
+            "| {} | {}×{}² | {:.4} | {:.3} | {:.1}× | {:.3} | {:.3} | {:.1}× | {:.2} / {:.2} | {:.0}k | {} / {} | {} |",
             r.method,
             r.batch,
             r.hw,
@@ -494,6 +520,7 @@ fn main() {
             r.relevance / r.forward,
             r.cpu.0,
             r.cpu.1,
+            r.cpu.2 / 1e3,
             fmt_mib(r.predict_peak),
             fmt_mib(r.peak),
             r.load,

@@ -393,16 +393,18 @@ fn modify_bias(b: &ArrayD<f32>, m: BiasMod) -> Option<ArrayD<f32>> {
 }
 
 /// `Z_t = Σ_b c_b fwd(m_b(x), p_b(W)) + bias_t` in the element type `A`; `inputs[b]` and
-/// `weights[b]` are the modified inputs and weights (None: unmodified).
+/// `weights[b]` are the modified inputs and weights (None: unmodified); branches not `live`
+/// (all-zero input) are left out.
 fn denominator<A: LinalgScalar + From<f32> + std::ops::AddAssign>(
     t: &Term,
     lin: &Linear<'_>,
     x: ArrayViewD<'_, f32>,
     inputs: &[Option<ArrayD<f32>>],
     weights: &[Option<ArrayD<f32>>],
+    live: &[bool],
 ) -> ArrayD<A> {
     let mut acc: Option<ArrayD<A>> = None;
-    for (k, b) in t.branches.iter().enumerate() {
+    for (k, b) in t.branches.iter().enumerate().filter(|(k, _)| live[*k]) {
         let xi = inputs[k]
             .as_ref()
             .map(|a| a.view())
@@ -488,6 +490,7 @@ impl Rule for BasicRule {
                 && t.bias == BiasMod::Identity;
             let mut inputs = Vec::with_capacity(t.branches.len());
             let mut weights = Vec::with_capacity(t.branches.len());
+            let mut live = Vec::with_capacity(t.branches.len());
             for b in &t.branches {
                 let xi = match b.input {
                     InputMod::Identity => None,
@@ -506,8 +509,16 @@ impl Rule for BasicRule {
                         )?)
                     }
                 };
+                // A branch whose input is all zero (x⁻ after a ReLU, say) adds exactly nothing:
+                // skip its forward and transpose.
+                let dead = matches!(b.input, InputMod::Positive | InputMod::Negative)
+                    && xi.as_ref().is_some_and(|a| a.iter().all(|&v| v == 0.0));
+                live.push(!dead);
+                weights.push(if dead { None } else { modify_weight(lin.weight, b.param) });
                 inputs.push(xi);
-                weights.push(modify_weight(lin.weight, b.param));
+            }
+            if !live.contains(&true) {
+                continue;
             }
             // s = R / stab(Z_t), per relevance map; Z_t recomputed in f64 or f32.
             let stab = self.stabilizer;
@@ -515,10 +526,10 @@ impl Rule for BasicRule {
             if plain {
                 zip_rows(&mut s, z.view(), maps, |r, d| *r /= stab.apply(d));
             } else if self.f64_denominators {
-                let d = denominator::<f64>(t, &lin, x.view(), &inputs, &weights);
+                let d = denominator::<f64>(t, &lin, x.view(), &inputs, &weights, &live);
                 divide_rows(&mut s, &d, maps, stab);
             } else {
-                let d = denominator::<f32>(t, &lin, x.view(), &inputs, &weights);
+                let d = denominator::<f32>(t, &lin, x.view(), &inputs, &weights, &live);
                 divide_rows(&mut s, &d, maps, stab);
             }
             // Only where the term applies.
@@ -535,7 +546,7 @@ impl Rule for BasicRule {
                     }
                 }),
             }
-            for (k, b) in t.branches.iter().enumerate() {
+            for (k, b) in t.branches.iter().enumerate().filter(|(k, _)| live[*k]) {
                 let wi = weights[k].as_ref().unwrap_or(lin.weight);
                 let mut g = lin.transpose(s.view(), wi);
                 let xi = inputs[k].as_ref().map(|a| a.view()).unwrap_or(x.view());
