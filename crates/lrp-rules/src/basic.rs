@@ -514,7 +514,11 @@ impl Rule for BasicRule {
                 let dead = matches!(b.input, InputMod::Positive | InputMod::Negative)
                     && xi.as_ref().is_some_and(|a| a.iter().all(|&v| v == 0.0));
                 live.push(!dead);
-                weights.push(if dead { None } else { modify_weight(lin.weight, b.param) });
+                weights.push(if dead {
+                    None
+                } else {
+                    modify_weight(lin.weight, b.param)
+                });
                 inputs.push(xi);
             }
             if !live.contains(&true) {
