@@ -3,7 +3,7 @@
 use lrp_ir::Op;
 use lrp_kernels::Stabilizer;
 use lrp_kernels::kernels::{self, PoolGeometry};
-use ndarray::{ArrayD, ArrayViewD, Axis, Ix4, IxDyn, Slice};
+use ndarray::{ArrayD, ArrayView4, ArrayViewD, Axis, Ix4, IxDyn, Slice};
 use serde::{Deserialize, Serialize};
 
 use crate::basic::stab_text;
@@ -128,27 +128,12 @@ impl Rule for MaxPoolRule {
         ctx: &NodeContext<'_>,
         r_out: ArrayViewD<'_, f32>,
     ) -> Result<Vec<ArrayD<f32>>, String> {
-        let x = ctx.inputs[0]
-            .view()
-            .into_dimensionality::<Ix4>()
-            .map_err(|e| e.to_string())?;
-        let r = r_out
-            .into_dimensionality::<Ix4>()
-            .map_err(|e| e.to_string())?;
-        let g = match ctx.op() {
-            op @ Op::MaxPool { .. } => {
-                PoolGeometry::new(op, &x.shape()[1..]).map_err(|e| e.to_string())?
-            }
-            Op::GlobalMaxPool => {
-                PoolGeometry::new(ctx.op(), &x.shape()[1..]).map_err(|e| e.to_string())?
-            }
-            other => {
-                return Err(format!(
-                    "the max-pool rule does not apply to {}",
-                    other.kind()
-                ));
-            }
-        };
+        let (x, r, g) = pool_operands(
+            ctx,
+            r_out,
+            matches!(ctx.op(), Op::MaxPool { .. } | Op::GlobalMaxPool),
+            "max-pool",
+        )?;
         let out = match self.routing {
             MaxPoolRouting::WinnerTakeAll => kernels::maxpool_winner_take_all(x, r, ctx.maps, &g),
             MaxPoolRouting::Proportional => {
@@ -169,6 +154,31 @@ impl Rule for MaxPoolRule {
             }
         }
     }
+}
+
+/// The pooled input `[N, C, H, W]`, the relevance `[N·maps, C, OH, OW]` and the window
+/// geometry of a pooling node, if `applies`.
+fn pool_operands<'a, 'r>(
+    ctx: &NodeContext<'a>,
+    r_out: ArrayViewD<'r, f32>,
+    applies: bool,
+    what: &str,
+) -> Result<(ArrayView4<'a, f32>, ArrayView4<'r, f32>, PoolGeometry), String> {
+    if !applies {
+        return Err(format!(
+            "the {what} rule does not apply to {}",
+            ctx.op().kind()
+        ));
+    }
+    let x = ctx.inputs[0]
+        .clone()
+        .into_dimensionality::<Ix4>()
+        .map_err(|e| e.to_string())?;
+    let r = r_out
+        .into_dimensionality::<Ix4>()
+        .map_err(|e| e.to_string())?;
+    let g = PoolGeometry::new(ctx.op(), &x.shape()[1..]).map_err(|e| e.to_string())?;
+    Ok((x, r, g))
 }
 
 /// How AvgPool, GlobalAvgPool and Add pass relevance down.
@@ -195,27 +205,12 @@ impl Rule for AvgPoolRule {
         ctx: &NodeContext<'_>,
         r_out: ArrayViewD<'_, f32>,
     ) -> Result<Vec<ArrayD<f32>>, String> {
-        let x = ctx.inputs[0]
-            .view()
-            .into_dimensionality::<Ix4>()
-            .map_err(|e| e.to_string())?;
-        let r = r_out
-            .into_dimensionality::<Ix4>()
-            .map_err(|e| e.to_string())?;
-        let g = match ctx.op() {
-            op @ Op::AvgPool { .. } => {
-                PoolGeometry::new(op, &x.shape()[1..]).map_err(|e| e.to_string())?
-            }
-            Op::GlobalAvgPool => {
-                PoolGeometry::new(ctx.op(), &x.shape()[1..]).map_err(|e| e.to_string())?
-            }
-            other => {
-                return Err(format!(
-                    "the average-pool rule does not apply to {}",
-                    other.kind()
-                ));
-            }
-        };
+        let (x, r, g) = pool_operands(
+            ctx,
+            r_out,
+            matches!(ctx.op(), Op::AvgPool { .. } | Op::GlobalAvgPool),
+            "average-pool",
+        )?;
         let out = match self.split {
             Split::Proportional => {
                 kernels::avgpool_proportional(x, r, ctx.maps, &g, self.stabilizer)
