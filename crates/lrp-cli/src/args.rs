@@ -16,7 +16,7 @@ pub struct Cli {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Convert an ONNX model into a graph (RON + safetensors sidecar).
+    /// Convert an ONNX or Keras model into a graph (RON + safetensors sidecar).
     Convert(ConvertArgs),
     /// Describe a graph: input, output and every node with its shape.
     Inspect(InspectArgs),
@@ -31,7 +31,7 @@ pub enum Command {
 /// `convert` arguments.
 #[derive(Debug, Args)]
 pub struct ConvertArgs {
-    /// The model file (.onnx).
+    /// The model file: .onnx, .keras, or .h5 (Keras 2 or 3, whole model).
     pub model: PathBuf,
     /// Output graph (.ron; the weights go beside it as .safetensors). Default: the model's path
     /// with the extension .ron.

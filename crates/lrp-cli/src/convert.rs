@@ -21,24 +21,24 @@ pub fn run(a: ConvertArgs) -> Result<()> {
         .extension()
         .map(|e| e.to_string_lossy().to_ascii_lowercase())
         .unwrap_or_default();
-    match ext.as_str() {
-        "onnx" => {}
-        "h5" | "keras" => bail!(
-            "{}: Keras models (.{ext}) are not supported by this version; export the model to ONNX (for example with tf2onnx) and convert the .onnx file",
-            a.model.display()
-        ),
+    // The ONNX model, kept for the ONNX Runtime self-check (Keras models have none).
+    let (model, imported) = match ext.as_str() {
+        "onnx" => {
+            let model = lrp_onnx::read_model(&a.model)?;
+            let stem = a
+                .model
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "model".into());
+            let imported = lrp_import::import_onnx_model(&model, &a.model, &stem)?;
+            (Some(model), imported)
+        }
+        "h5" | "hdf5" | "keras" => (None, lrp_import::import_keras(&a.model)?),
         _ => bail!(
-            "{}: unknown model format (expected a .onnx file)",
+            "{}: unknown model format (expected a .onnx, .keras or .h5 file)",
             a.model.display()
         ),
-    }
-    let model = lrp_onnx::read_model(&a.model)?;
-    let stem = a
-        .model
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "model".into());
-    let imported = lrp_import::import_onnx_model(&model, &a.model, &stem)?;
+    };
     for w in &imported.warnings {
         eprintln!("warning: {}: {w}", a.model.display());
     }
@@ -66,8 +66,8 @@ pub fn run(a: ConvertArgs) -> Result<()> {
             out.display()
         );
     }
-    if !a.no_check {
-        match check(&model, &graph) {
+    if let (false, Some(model)) = (a.no_check, &model) {
+        match check(model, &graph) {
             Ok((diff, scale)) => {
                 let rel = if scale > 0.0 { diff / scale } else { diff };
                 if rel > CHECK_TOLERANCE {

@@ -1,0 +1,1124 @@
+//! Keras importer: `.keras` (Keras 3 zip) and `.h5` (Keras 3 legacy HDF5 and tf_keras 2 HDF5)
+//! models, Sequential or Functional, into the graph IR.
+//!
+//! Keras tensors are channels-last; the IR's convolutions and pools are NCHW. The graph input
+//! stays NHWC (`Layout::NHWC`) and is transposed to NCHW by the first node; a `Flatten` of a
+//! 4-D tensor is preceded by a transpose back to NHWC so the flattened order matches Keras.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use hdf5_pure::{AttrValue, File as H5File, Group};
+use lrp_ir::{FORMAT_VERSION, Graph, GraphDef, InputDef, Layout, NodeDef, Op, Weights};
+use ndarray::{ArrayD, IxDyn};
+use serde_json::Value;
+
+use crate::error::ImportError;
+use crate::onnx::Imported;
+
+/// Keras layer classes the importer converts.
+pub const SUPPORTED_LAYERS: &[&str] = &[
+    "InputLayer",
+    "Conv2D",
+    "DepthwiseConv2D",
+    "Dense",
+    "Activation",
+    "ReLU",
+    "MaxPooling2D",
+    "AveragePooling2D",
+    "GlobalAveragePooling2D",
+    "GlobalMaxPooling2D",
+    "Flatten",
+    "BatchNormalization",
+    "Add",
+    "Concatenate",
+    "ZeroPadding2D",
+    "Dropout",
+];
+
+/// Reads and converts a Keras model: `.keras` (zip) or `.h5`/`.hdf5` (whole-model HDF5).
+pub fn import_keras(path: &Path) -> Result<Imported, ImportError> {
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    let bytes = std::fs::read(path).map_err(|e| file_err(path, format!("cannot read: {e}")))?;
+    let (config, weights) = match ext.as_str() {
+        "keras" => read_keras_zip(path, bytes)?,
+        "h5" | "hdf5" => read_h5_model(path, bytes)?,
+        _ => {
+            return Err(file_err(
+                path,
+                "unknown Keras file type (expected .keras or .h5)",
+            ));
+        }
+    };
+    let name = path
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    let name = name.split('.').next().unwrap_or("model").to_string();
+    let name = if name.is_empty() {
+        "model".into()
+    } else {
+        name
+    };
+    Builder::new(path, weights).convert(&config, &name)
+}
+
+fn file_err(path: &Path, message: impl Into<String>) -> ImportError {
+    ImportError::Model {
+        path: PathBuf::from(path),
+        node: None,
+        op_type: None,
+        message: message.into(),
+    }
+}
+
+/// Weights per layer name, in the layer's own order.
+type LayerWeights = HashMap<String, Vec<ArrayD<f32>>>;
+
+fn h5_err(path: &Path, what: &str, e: hdf5_pure::Error) -> ImportError {
+    file_err(
+        path,
+        format!("{what}: {e} (is the HDF5 file truncated or damaged?)"),
+    )
+}
+
+fn attr_string(v: &AttrValue) -> Option<String> {
+    match v {
+        AttrValue::String(s)
+        | AttrValue::AsciiString(s)
+        | AttrValue::VarLenString(s)
+        | AttrValue::VarLenAsciiString(s) => Some(s.clone()),
+        AttrValue::StringSized { value, .. } | AttrValue::AsciiStringSized { value, .. } => {
+            Some(value.clone())
+        }
+        _ => None,
+    }
+}
+
+fn attr_strings(v: &AttrValue) -> Option<Vec<String>> {
+    match v {
+        AttrValue::StringArray(a)
+        | AttrValue::AsciiStringArray(a)
+        | AttrValue::VarLenStringArray(a)
+        | AttrValue::VarLenAsciiStringArray(a)
+        | AttrValue::VarLenAsciiCharArray(a) => Some(a.clone()),
+        AttrValue::StringArraySized { values, .. }
+        | AttrValue::AsciiStringArraySized { values, .. } => Some(values.clone()),
+        // Keras writes an empty list as an empty float64 array.
+        AttrValue::F64Array(a) if a.is_empty() => Some(Vec::new()),
+        AttrValue::F32Array(a) if a.is_empty() => Some(Vec::new()),
+        other => attr_string(other).map(|s| vec![s]),
+    }
+}
+
+fn read_dataset(path: &Path, group: &Group, name: &str) -> Result<ArrayD<f32>, ImportError> {
+    let ds = group
+        .dataset(name)
+        .map_err(|e| h5_err(path, &format!("weight '{name}'"), e))?;
+    let shape: Vec<usize> = ds
+        .shape()
+        .map_err(|e| h5_err(path, &format!("weight '{name}'"), e))?
+        .into_iter()
+        .map(|d| d as usize)
+        .collect();
+    let data = ds
+        .read_f32()
+        .map_err(|e| h5_err(path, &format!("weight '{name}'"), e))?;
+    ArrayD::from_shape_vec(IxDyn(&shape), data)
+        .map_err(|e| file_err(path, format!("weight '{name}': {e}")))
+}
+
+/// `.keras`: `config.json` plus `model.weights.h5` with `layers/<group>/vars/<i>`, the layer's
+/// real name in the `name` attribute of `vars`.
+fn read_keras_zip(path: &Path, bytes: Vec<u8>) -> Result<(Value, LayerWeights), ImportError> {
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(|e| {
+        file_err(
+            path,
+            format!("not a readable Keras .keras archive (a zip file is expected): {e}"),
+        )
+    })?;
+    let mut member = |name: &str| -> Result<Vec<u8>, ImportError> {
+        let mut f = zip
+            .by_name(name)
+            .map_err(|e| file_err(path, format!("archive member '{name}': {e}")))?;
+        let mut out = Vec::new();
+        f.read_to_end(&mut out)
+            .map_err(|e| file_err(path, format!("archive member '{name}': {e}")))?;
+        Ok(out)
+    };
+    let config: Value = serde_json::from_slice(&member("config.json")?)
+        .map_err(|e| file_err(path, format!("config.json: {e}")))?;
+    let h5 = H5File::from_bytes(member("model.weights.h5")?)
+        .map_err(|e| h5_err(path, "model.weights.h5", e))?;
+    let mut weights = LayerWeights::new();
+    let root = h5.root();
+    let groups = root
+        .groups()
+        .map_err(|e| h5_err(path, "model.weights.h5", e))?;
+    if !groups.iter().any(|g| g == "layers") {
+        // Nothing to read here; the config check reports what is wrong.
+        return Ok((config, weights));
+    }
+    let layers = h5
+        .group("layers")
+        .map_err(|e| h5_err(path, "model.weights.h5 layers", e))?;
+    for g in layers
+        .groups()
+        .map_err(|e| h5_err(path, "model.weights.h5 layers", e))?
+    {
+        let vars = layers
+            .group(&format!("{g}/vars"))
+            .map_err(|e| h5_err(path, &format!("layers/{g}/vars"), e))?;
+        let attrs = vars
+            .attrs()
+            .map_err(|e| h5_err(path, &format!("layers/{g}/vars"), e))?;
+        let Some(name) = attrs.get("name").and_then(attr_string) else {
+            continue;
+        };
+        let mut idx: Vec<(usize, String)> = vars
+            .datasets()
+            .map_err(|e| h5_err(path, &format!("layers/{g}/vars"), e))?
+            .into_iter()
+            .filter_map(|d| d.parse().ok().map(|i| (i, d)))
+            .collect();
+        idx.sort();
+        let mut arrays = Vec::new();
+        for (_, d) in idx {
+            arrays.push(read_dataset(path, &vars, &d)?);
+        }
+        weights.insert(name, arrays);
+    }
+    Ok((config, weights))
+}
+
+/// Whole-model `.h5`: root attribute `model_config`, weights under `model_weights/<layer>`
+/// listed by the `weight_names` attribute.
+fn read_h5_model(path: &Path, bytes: Vec<u8>) -> Result<(Value, LayerWeights), ImportError> {
+    let h5 = H5File::from_bytes(bytes)
+        .map_err(|e| h5_err(path, "not a readable Keras .h5 file (HDF5)", e))?;
+    let root = h5.root();
+    let attrs = root
+        .attrs()
+        .map_err(|e| h5_err(path, "root attributes", e))?;
+    let Some(text) = attrs.get("model_config").and_then(attr_string) else {
+        return Err(file_err(
+            path,
+            "the file holds weights only (no model_config); save the whole model with model.save(\"model.keras\") (or model.save(\"model.h5\")), not model.save_weights(...)",
+        ));
+    };
+    let config: Value =
+        serde_json::from_str(&text).map_err(|e| file_err(path, format!("model_config: {e}")))?;
+    let mw = h5
+        .group("model_weights")
+        .map_err(|e| h5_err(path, "model_weights", e))?;
+    let mut weights = LayerWeights::new();
+    for layer in mw.groups().map_err(|e| h5_err(path, "model_weights", e))? {
+        let g = mw
+            .group(&layer)
+            .map_err(|e| h5_err(path, &format!("model_weights/{layer}"), e))?;
+        let a = g
+            .attrs()
+            .map_err(|e| h5_err(path, &format!("model_weights/{layer}"), e))?;
+        let names = a
+            .get("weight_names")
+            .and_then(attr_strings)
+            .unwrap_or_default();
+        let mut arrays = Vec::new();
+        for n in names {
+            arrays.push(read_dataset(path, &g, &n)?);
+        }
+        weights.insert(layer, arrays);
+    }
+    Ok((config, weights))
+}
+
+/// A tensor during conversion: the IR name and its per-sample IR shape (NCHW for 4-D).
+#[derive(Clone)]
+struct Tensor {
+    name: String,
+    shape: Vec<usize>,
+}
+
+struct ParamMap<'a>(&'a [(&'static str, ArrayD<f32>)]);
+
+impl lrp_ir::op::ParamShapes for ParamMap<'_> {
+    fn param_shape(&self, name: &str) -> Option<&[usize]> {
+        self.0
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, a)| a.shape())
+    }
+}
+
+struct Builder<'p> {
+    path: &'p Path,
+    weights_in: LayerWeights,
+    weights: Weights,
+    nodes: Vec<NodeDef>,
+    used: HashSet<String>,
+    tensors: HashMap<String, Tensor>,
+    input: Option<(String, Vec<usize>)>,
+    warnings: Vec<String>,
+}
+
+/// The layer currently converted, for error messages.
+struct Ctx<'a> {
+    name: &'a str,
+    class: &'a str,
+    cfg: &'a Value,
+}
+
+impl<'p> Builder<'p> {
+    fn new(path: &'p Path, weights_in: LayerWeights) -> Self {
+        Builder {
+            path,
+            weights_in,
+            weights: Weights::new(),
+            nodes: Vec::new(),
+            used: HashSet::new(),
+            tensors: HashMap::new(),
+            input: None,
+            warnings: Vec::new(),
+        }
+    }
+
+    fn err(&self, c: &Ctx, message: impl Into<String>) -> ImportError {
+        ImportError::Model {
+            path: PathBuf::from(self.path),
+            node: Some(c.name.to_string()),
+            op_type: Some(c.class.to_string()),
+            message: message.into(),
+        }
+    }
+
+    fn unique(&mut self, base: &str) -> String {
+        let mut n = base.to_string();
+        let mut k = 1;
+        while self.used.contains(&n) {
+            n = format!("{base}_{k}");
+            k += 1;
+        }
+        self.used.insert(n.clone());
+        n
+    }
+
+    /// Adds a node, inferring its shape; returns its output tensor.
+    fn emit(
+        &mut self,
+        c: &Ctx,
+        base: &str,
+        op: Op,
+        inputs: &[Tensor],
+        params: Vec<(&'static str, ArrayD<f32>)>,
+    ) -> Result<Tensor, ImportError> {
+        let shapes: Vec<&[usize]> = inputs.iter().map(|t| t.shape.as_slice()).collect();
+        let shape = op
+            .infer_shape(&shapes, &ParamMap(&params))
+            .map_err(|m| self.err(c, m))?;
+        let name = self.unique(base);
+        let mut pm = BTreeMap::new();
+        for (p, a) in params {
+            let key = format!("{name}.{p}");
+            self.weights.insert(key.clone(), a);
+            pm.insert(p.to_string(), key);
+        }
+        self.nodes.push(NodeDef {
+            name: name.clone(),
+            op,
+            inputs: inputs.iter().map(|t| t.name.clone()).collect(),
+            params: pm,
+        });
+        Ok(Tensor { name, shape })
+    }
+
+    fn convert(mut self, model: &Value, name: &str) -> Result<Imported, ImportError> {
+        let class = model
+            .get("class_name")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let cfg = model.get("config").unwrap_or(&Value::Null);
+        let Some(layers) = cfg.get("layers").and_then(Value::as_array) else {
+            return Err(file_err(
+                self.path,
+                format!(
+                    "model class '{class}' has no layer list in its config (subclassed models cannot be imported; build the model with the Sequential or Functional API)"
+                ),
+            ));
+        };
+        let sequential = match class {
+            "Sequential" => true,
+            "Functional" | "Model" => false,
+            other => {
+                return Err(file_err(
+                    self.path,
+                    format!(
+                        "model class '{other}' is not supported (expected Sequential or Functional)"
+                    ),
+                ));
+            }
+        };
+        // Check every class first so that the error lists all unsupported layers.
+        let mut bad = Vec::new();
+        for l in layers {
+            let lc = l.get("class_name").and_then(Value::as_str).unwrap_or("?");
+            if !SUPPORTED_LAYERS.contains(&lc) {
+                bad.push(format!("'{}' ({lc})", layer_name(l)));
+            }
+        }
+        if !bad.is_empty() {
+            let first = &layers
+                .iter()
+                .find(|l| {
+                    !SUPPORTED_LAYERS
+                        .contains(&l.get("class_name").and_then(Value::as_str).unwrap_or("?"))
+                })
+                .expect("one is bad");
+            return Err(ImportError::Model {
+                path: PathBuf::from(self.path),
+                node: Some(layer_name(first)),
+                op_type: first
+                    .get("class_name")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+                message: format!(
+                    "unsupported layer class; unsupported layers: {} (supported: {})",
+                    bad.join(", "),
+                    SUPPORTED_LAYERS.join(", ")
+                ),
+            });
+        }
+        let mut last: Option<String> = None;
+        for (i, l) in layers.iter().enumerate() {
+            let lname = layer_name(l);
+            let lclass = l.get("class_name").and_then(Value::as_str).unwrap_or("?");
+            let lcfg = l.get("config").unwrap_or(&Value::Null);
+            let c = Ctx {
+                name: &lname,
+                class: lclass,
+                cfg: lcfg,
+            };
+            let inputs: Vec<String> = if lclass == "InputLayer" {
+                Vec::new()
+            } else if sequential {
+                match &last {
+                    Some(p) => vec![p.clone()],
+                    None => {
+                        // Sequential without an InputLayer: the first layer declares the shape.
+                        let shape = batch_shape(lcfg).ok_or_else(|| {
+                            self.err(&c, "the model's input shape is not recorded; build the model with an Input layer before saving")
+                        })?;
+                        self.add_input("input", &shape, &c)?;
+                        vec!["input".to_string()]
+                    }
+                }
+            } else {
+                let mut v = Vec::new();
+                if let Some(nodes) = l.get("inbound_nodes").and_then(Value::as_array) {
+                    if nodes.len() > 1 {
+                        return Err(self.err(
+                            &c,
+                            "shared layers (called more than once) are not supported",
+                        ));
+                    }
+                    if let Some(n) = nodes.first() {
+                        collect_inbound(n, &mut v);
+                    }
+                }
+                v
+            };
+            if i == 0 && lclass != "InputLayer" && !sequential {
+                return Err(self.err(
+                    &c,
+                    "the first layer of a Functional model must be an InputLayer",
+                ));
+            }
+            let ins: Vec<Tensor> = inputs
+                .iter()
+                .map(|n| {
+                    self.tensors
+                        .get(n)
+                        .cloned()
+                        .ok_or_else(|| self.err(&c, format!("input '{n}' is not a known layer")))
+                })
+                .collect::<Result<_, _>>()?;
+            let out = self.layer(&c, &ins)?;
+            self.tensors.insert(lname.clone(), out);
+            last = Some(lname);
+        }
+        let output_layer = if sequential {
+            last
+        } else {
+            cfg.get("output_layers").and_then(first_layer_ref)
+        }
+        .ok_or_else(|| file_err(self.path, "the model has no output layer"))?;
+        let out = self.tensors.get(&output_layer).cloned().ok_or_else(|| {
+            file_err(
+                self.path,
+                format!("output layer '{output_layer}' not found"),
+            )
+        })?;
+        let (input_name, input_shape) = self
+            .input
+            .clone()
+            .ok_or_else(|| file_err(self.path, "the model has no input layer"))?;
+        if out.name == input_name {
+            return Err(file_err(self.path, "the model's output is its input"));
+        }
+        let layout = if input_shape.len() == 3 {
+            Layout::NHWC
+        } else {
+            Layout::Other
+        };
+        let def = GraphDef {
+            format: FORMAT_VERSION,
+            name: name.to_string(),
+            weights: format!("{name}.safetensors"),
+            input: InputDef {
+                name: input_name,
+                shape: input_shape,
+                layout,
+                preprocess: None,
+            },
+            output: out.name,
+            nodes: self.nodes,
+            labels: None,
+        };
+        let mut unused: Vec<&String> = self
+            .weights_in
+            .iter()
+            .filter(|(_, w)| !w.is_empty())
+            .map(|(n, _)| n)
+            .collect();
+        unused.sort();
+        for n in unused {
+            self.warnings.push(format!(
+                "weights of '{n}' match no layer of the model and were ignored"
+            ));
+        }
+        let graph = Graph::new(def, self.weights).map_err(|source| ImportError::Graph {
+            path: PathBuf::from(self.path),
+            source,
+        })?;
+        Ok(Imported {
+            graph,
+            warnings: self.warnings,
+        })
+    }
+
+    fn add_input(&mut self, name: &str, shape: &[usize], c: &Ctx) -> Result<(), ImportError> {
+        if self.input.is_some() {
+            return Err(self.err(c, "models with more than one input are not supported"));
+        }
+        if shape.is_empty() || shape.contains(&0) {
+            return Err(self.err(c, format!("input shape {shape:?} is not fully known")));
+        }
+        self.used.insert(name.to_string());
+        self.input = Some((name.to_string(), shape.to_vec()));
+        let t = Tensor {
+            name: name.to_string(),
+            shape: shape.to_vec(),
+        };
+        let t = match shape.len() {
+            3 => self.emit(
+                c,
+                &format!("{name}_nchw"),
+                Op::Transpose {
+                    perm: vec![0, 3, 1, 2],
+                },
+                &[t],
+                vec![],
+            )?,
+            1 => t,
+            r => {
+                return Err(self.err(
+                    c,
+                    format!("inputs of rank {r} (per sample) are not supported; expected (H, W, C) images or feature vectors"),
+                ));
+            }
+        };
+        self.tensors.insert(name.to_string(), t);
+        Ok(())
+    }
+
+    fn take_weights(&mut self, c: &Ctx, n: usize) -> Result<Vec<ArrayD<f32>>, ImportError> {
+        let w = self.weights_in.remove(c.name).unwrap_or_default();
+        if w.len() != n {
+            return Err(self.err(
+                c,
+                format!(
+                    "expected {n} weight tensor(s) in the file, found {}",
+                    w.len()
+                ),
+            ));
+        }
+        Ok(w)
+    }
+
+    fn check_shape(
+        &self,
+        c: &Ctx,
+        what: &str,
+        a: &ArrayD<f32>,
+        want: &[usize],
+    ) -> Result<(), ImportError> {
+        if a.shape() != want {
+            return Err(self.err(
+                c,
+                format!(
+                    "{what} has shape {:?} in the file, expected {want:?} from the layer config",
+                    a.shape()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn one(&self, c: &Ctx, ins: &[Tensor]) -> Result<Tensor, ImportError> {
+        match ins {
+            [t] => Ok(t.clone()),
+            _ => Err(self.err(c, format!("takes 1 input, got {}", ins.len()))),
+        }
+    }
+
+    fn four_d(&self, c: &Ctx, t: &Tensor) -> Result<[usize; 3], ImportError> {
+        match t.shape[..] {
+            [ch, h, w] => Ok([ch, h, w]),
+            _ => Err(self.err(
+                c,
+                format!(
+                    "expects a 4-D (N, H, W, C) input, got per-sample shape {:?}",
+                    t.shape
+                ),
+            )),
+        }
+    }
+
+    fn channels_last(&self, c: &Ctx) -> Result<(), ImportError> {
+        match c.cfg.get("data_format").and_then(Value::as_str) {
+            None | Some("channels_last") => Ok(()),
+            Some(f) => Err(self.err(
+                c,
+                format!("data_format '{f}' is not supported (only channels_last)"),
+            )),
+        }
+    }
+
+    fn activation(
+        &mut self,
+        c: &Ctx,
+        t: Tensor,
+        act: &str,
+        fused: bool,
+    ) -> Result<Tensor, ImportError> {
+        let op = match act {
+            "linear" => {
+                if fused {
+                    return Ok(t);
+                }
+                Op::Identity
+            }
+            "relu" => Op::Relu,
+            "sigmoid" => Op::Sigmoid,
+            "tanh" => Op::Tanh,
+            "relu6" => Op::Clip { min: 0.0, max: 6.0 },
+            "softmax" => Op::Softmax { axis: 1 },
+            other => {
+                return Err(self.err(c, format!("activation '{other}' is not supported")));
+            }
+        };
+        if op == (Op::Softmax { axis: 1 }) && t.shape.len() != 1 && t.shape.len() != 3 {
+            return Err(self.err(
+                c,
+                "softmax is supported on (N, C) and (N, H, W, C) tensors only",
+            ));
+        }
+        let base = if fused {
+            format!("{}_{act}", c.name)
+        } else {
+            c.name.to_string()
+        };
+        self.emit(c, &base, op, &[t], vec![])
+    }
+
+    fn fused_activation(&mut self, c: &Ctx, t: Tensor) -> Result<Tensor, ImportError> {
+        let act = activation_name(c.cfg.get("activation"));
+        let act = act.map_err(|m| self.err(c, m))?;
+        self.activation(c, t, &act, true)
+    }
+
+    fn layer(&mut self, c: &Ctx, ins: &[Tensor]) -> Result<Tensor, ImportError> {
+        let cfg = c.cfg;
+        match c.class {
+            "InputLayer" => {
+                let shape = batch_shape(cfg).ok_or_else(|| {
+                    self.err(c, "no batch_shape / batch_input_shape in the config")
+                })?;
+                self.add_input(c.name, &shape, c)?;
+                Ok(self.tensors[c.name].clone())
+            }
+            "Conv2D" | "DepthwiseConv2D" => {
+                let x = self.one(c, ins)?;
+                self.channels_last(c)?;
+                let [ch, h, w] = self.four_d(c, &x)?;
+                let k =
+                    pair(cfg.get("kernel_size")).ok_or_else(|| self.err(c, "bad kernel_size"))?;
+                let s = pair(cfg.get("strides")).unwrap_or([1, 1]);
+                let d = pair(cfg.get("dilation_rate")).unwrap_or([1, 1]);
+                let pads = self.padding(c, [h, w], k, s, d)?;
+                let use_bias = cfg.get("use_bias").and_then(Value::as_bool).unwrap_or(true);
+                let mut wts = self.take_weights(c, 1 + usize::from(use_bias))?;
+                let bias = if use_bias { wts.pop() } else { None };
+                let kernel = wts.pop().expect("counted");
+                let (weight, out, groups) = if c.class == "Conv2D" {
+                    let f = cfg.get("filters").and_then(Value::as_u64).unwrap_or(0) as usize;
+                    let g = cfg.get("groups").and_then(Value::as_u64).unwrap_or(1) as usize;
+                    if g == 0 || ch % g != 0 {
+                        return Err(self.err(
+                            c,
+                            format!("groups = {g} does not divide {ch} input channels"),
+                        ));
+                    }
+                    self.check_shape(c, "kernel", &kernel, &[k[0], k[1], ch / g, f])?;
+                    let wt = kernel
+                        .permuted_axes(IxDyn(&[3, 2, 0, 1]))
+                        .as_standard_layout()
+                        .into_owned();
+                    (wt, f, g)
+                } else {
+                    let m = cfg
+                        .get("depth_multiplier")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(1) as usize;
+                    self.check_shape(c, "depthwise kernel", &kernel, &[k[0], k[1], ch, m])?;
+                    let wt = kernel
+                        .permuted_axes(IxDyn(&[2, 3, 0, 1]))
+                        .as_standard_layout()
+                        .into_owned()
+                        .into_shape_with_order(IxDyn(&[ch * m, 1, k[0], k[1]]))
+                        .map_err(|e| self.err(c, e.to_string()))?;
+                    (wt, ch * m, ch)
+                };
+                let mut params = vec![("weight", weight)];
+                if let Some(b) = bias {
+                    self.check_shape(c, "bias", &b, &[out])?;
+                    params.push(("bias", b));
+                }
+                let op = Op::Conv {
+                    kernel: k,
+                    strides: s,
+                    pads,
+                    dilations: d,
+                    groups,
+                };
+                let y = self.emit(c, c.name, op, &[x], params)?;
+                self.fused_activation(c, y)
+            }
+            "Dense" => {
+                let x = self.one(c, ins)?;
+                if x.shape.len() != 1 {
+                    return Err(self.err(c, format!("Dense on a tensor of per-sample shape {:?} is not supported (flatten it first)", x.shape)));
+                }
+                let units = cfg.get("units").and_then(Value::as_u64).unwrap_or(0) as usize;
+                let use_bias = cfg.get("use_bias").and_then(Value::as_bool).unwrap_or(true);
+                let mut wts = self.take_weights(c, 1 + usize::from(use_bias))?;
+                let bias = if use_bias { wts.pop() } else { None };
+                let kernel = wts.pop().expect("counted");
+                self.check_shape(c, "kernel", &kernel, &[x.shape[0], units])?;
+                let mut params = vec![("weight", kernel.t().as_standard_layout().into_owned())];
+                if let Some(b) = bias {
+                    self.check_shape(c, "bias", &b, &[units])?;
+                    params.push(("bias", b));
+                }
+                let y = self.emit(c, c.name, Op::Dense, &[x], params)?;
+                self.fused_activation(c, y)
+            }
+            "Activation" => {
+                let x = self.one(c, ins)?;
+                let act = activation_name(cfg.get("activation")).map_err(|m| self.err(c, m))?;
+                self.activation(c, x, &act, false)
+            }
+            "ReLU" => {
+                let x = self.one(c, ins)?;
+                let num = |k: &str| cfg.get(k).and_then(Value::as_f64);
+                let max = num("max_value");
+                let slope = num("negative_slope").unwrap_or(0.0);
+                let thr = num("threshold").unwrap_or(0.0);
+                if thr != 0.0 {
+                    return Err(self.err(c, "ReLU with a threshold is not supported"));
+                }
+                let op = match (max, slope == 0.0) {
+                    (None, true) => Op::Relu,
+                    (Some(m), true) => Op::Clip {
+                        min: 0.0,
+                        max: m as f32,
+                    },
+                    (None, false) => Op::LeakyRelu {
+                        alpha: slope as f32,
+                    },
+                    _ => {
+                        return Err(self.err(
+                            c,
+                            "ReLU with both max_value and negative_slope is not supported",
+                        ));
+                    }
+                };
+                self.emit(c, c.name, op, &[x], vec![])
+            }
+            "MaxPooling2D" | "AveragePooling2D" => {
+                let x = self.one(c, ins)?;
+                self.channels_last(c)?;
+                let [_, h, w] = self.four_d(c, &x)?;
+                let k = pair(cfg.get("pool_size")).unwrap_or([2, 2]);
+                let s = pair(cfg.get("strides")).unwrap_or(k);
+                let pads = self.padding(c, [h, w], k, s, [1, 1])?;
+                let op = if c.class == "MaxPooling2D" {
+                    Op::MaxPool {
+                        kernel: k,
+                        strides: s,
+                        pads,
+                        dilations: [1, 1],
+                        ceil_mode: false,
+                    }
+                } else {
+                    Op::AvgPool {
+                        kernel: k,
+                        strides: s,
+                        pads,
+                        count_include_pad: false,
+                        ceil_mode: false,
+                    }
+                };
+                self.emit(c, c.name, op, &[x], vec![])
+            }
+            "GlobalAveragePooling2D" | "GlobalMaxPooling2D" => {
+                let x = self.one(c, ins)?;
+                self.channels_last(c)?;
+                self.four_d(c, &x)?;
+                let op = if c.class == "GlobalAveragePooling2D" {
+                    Op::GlobalAvgPool
+                } else {
+                    Op::GlobalMaxPool
+                };
+                let keep = cfg
+                    .get("keepdims")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+                if keep {
+                    self.emit(c, c.name, op, &[x], vec![])
+                } else {
+                    let y = self.emit(c, &format!("{}_pool", c.name), op, &[x], vec![])?;
+                    self.emit(c, c.name, Op::Flatten, &[y], vec![])
+                }
+            }
+            "Flatten" => {
+                let mut x = self.one(c, ins)?;
+                if x.shape.len() == 3 {
+                    x = self.emit(
+                        c,
+                        &format!("{}_nhwc", c.name),
+                        Op::Transpose {
+                            perm: vec![0, 2, 3, 1],
+                        },
+                        &[x],
+                        vec![],
+                    )?;
+                }
+                self.emit(c, c.name, Op::Flatten, &[x], vec![])
+            }
+            "Dropout" => {
+                let x = self.one(c, ins)?;
+                self.emit(c, c.name, Op::Dropout, &[x], vec![])
+            }
+            "BatchNormalization" => {
+                let x = self.one(c, ins)?;
+                let rank = x.shape.len() + 1;
+                let axis = match cfg.get("axis") {
+                    Some(Value::Array(a)) if a.len() == 1 => a[0].as_i64(),
+                    Some(v) => v.as_i64(),
+                    None => Some(-1),
+                }
+                .unwrap_or(i64::MIN);
+                let last = rank as i64 - 1;
+                if axis != -1 && axis != last {
+                    return Err(self.err(
+                        c,
+                        format!("axis {axis} is not supported (only the channel axis, -1)"),
+                    ));
+                }
+                let ch = x.shape[0];
+                let center = cfg.get("center").and_then(Value::as_bool).unwrap_or(true);
+                let scale = cfg.get("scale").and_then(Value::as_bool).unwrap_or(true);
+                let eps = cfg.get("epsilon").and_then(Value::as_f64).unwrap_or(1e-3) as f32;
+                let n = 2 + usize::from(center) + usize::from(scale);
+                let mut wts = self.take_weights(c, n)?.into_iter();
+                let ones = ArrayD::from_elem(IxDyn(&[ch]), 1f32);
+                let zeros = ArrayD::from_elem(IxDyn(&[ch]), 0f32);
+                let gamma = if scale {
+                    wts.next().expect("counted")
+                } else {
+                    ones
+                };
+                let beta = if center {
+                    wts.next().expect("counted")
+                } else {
+                    zeros
+                };
+                let mean = wts.next().expect("counted");
+                let var = wts.next().expect("counted");
+                for (what, a) in [
+                    ("gamma", &gamma),
+                    ("beta", &beta),
+                    ("moving_mean", &mean),
+                    ("moving_variance", &var),
+                ] {
+                    self.check_shape(c, what, a, &[ch])?;
+                }
+                self.emit(
+                    c,
+                    c.name,
+                    Op::BatchNorm { epsilon: eps },
+                    &[x],
+                    vec![
+                        ("scale", gamma),
+                        ("bias", beta),
+                        ("mean", mean),
+                        ("var", var),
+                    ],
+                )
+            }
+            "Add" => {
+                if ins.len() < 2 {
+                    return Err(self.err(c, format!("takes at least 2 inputs, got {}", ins.len())));
+                }
+                self.emit(c, c.name, Op::Add, ins, vec![])
+            }
+            "Concatenate" => {
+                let Some(x) = ins.first() else {
+                    return Err(self.err(c, "has no inputs"));
+                };
+                let rank = x.shape.len() as i64 + 1;
+                let a = cfg.get("axis").and_then(Value::as_i64).unwrap_or(-1);
+                let a = if a < 0 { a + rank } else { a };
+                if a <= 0 || a >= rank {
+                    return Err(self.err(c, format!("axis {a} is not supported")));
+                }
+                // NHWC axis → NCHW axis for 4-D tensors.
+                let axis = if rank == 4 {
+                    [0, 2, 3, 1][a as usize]
+                } else {
+                    a as usize
+                };
+                self.emit(c, c.name, Op::Concat { axis }, ins, vec![])
+            }
+            "ZeroPadding2D" => {
+                let x = self.one(c, ins)?;
+                self.channels_last(c)?;
+                self.four_d(c, &x)?;
+                let p = cfg.get("padding").unwrap_or(&Value::Null);
+                let [[t, b], [l, r]] = zero_padding(p)
+                    .ok_or_else(|| self.err(c, format!("padding {p} is not understood")))?;
+                self.emit(
+                    c,
+                    c.name,
+                    Op::Pad {
+                        pads: vec![0, 0, t, l, 0, 0, b, r],
+                    },
+                    &[x],
+                    vec![],
+                )
+            }
+            other => Err(self.err(c, format!("layer class '{other}' is not supported"))),
+        }
+    }
+
+    /// Pads (top, left, bottom, right) for Keras' `padding` of a window op.
+    fn padding(
+        &self,
+        c: &Ctx,
+        input: [usize; 2],
+        k: [usize; 2],
+        s: [usize; 2],
+        d: [usize; 2],
+    ) -> Result<[usize; 4], ImportError> {
+        match c
+            .cfg
+            .get("padding")
+            .and_then(Value::as_str)
+            .unwrap_or("valid")
+        {
+            "valid" => Ok([0; 4]),
+            "same" => {
+                let mut begin = [0; 2];
+                let mut end = [0; 2];
+                for i in 0..2 {
+                    let (n, k, s, d) = (input[i], k[i], s[i].max(1), d[i]);
+                    let out = n.div_ceil(s);
+                    let need = (out.saturating_sub(1)) * s + (k.saturating_sub(1)) * d + 1;
+                    let total = need.saturating_sub(n);
+                    begin[i] = total / 2;
+                    end[i] = total - total / 2;
+                }
+                Ok([begin[0], begin[1], end[0], end[1]])
+            }
+            other => Err(self.err(c, format!("padding '{other}' is not supported"))),
+        }
+    }
+}
+
+fn layer_name(l: &Value) -> String {
+    l.get("name")
+        .or_else(|| l.get("config").and_then(|c| c.get("name")))
+        .and_then(Value::as_str)
+        .unwrap_or("?")
+        .to_string()
+}
+
+/// The per-sample input shape from `batch_shape` (Keras 3) or `batch_input_shape` (Keras 2).
+fn batch_shape(cfg: &Value) -> Option<Vec<usize>> {
+    let a = cfg
+        .get("batch_shape")
+        .or_else(|| cfg.get("batch_input_shape"))?
+        .as_array()?;
+    a.iter()
+        .skip(1)
+        .map(|v| v.as_u64().map(|d| d as usize))
+        .collect()
+}
+
+fn pair(v: Option<&Value>) -> Option<[usize; 2]> {
+    match v? {
+        Value::Array(a) if a.len() == 2 => Some([a[0].as_u64()? as usize, a[1].as_u64()? as usize]),
+        Value::Number(n) => {
+            let n = n.as_u64()? as usize;
+            Some([n, n])
+        }
+        _ => None,
+    }
+}
+
+fn zero_padding(v: &Value) -> Option<[[usize; 2]; 2]> {
+    match v {
+        Value::Number(_) => {
+            let [n, _] = pair(Some(v))?;
+            Some([[n, n], [n, n]])
+        }
+        Value::Array(a) if a.len() == 2 => {
+            let one = |x: &Value| -> Option<[usize; 2]> {
+                match x {
+                    Value::Number(n) => {
+                        let n = n.as_u64()? as usize;
+                        Some([n, n])
+                    }
+                    other => pair(Some(other)),
+                }
+            };
+            Some([one(&a[0])?, one(&a[1])?])
+        }
+        _ => None,
+    }
+}
+
+/// An activation given as a string or (Keras 3) as a serialised object.
+fn activation_name(v: Option<&Value>) -> Result<String, String> {
+    match v {
+        None | Some(Value::Null) => Ok("linear".into()),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(other) => other
+            .get("config")
+            .and_then(|c| c.get("name"))
+            .or_else(|| other.get("class_name"))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| format!("activation {other} is not supported")),
+    }
+}
+
+/// Collects the names of the layers feeding one inbound node, in order: Keras 3 tensors
+/// (`keras_history`) and Keras 2 `[layer, node, tensor, kwargs]` entries.
+fn collect_inbound(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            if let Some(h) = m.get("keras_history").and_then(Value::as_array) {
+                if let Some(n) = h.first().and_then(Value::as_str) {
+                    out.push(n.to_string());
+                }
+                return;
+            }
+            for key in ["args", "config"] {
+                if let Some(x) = m.get(key) {
+                    collect_inbound(x, out);
+                }
+            }
+        }
+        Value::Array(a) => {
+            if let (Some(Value::String(n)), Some(Value::Number(_))) = (a.first(), a.get(1)) {
+                out.push(n.clone());
+                return;
+            }
+            for x in a {
+                collect_inbound(x, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The first layer named by `output_layers`: `[name, 0, 0]` or `[[name, 0, 0], ...]`.
+fn first_layer_ref(v: &Value) -> Option<String> {
+    let a = v.as_array()?;
+    match a.first()? {
+        Value::String(s) => Some(s.clone()),
+        Value::Array(inner) => inner.first()?.as_str().map(str::to_string),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn inbound_nodes_of_both_formats() {
+        let k3 = json!({"args": [[
+            {"class_name": "__keras_tensor__", "config": {"keras_history": ["a", 0, 0]}},
+            {"class_name": "__keras_tensor__", "config": {"keras_history": ["b", 0, 0]}}
+        ]], "kwargs": {}});
+        let mut v = Vec::new();
+        collect_inbound(&k3, &mut v);
+        assert_eq!(v, ["a", "b"]);
+        let k2 = json!([["a", 0, 0, {}], ["c", 0, 0, {}]]);
+        let mut v = Vec::new();
+        collect_inbound(&k2, &mut v);
+        assert_eq!(v, ["a", "c"]);
+        assert_eq!(first_layer_ref(&json!(["out", 0, 0])).unwrap(), "out");
+        assert_eq!(first_layer_ref(&json!([["out", 0, 0]])).unwrap(), "out");
+    }
+
+    #[test]
+    fn zero_padding_forms() {
+        assert_eq!(zero_padding(&json!(2)), Some([[2, 2], [2, 2]]));
+        assert_eq!(zero_padding(&json!([1, 3])), Some([[1, 1], [3, 3]]));
+        assert_eq!(
+            zero_padding(&json!([[1, 0], [0, 2]])),
+            Some([[1, 0], [0, 2]])
+        );
+    }
+
+    #[test]
+    fn activations_as_strings_or_objects() {
+        assert_eq!(activation_name(Some(&json!("relu"))).unwrap(), "relu");
+        assert_eq!(activation_name(None).unwrap(), "linear");
+        assert_eq!(
+            activation_name(Some(
+                &json!({"class_name": "function", "config": {"name": "tanh"}})
+            ))
+            .unwrap(),
+            "tanh"
+        );
+    }
+}

@@ -1,0 +1,173 @@
+//! Keras fixtures (`.keras`, Keras 3 `.h5`, tf_keras 2 `.h5`): imported, run, and compared with
+//! Keras' own output to 1e-4 relative; bad files give errors naming the file and the culprit.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::*;
+use lrp_import::import_keras;
+use lrp_ir::{Graph, Layout};
+use lrp_runtime::{Device, ExportOutputs, Forward};
+
+fn keras_fixture(name: &str) -> PathBuf {
+    root().join("tests/fixtures/keras").join(name)
+}
+
+const MODELS: &[&str] = &["seq_cnn", "resnet_block", "concat_depthwise", "vgg16_small"];
+const FLAVOURS: &[&str] = &["keras", "k3.h5", "k2.h5"];
+
+fn run(graph: &Graph, name: &str) -> (f32, f32) {
+    let x = read_npy(&keras_fixture(&format!("{name}.input.npy")));
+    let expected = read_npy(&keras_fixture(&format!("{name}.expected.npy")));
+    let mut fwd = Forward::new(graph, Device::Cpu, ExportOutputs::All, Some(1)).unwrap();
+    let acts = fwd.run(x.view()).unwrap();
+    let y = acts.get(graph.output_id()).unwrap();
+    max_diff(y, &expected)
+}
+
+#[test]
+fn fixtures_match_keras() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut checked = 0;
+    for name in MODELS {
+        for flavour in FLAVOURS {
+            let file = keras_fixture(&format!("{name}.{flavour}"));
+            if !file.exists() {
+                continue;
+            }
+            let imported = import_keras(&file).unwrap_or_else(|e| panic!("{name}.{flavour}: {e}"));
+            let graph = imported.graph;
+            assert_eq!(graph.input().layout, Layout::NHWC, "{name}.{flavour}");
+            let (d, s) = run(&graph, name);
+            eprintln!("{name}.{flavour}: max |Δ| = {d:.3e}, max |y| = {s:.3e}");
+            assert!(
+                d <= 1e-4 * s,
+                "{name}.{flavour}: max |Δ| = {d}, max |y| = {s}"
+            );
+            // Saved and reloaded, the graph gives the same output.
+            let path = dir
+                .path()
+                .join(format!("{name}_{}.ron", flavour.replace('.', "_")));
+            let mut g = graph;
+            g.save(&path).unwrap();
+            let back = Graph::load(&path).unwrap();
+            let (d2, _) = run(&back, name);
+            assert!(d2 <= 1e-4 * s, "{name}.{flavour} after reload: {d2}");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, MODELS.len() * FLAVOURS.len());
+}
+
+#[test]
+fn softmax_stays_a_softmax_node() {
+    let g = import_keras(&keras_fixture("seq_cnn.keras")).unwrap().graph;
+    let out = &g.nodes()[g.output_id()];
+    assert_eq!(out.op, lrp_ir::Op::Softmax { axis: 1 });
+    let first = &g.nodes()[g.topo_order()[0]];
+    assert_eq!(
+        first.op,
+        lrp_ir::Op::Transpose {
+            perm: vec![0, 3, 1, 2]
+        }
+    );
+}
+
+#[test]
+fn tf_same_padding_puts_the_extra_at_the_end() {
+    let g = import_keras(&keras_fixture("concat_depthwise.keras"))
+        .unwrap()
+        .graph;
+    match &g.nodes()[g.node_id("down").unwrap()].op {
+        lrp_ir::Op::Conv { pads, .. } => assert_eq!(*pads, [0, 0, 1, 1]),
+        other => panic!("{other:?}"),
+    }
+    // ZeroPadding2D(((1, 0), (0, 2))) pads H by 1 before and W by 2 after.
+    assert_eq!(
+        g.nodes()[g.node_id("zpad").unwrap()].op,
+        lrp_ir::Op::Pad {
+            pads: vec![0, 0, 1, 0, 0, 0, 0, 2]
+        }
+    );
+    for flavour in FLAVOURS {
+        let g = import_keras(&keras_fixture(&format!("resnet_block.{flavour}")))
+            .unwrap()
+            .graph;
+        match &g.nodes()[g.node_id("b2_conv1").unwrap()].op {
+            lrp_ir::Op::Conv { pads, strides, .. } => {
+                assert_eq!((*pads, *strides), ([0, 0, 1, 1], [2, 2]), "{flavour}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+fn import_err(file: &str) -> String {
+    match import_keras(&keras_fixture(file)) {
+        Ok(_) => panic!("{file}: imported, expected an error"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn assert_err(file: &str, needles: &[&str]) {
+    let e = import_err(file);
+    assert!(
+        e.contains(file),
+        "{file}: the error does not name the file: {e}"
+    );
+    for n in needles {
+        assert!(e.contains(n), "{file}: '{n}' not in: {e}");
+    }
+}
+
+#[test]
+fn bad_files_give_clear_errors() {
+    assert_err("bad/weights_only.k2.h5", &["weights only", "model.save"]);
+    assert_err("bad/weights_only.h5", &["weights only", "model.save"]);
+    assert_err("bad/lambda.k2.h5", &["double", "Lambda"]);
+    assert_err("bad/lambda.keras", &["Lambda"]);
+    assert_err("bad/custom_layer.keras", &["unsupported layer class"]);
+    assert_err("bad/subclassed.keras", &["subclassed"]);
+    assert_err("bad/truncated.keras", &["zip"]);
+    assert_err("bad/not_zip.keras", &["zip"]);
+    assert_err("bad/truncated.h5", &["HDF5"]);
+    for f in [
+        "bad/mismatched.h5",
+        "bad/mismatched.k2.h5",
+        "bad/mismatched.keras",
+    ] {
+        assert_err(f, &["conv2", "Conv2D", "[3, 3, 8, 15]"]);
+    }
+}
+
+#[test]
+fn cli_converts_keras_files() {
+    let dir = tempfile::tempdir().unwrap();
+    for file in [
+        "seq_cnn.keras",
+        "resnet_block.k3.h5",
+        "concat_depthwise.k2.h5",
+    ] {
+        let out = dir.path().join(format!("{}.ron", file.replace('.', "_")));
+        let o = lrp(&[
+            "convert",
+            keras_fixture(file).to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{file}: {}", stderr(&o));
+        assert!(!stderr(&o).contains("warning"), "{file}: {}", stderr(&o));
+        let graph = Graph::load(&out).unwrap();
+        let name = file.split('.').next().unwrap();
+        let (d, s) = run(&graph, name);
+        assert!(d <= 1e-4 * s, "{file}: max |Δ| = {d}, max |y| = {s}");
+    }
+    let o = lrp(&[
+        "convert",
+        keras_fixture("bad/lambda.keras").to_str().unwrap(),
+        "-o",
+        dir.path().join("x.ron").to_str().unwrap(),
+    ]);
+    assert_fails(&o, 2, &["lambda.keras", "Lambda"]);
+}
