@@ -14,7 +14,15 @@ fn keras_fixture(name: &str) -> PathBuf {
     root().join("tests/fixtures/keras").join(name)
 }
 
-const MODELS: &[&str] = &["seq_cnn", "resnet_block", "concat_depthwise", "vgg16_small"];
+const MODELS: &[&str] = &[
+    "seq_cnn",
+    "resnet_block",
+    "concat_depthwise",
+    "vgg16_small",
+    "misc_layers",
+    "rescaling",
+    "reshape_permute",
+];
 const FLAVOURS: &[&str] = &["keras", "k3.h5", "k2.h5"];
 
 fn run(graph: &Graph, name: &str) -> (f32, f32) {
@@ -103,6 +111,63 @@ fn tf_same_padding_puts_the_extra_at_the_end() {
     }
 }
 
+#[test]
+fn new_layers_map_to_ir_ops() {
+    for flavour in FLAVOURS {
+        let g = import_keras(&keras_fixture(&format!("misc_layers.{flavour}")))
+            .unwrap()
+            .graph;
+        let node = |n: &str| &g.nodes()[g.node_id(n).unwrap_or_else(|| panic!("{flavour}: {n}"))];
+        // SeparableConv2D: depthwise (no bias) then pointwise 1×1 (with the bias).
+        let dw = node("sep_depthwise");
+        match &dw.op {
+            lrp_ir::Op::Conv {
+                groups,
+                kernel,
+                pads,
+                ..
+            } => assert_eq!((*groups, *kernel, *pads), (3, [3, 3], [1, 1, 1, 1])),
+            other => panic!("{other:?}"),
+        }
+        assert!(!dw.params.contains_key("bias"), "{flavour}");
+        let pw = node("sep");
+        match &pw.op {
+            lrp_ir::Op::Conv { groups, kernel, .. } => assert_eq!((*groups, *kernel), (1, [1, 1])),
+            other => panic!("{other:?}"),
+        }
+        assert!(pw.params.contains_key("bias"), "{flavour}");
+        assert_eq!(pw.inputs, ["sep_depthwise"]);
+        match node("leaky").op {
+            lrp_ir::Op::LeakyRelu { alpha } => assert!((alpha - 0.2).abs() < 1e-6, "{flavour}"),
+            ref other => panic!("{other:?}"),
+        }
+        assert_eq!(node("sdrop").op, lrp_ir::Op::Dropout);
+        // Permute((2, 1, 3)) swaps H and W: on NCHW that is axes 2 and 3.
+        assert_eq!(
+            node("permute").op,
+            lrp_ir::Op::Transpose {
+                perm: vec![0, 1, 3, 2]
+            }
+        );
+        // Reshape((-1,)) of a 4-D tensor goes through NHWC first.
+        assert_eq!(
+            node("reshape_nhwc").op,
+            lrp_ir::Op::Transpose {
+                perm: vec![0, 2, 3, 1]
+            }
+        );
+        assert_eq!(node("reshape").op, lrp_ir::Op::Reshape { shape: vec![200] });
+        // Rescaling layers leave no node behind: they are folded into the next Conv2D/Dense.
+        let g = import_keras(&keras_fixture(&format!("rescaling.{flavour}")))
+            .unwrap()
+            .graph;
+        for n in ["rescale_in", "half", "affine"] {
+            assert!(g.node_id(n).is_none(), "{flavour}: {n} is a node");
+        }
+        assert_eq!(g.nodes()[g.node_id("logits").unwrap()].inputs, ["flatten"]);
+    }
+}
+
 fn import_err(file: &str) -> String {
     match import_keras(&keras_fixture(file)) {
         Ok(_) => panic!("{file}: imported, expected an error"),
@@ -170,4 +235,53 @@ fn cli_converts_keras_files() {
         dir.path().join("x.ron").to_str().unwrap(),
     ]);
     assert_fails(&o, 2, &["lambda.keras", "Lambda"]);
+}
+
+/// The docs/keras.md walk-through (VGG16 → convert with caffe preprocessing and labels →
+/// explain with SGLRP and the caffe input range), on the small VGG16-shaped stand-in, since the
+/// real ImageNet weights cannot be downloaded here.
+#[test]
+fn cli_vgg16_walkthrough_on_the_small_stand_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let labels = dir.path().join("labels.txt");
+    let names: Vec<String> = (0..10).map(|i| format!("class {i}")).collect();
+    std::fs::write(&labels, names.join("\n") + "\n").unwrap();
+    let ron = dir.path().join("vgg16.ron");
+    let o = lrp(&[
+        "convert",
+        keras_fixture("vgg16_small.k3.h5").to_str().unwrap(),
+        "-o",
+        ron.to_str().unwrap(),
+        "--preprocess",
+        "caffe",
+        "--labels",
+        labels.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let g = Graph::load(&ron).unwrap();
+    assert_eq!(g.def().labels.as_ref().map(Vec::len), Some(10));
+    let out = dir.path().join("out");
+    let photo = root().join("graphs/mnist/examples/digit_3.png");
+    let o = lrp(&[
+        "explain",
+        ron.to_str().unwrap(),
+        "--input",
+        photo.to_str().unwrap(),
+        "--method",
+        "sglrp",
+        "--low",
+        "-123.68",
+        "--high",
+        "151.061",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["softmax_removed"], true);
+    let r = read_npy(&out.join("relevance.npy"));
+    assert_eq!(r.shape(), [1, 32, 32, 3]);
+    assert!(r.iter().all(|v| v.is_finite()));
+    assert!(out.join("digit_3.png").exists());
 }

@@ -4,6 +4,11 @@
 //! Keras tensors are channels-last; the IR's convolutions and pools are NCHW. The graph input
 //! stays NHWC (`Layout::NHWC`) and is transposed to NCHW by the first node; a `Flatten` of a
 //! 4-D tensor is preceded by a transpose back to NHWC so the flattened order matches Keras.
+//! `Reshape` and `Permute` work on that NHWC view in the same way. Tensors of other ranks keep
+//! Keras' axis order. `Rescaling` has no IR op: it is folded into the Conv2D or Dense that is its
+//! only consumer, and only where that is exact (no zero padding after a non-zero offset).
+//! `Cropping2D`, ELU/SELU and other layers without an exact IR equivalent are refused.
+//! See `docs/keras.md`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
@@ -35,7 +40,34 @@ pub const SUPPORTED_LAYERS: &[&str] = &[
     "Concatenate",
     "ZeroPadding2D",
     "Dropout",
+    "SeparableConv2D",
+    "LeakyReLU",
+    "SpatialDropout2D",
+    "Permute",
+    "Reshape",
+    "Rescaling",
 ];
+
+/// Why some common layer classes cannot be imported (added to the "unsupported" error).
+fn unsupported_reason(class: &str) -> Option<&'static str> {
+    match class {
+        "Cropping2D" => Some(
+            "the IR has no crop op, so a Cropping2D cannot be expressed exactly; crop the input before the model instead",
+        ),
+        "ELU" => Some("the IR has no ELU op"),
+        "Lambda" => Some("Lambda layers hold Python code, which cannot be converted"),
+        _ => None,
+    }
+}
+
+/// A pending `Rescaling` (`x·scale + offset`, each a scalar or one value per channel), folded
+/// into the Conv2D or Dense that consumes it.
+#[derive(Clone, Debug)]
+struct Rescale {
+    layer: String,
+    scale: Vec<f32>,
+    offset: Vec<f32>,
+}
 
 /// Reads and converts a Keras model: `.keras` (zip) or `.h5`/`.hdf5` (whole-model HDF5).
 pub fn import_keras(path: &Path) -> Result<Imported, ImportError> {
@@ -263,6 +295,10 @@ struct Builder<'p> {
     tensors: HashMap<String, Tensor>,
     input: Option<(String, Vec<usize>)>,
     warnings: Vec<String>,
+    /// `Rescaling` layers not yet folded, by Keras layer name.
+    pending: HashMap<String, Rescale>,
+    /// The `Rescaling` to fold into the layer being converted.
+    fold: Option<Rescale>,
 }
 
 /// The layer currently converted, for error messages.
@@ -283,6 +319,8 @@ impl<'p> Builder<'p> {
             tensors: HashMap::new(),
             input: None,
             warnings: Vec::new(),
+            pending: HashMap::new(),
+            fold: None,
         }
     }
 
@@ -366,7 +404,10 @@ impl<'p> Builder<'p> {
         for l in layers {
             let lc = l.get("class_name").and_then(Value::as_str).unwrap_or("?");
             if !SUPPORTED_LAYERS.contains(&lc) {
-                bad.push(format!("'{}' ({lc})", layer_name(l)));
+                match unsupported_reason(lc) {
+                    Some(why) => bad.push(format!("'{}' ({lc}: {why})", layer_name(l))),
+                    None => bad.push(format!("'{}' ({lc})", layer_name(l))),
+                }
             }
         }
         if !bad.is_empty() {
@@ -391,6 +432,25 @@ impl<'p> Builder<'p> {
                 ),
             });
         }
+        // How many layers read each layer (Functional), to fold a Rescaling only into its sole
+        // consumer.
+        let mut consumers: HashMap<String, usize> = HashMap::new();
+        if !sequential {
+            for l in layers {
+                let first = l
+                    .get("inbound_nodes")
+                    .and_then(Value::as_array)
+                    .and_then(|a| a.first());
+                if let Some(n) = first {
+                    let mut v = Vec::new();
+                    collect_inbound(n, &mut v);
+                    for x in v {
+                        *consumers.entry(x).or_default() += 1;
+                    }
+                }
+            }
+        }
+        let output_ref = cfg.get("output_layers").and_then(first_layer_ref);
         let mut last: Option<String> = None;
         for (i, l) in layers.iter().enumerate() {
             let lname = layer_name(l);
@@ -445,7 +505,44 @@ impl<'p> Builder<'p> {
                         .ok_or_else(|| self.err(&c, format!("input '{n}' is not a known layer")))
                 })
                 .collect::<Result<_, _>>()?;
+            if lclass == "Rescaling" {
+                let sole = if sequential {
+                    i + 1 < layers.len()
+                } else {
+                    consumers.get(&lname) == Some(&1) && output_ref.as_deref() != Some(&lname)
+                };
+                if !sole {
+                    return Err(self.err(
+                        &c,
+                        "a Rescaling can only be imported by folding it into the Conv2D or Dense layer that follows it, and that layer must be its only consumer (the IR has no element-wise affine op)",
+                    ));
+                }
+            }
+            for n in &inputs {
+                if let Some(r) = self.pending.remove(n) {
+                    if !matches!(lclass, "Conv2D" | "Dense") || inputs.len() != 1 {
+                        return Err(ImportError::Model {
+                            path: PathBuf::from(self.path),
+                            node: Some(r.layer.clone()),
+                            op_type: Some("Rescaling".into()),
+                            message: format!(
+                                "a Rescaling can only be folded into a following Conv2D or Dense layer, but it feeds '{lname}' ({lclass}); the IR has no element-wise affine op"
+                            ),
+                        });
+                    }
+                    self.fold = Some(r);
+                }
+            }
             let out = self.layer(&c, &ins)?;
+            if let Some(r) = self.fold.take() {
+                return Err(self.err(
+                    &c,
+                    format!(
+                        "the Rescaling '{}' could not be folded into this layer",
+                        r.layer
+                    ),
+                ));
+            }
             self.tensors.insert(lname.clone(), out);
             last = Some(lname);
         }
@@ -626,6 +723,15 @@ impl<'p> Builder<'p> {
             "tanh" => Op::Tanh,
             "relu6" => Op::Clip { min: 0.0, max: 6.0 },
             "softmax" => Op::Softmax { axis: 1 },
+            // keras.activations.leaky_relu defaults to negative_slope = 0.2.
+            "leaky_relu" => Op::LeakyRelu { alpha: 0.2 },
+            "elu" | "selu" | "gelu" | "silu" | "swish" | "softplus" | "softsign" | "mish"
+            | "exponential" | "hard_sigmoid" => {
+                return Err(self.err(
+                    c,
+                    format!("activation '{act}' is not supported: the IR has no matching op"),
+                ));
+            }
             other => {
                 return Err(self.err(c, format!("activation '{other}' is not supported")));
             }
@@ -671,8 +777,8 @@ impl<'p> Builder<'p> {
                 let pads = self.padding(c, [h, w], k, s, d)?;
                 let use_bias = cfg.get("use_bias").and_then(Value::as_bool).unwrap_or(true);
                 let mut wts = self.take_weights(c, 1 + usize::from(use_bias))?;
-                let bias = if use_bias { wts.pop() } else { None };
-                let kernel = wts.pop().expect("counted");
+                let mut bias = if use_bias { wts.pop() } else { None };
+                let mut kernel = wts.pop().expect("counted");
                 let (weight, out, groups) = if c.class == "Conv2D" {
                     let f = cfg.get("filters").and_then(Value::as_u64).unwrap_or(0) as usize;
                     let g = cfg.get("groups").and_then(Value::as_u64).unwrap_or(1) as usize;
@@ -683,6 +789,21 @@ impl<'p> Builder<'p> {
                         ));
                     }
                     self.check_shape(c, "kernel", &kernel, &[k[0], k[1], ch / g, f])?;
+                    if let Some(r) = self.fold.take() {
+                        if pads != [0; 4] && r.offset.iter().any(|&o| o != 0.0) {
+                            return Err(self.err(
+                                c,
+                                format!("the Rescaling '{}' has a non-zero offset and this convolution zero-pads its input ('same' padding), so folding the offset would be wrong at the borders; use padding 'valid' or add the offset to the input yourself", r.layer),
+                            ));
+                        }
+                        if g != 1 && (r.scale.len() != 1 || r.offset.len() != 1) {
+                            return Err(self.err(
+                                c,
+                                format!("the per-channel Rescaling '{}' cannot be folded into a grouped convolution", r.layer),
+                            ));
+                        }
+                        (kernel, bias) = self.fold_rescale(c, &r, kernel, bias, ch)?;
+                    }
                     let wt = kernel
                         .permuted_axes(IxDyn(&[3, 2, 0, 1]))
                         .as_standard_layout()
@@ -694,13 +815,7 @@ impl<'p> Builder<'p> {
                         .and_then(Value::as_u64)
                         .unwrap_or(1) as usize;
                     self.check_shape(c, "depthwise kernel", &kernel, &[k[0], k[1], ch, m])?;
-                    let wt = kernel
-                        .permuted_axes(IxDyn(&[2, 3, 0, 1]))
-                        .as_standard_layout()
-                        .into_owned()
-                        .into_shape_with_order(IxDyn(&[ch * m, 1, k[0], k[1]]))
-                        .map_err(|e| self.err(c, e.to_string()))?;
-                    (wt, ch * m, ch)
+                    (self.depthwise_weight(c, kernel, ch, m, k)?, ch * m, ch)
                 };
                 let mut params = vec![("weight", weight)];
                 if let Some(b) = bias {
@@ -725,9 +840,12 @@ impl<'p> Builder<'p> {
                 let units = cfg.get("units").and_then(Value::as_u64).unwrap_or(0) as usize;
                 let use_bias = cfg.get("use_bias").and_then(Value::as_bool).unwrap_or(true);
                 let mut wts = self.take_weights(c, 1 + usize::from(use_bias))?;
-                let bias = if use_bias { wts.pop() } else { None };
-                let kernel = wts.pop().expect("counted");
+                let mut bias = if use_bias { wts.pop() } else { None };
+                let mut kernel = wts.pop().expect("counted");
                 self.check_shape(c, "kernel", &kernel, &[x.shape[0], units])?;
+                if let Some(r) = self.fold.take() {
+                    (kernel, bias) = self.fold_rescale(c, &r, kernel, bias, x.shape[0])?;
+                }
                 let mut params = vec![("weight", kernel.t().as_standard_layout().into_owned())];
                 if let Some(b) = bias {
                     self.check_shape(c, "bias", &b, &[units])?;
@@ -914,6 +1032,187 @@ impl<'p> Builder<'p> {
                 };
                 self.emit(c, c.name, Op::Concat { axis }, ins, vec![])
             }
+            "SeparableConv2D" => {
+                let x = self.one(c, ins)?;
+                self.channels_last(c)?;
+                let [ch, h, w] = self.four_d(c, &x)?;
+                let k =
+                    pair(cfg.get("kernel_size")).ok_or_else(|| self.err(c, "bad kernel_size"))?;
+                let s = pair(cfg.get("strides")).unwrap_or([1, 1]);
+                let d = pair(cfg.get("dilation_rate")).unwrap_or([1, 1]);
+                let pads = self.padding(c, [h, w], k, s, d)?;
+                let m = cfg
+                    .get("depth_multiplier")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(1) as usize;
+                let f = cfg.get("filters").and_then(Value::as_u64).unwrap_or(0) as usize;
+                let use_bias = cfg.get("use_bias").and_then(Value::as_bool).unwrap_or(true);
+                let mut wts = self.take_weights(c, 2 + usize::from(use_bias))?.into_iter();
+                let dw = wts.next().expect("counted");
+                let pw = wts.next().expect("counted");
+                let bias = wts.next();
+                self.check_shape(c, "depthwise kernel", &dw, &[k[0], k[1], ch, m])?;
+                self.check_shape(c, "pointwise kernel", &pw, &[1, 1, ch * m, f])?;
+                let dw = self.depthwise_weight(c, dw, ch, m, k)?;
+                let y = self.emit(
+                    c,
+                    &format!("{}_depthwise", c.name),
+                    Op::Conv {
+                        kernel: k,
+                        strides: s,
+                        pads,
+                        dilations: d,
+                        groups: ch,
+                    },
+                    &[x],
+                    vec![("weight", dw)],
+                )?;
+                let pw = pw
+                    .permuted_axes(IxDyn(&[3, 2, 0, 1]))
+                    .as_standard_layout()
+                    .into_owned();
+                let mut params = vec![("weight", pw)];
+                if let Some(b) = bias {
+                    self.check_shape(c, "bias", &b, &[f])?;
+                    params.push(("bias", b));
+                }
+                let op = Op::Conv {
+                    kernel: [1, 1],
+                    strides: [1, 1],
+                    pads: [0; 4],
+                    dilations: [1, 1],
+                    groups: 1,
+                };
+                let y = self.emit(c, c.name, op, &[y], params)?;
+                self.fused_activation(c, y)
+            }
+            "LeakyReLU" => {
+                let x = self.one(c, ins)?;
+                // Keras 3 calls the slope negative_slope, Keras 2 alpha; both default to 0.3.
+                let alpha = cfg
+                    .get("negative_slope")
+                    .or_else(|| cfg.get("alpha"))
+                    .and_then(Value::as_f64)
+                    .unwrap_or(0.3) as f32;
+                self.emit(c, c.name, Op::LeakyRelu { alpha }, &[x], vec![])
+            }
+            "SpatialDropout2D" => {
+                let x = self.one(c, ins)?;
+                self.emit(c, c.name, Op::Dropout, &[x], vec![])
+            }
+            "Permute" => {
+                let x = self.one(c, ins)?;
+                let dims: Vec<usize> = cfg
+                    .get("dims")
+                    .and_then(Value::as_array)
+                    .and_then(|a| a.iter().map(|v| v.as_u64().map(|d| d as usize)).collect())
+                    .ok_or_else(|| self.err(c, "no dims in the config"))?;
+                let rank = x.shape.len();
+                let mut sorted = dims.clone();
+                sorted.sort_unstable();
+                if sorted != (1..=rank).collect::<Vec<_>>() {
+                    return Err(self.err(
+                        c,
+                        format!(
+                            "dims {dims:?} is not a permutation of the axes 1..={rank} of a per-sample shape {:?}",
+                            x.shape
+                        ),
+                    ));
+                }
+                let perm = if rank == 3 {
+                    // Keras permutes the NHWC view; the tensor here is NCHW. Output NHWC axes
+                    // are the input NHWC axes dims[0], dims[1], dims[2]; NHWC axis a is NCHW
+                    // axis [_, 2, 3, 1][a].
+                    let nchw = [0, 2, 3, 1];
+                    vec![0, nchw[dims[2]], nchw[dims[0]], nchw[dims[1]]]
+                } else {
+                    std::iter::once(0).chain(dims.iter().copied()).collect()
+                };
+                if perm.iter().enumerate().all(|(i, &p)| i == p) {
+                    return self.emit(c, c.name, Op::Identity, &[x], vec![]);
+                }
+                self.emit(c, c.name, Op::Transpose { perm }, &[x], vec![])
+            }
+            "Reshape" => {
+                let mut x = self.one(c, ins)?;
+                let target: Vec<i64> = cfg
+                    .get("target_shape")
+                    .and_then(Value::as_array)
+                    .and_then(|a| a.iter().map(Value::as_i64).collect())
+                    .ok_or_else(|| self.err(c, "no target_shape in the config"))?;
+                let total: usize = x.shape.iter().product();
+                let known: i64 = target.iter().filter(|&&d| d != -1).product();
+                let holes = target.iter().filter(|&&d| d == -1).count();
+                if target.iter().any(|&d| d == 0 || d < -1) || holes > 1 || known <= 0 {
+                    return Err(self.err(c, format!("target_shape {target:?} is not supported")));
+                }
+                let fill = total as i64 / known;
+                if fill * known != total as i64 || (holes == 0 && known != total as i64) {
+                    return Err(self.err(c, format!("cannot reshape {total} values to {target:?}")));
+                }
+                let shape: Vec<usize> = target
+                    .iter()
+                    .map(|&d| if d == -1 { fill as usize } else { d as usize })
+                    .collect();
+                // Keras reshapes in NHWC order.
+                if x.shape.len() == 3 {
+                    x = self.emit(
+                        c,
+                        &format!("{}_nhwc", c.name),
+                        Op::Transpose {
+                            perm: vec![0, 2, 3, 1],
+                        },
+                        &[x],
+                        vec![],
+                    )?;
+                }
+                if shape.len() == 3 {
+                    let y = self.emit(
+                        c,
+                        &format!("{}_reshape", c.name),
+                        Op::Reshape { shape },
+                        &[x],
+                        vec![],
+                    )?;
+                    self.emit(
+                        c,
+                        c.name,
+                        Op::Transpose {
+                            perm: vec![0, 3, 1, 2],
+                        },
+                        &[y],
+                        vec![],
+                    )
+                } else {
+                    self.emit(c, c.name, Op::Reshape { shape }, &[x], vec![])
+                }
+            }
+            "Rescaling" => {
+                let x = self.one(c, ins)?;
+                let nums = |key: &str, default: f32| -> Option<Vec<f32>> {
+                    match cfg.get(key) {
+                        None | Some(Value::Null) => Some(vec![default]),
+                        Some(Value::Number(n)) => Some(vec![n.as_f64()? as f32]),
+                        Some(Value::Array(a)) if !a.is_empty() => {
+                            a.iter().map(|v| v.as_f64().map(|f| f as f32)).collect()
+                        }
+                        _ => None,
+                    }
+                };
+                let scale = nums("scale", 1.0)
+                    .ok_or_else(|| self.err(c, "scale is not a number or a list of numbers"))?;
+                let offset = nums("offset", 0.0)
+                    .ok_or_else(|| self.err(c, "offset is not a number or a list of numbers"))?;
+                self.pending.insert(
+                    c.name.to_string(),
+                    Rescale {
+                        layer: c.name.to_string(),
+                        scale,
+                        offset,
+                    },
+                );
+                Ok(x)
+            }
             "ZeroPadding2D" => {
                 let x = self.one(c, ins)?;
                 self.channels_last(c)?;
@@ -933,6 +1232,71 @@ impl<'p> Builder<'p> {
             }
             other => Err(self.err(c, format!("layer class '{other}' is not supported"))),
         }
+    }
+
+    /// A Keras depthwise kernel `[kh, kw, C, m]` as an IR grouped-conv weight `[C·m, 1, kh, kw]`
+    /// (output channel `c·m + j`, as Keras orders them).
+    fn depthwise_weight(
+        &self,
+        c: &Ctx,
+        kernel: ArrayD<f32>,
+        ch: usize,
+        m: usize,
+        k: [usize; 2],
+    ) -> Result<ArrayD<f32>, ImportError> {
+        kernel
+            .permuted_axes(IxDyn(&[2, 3, 0, 1]))
+            .as_standard_layout()
+            .into_owned()
+            .into_shape_with_order(IxDyn(&[ch * m, 1, k[0], k[1]]))
+            .map_err(|e| self.err(c, e.to_string()))
+    }
+
+    /// Folds `x·s + o` into a Keras kernel `[..., C, out]` and bias: `W' = W·s` (per input
+    /// channel), `b' = b + Σ W·o` over everything but the output axis. Exact as long as the
+    /// layer does not zero-pad its input (the caller checks).
+    fn fold_rescale(
+        &self,
+        c: &Ctx,
+        r: &Rescale,
+        kernel: ArrayD<f32>,
+        bias: Option<ArrayD<f32>>,
+        channels: usize,
+    ) -> Result<(ArrayD<f32>, Option<ArrayD<f32>>), ImportError> {
+        for (what, v) in [("scale", &r.scale), ("offset", &r.offset)] {
+            if v.len() != 1 && v.len() != channels {
+                return Err(self.err(
+                    c,
+                    format!(
+                        "the Rescaling '{}' has {} {what} values, this layer has {channels} input channels",
+                        r.layer,
+                        v.len()
+                    ),
+                ));
+            }
+        }
+        let shape = kernel.shape().to_vec();
+        let out = *shape.last().expect("kernel has axes");
+        let cin = shape[shape.len() - 2];
+        let at = |v: &[f32], i: usize| if v.len() == 1 { v[0] } else { v[i] };
+        let mut acc = vec![0f64; out];
+        let mut w = kernel.as_standard_layout().into_owned();
+        for (idx, x) in w.iter_mut().enumerate() {
+            let o = idx % out;
+            let ci = (idx / out) % cin;
+            acc[o] += f64::from(*x) * f64::from(at(&r.offset, ci));
+            *x *= at(&r.scale, ci);
+        }
+        let bias = if r.offset.iter().any(|&o| o != 0.0) {
+            let mut b = bias.unwrap_or_else(|| ArrayD::zeros(IxDyn(&[out])));
+            for (bi, a) in b.iter_mut().zip(&acc) {
+                *bi = (f64::from(*bi) + a) as f32;
+            }
+            Some(b)
+        } else {
+            bias
+        };
+        Ok((w, bias))
     }
 
     /// Pads (top, left, bottom, right) for Keras' `padding` of a window op.
@@ -1106,6 +1470,123 @@ mod tests {
         assert_eq!(
             zero_padding(&json!([[1, 0], [0, 2]])),
             Some([[1, 0], [0, 2]])
+        );
+    }
+
+    /// A Keras 2 style Functional config: `(name, class, config, inputs)` per layer, the last
+    /// one the output; `input` is an InputLayer of shape (6, 6, 3).
+    fn functional(layers: &[(&str, &str, Value, &[&str])]) -> Value {
+        let mut out = vec![json!({"class_name": "InputLayer", "name": "input",
+            "config": {"name": "input", "batch_input_shape": [null, 6, 6, 3]}, "inbound_nodes": []})];
+        for (name, class, cfg, ins) in layers {
+            let mut cfg = cfg.clone();
+            cfg["name"] = json!(name);
+            let refs: Vec<Value> = ins.iter().map(|i| json!([i, 0, 0, {}])).collect();
+            out.push(json!({"class_name": class, "name": name, "config": cfg,
+                "inbound_nodes": [refs]}));
+        }
+        let last = layers.last().map_or("input", |l| l.0);
+        json!({"class_name": "Functional",
+            "config": {"layers": out, "output_layers": [[last, 0, 0]]}})
+    }
+
+    fn conv_weights(names: &[&str]) -> LayerWeights {
+        names
+            .iter()
+            .map(|n| {
+                (
+                    n.to_string(),
+                    vec![
+                        ArrayD::from_elem(IxDyn(&[3, 3, 3, 2]), 1.0),
+                        ArrayD::from_elem(IxDyn(&[2]), 0.5),
+                    ],
+                )
+            })
+            .collect()
+    }
+
+    fn import(model: &Value, weights: LayerWeights) -> Result<Imported, String> {
+        Builder::new(Path::new("t.h5"), weights)
+            .convert(model, "t")
+            .map_err(|e| e.to_string())
+    }
+
+    fn conv(padding: &str) -> Value {
+        json!({"filters": 2, "kernel_size": [3, 3], "padding": padding, "activation": "linear"})
+    }
+
+    #[test]
+    fn rescaling_folds_only_where_exact() {
+        let r = |s: f64, o: f64| json!({"scale": s, "offset": o});
+        // Offset into a 'valid' conv and pure scale into a 'same' conv fold.
+        for (o, pad) in [(1.0, "valid"), (0.0, "same")] {
+            let m = functional(&[
+                ("rs", "Rescaling", r(2.0, o), &["input"]),
+                ("c", "Conv2D", conv(pad), &["rs"]),
+            ]);
+            let g = import(&m, conv_weights(&["c"])).unwrap().graph;
+            assert!(g.node_id("rs").is_none());
+            let params = &g.nodes()[g.node_id("c").unwrap()].params;
+            let w = g.weights().get(&params["weight"]).unwrap();
+            assert!(w.iter().all(|&v| v == 2.0));
+            let b = g.weights().get(&params["bias"]).unwrap();
+            // b' = 0.5 + Σ W·o over the 3×3×3 window.
+            assert!(b.iter().all(|&v| v == 0.5 + 27.0 * o as f32), "{b:?}");
+        }
+        // A non-zero offset before zero padding is refused.
+        let m = functional(&[
+            ("rs", "Rescaling", r(2.0, 1.0), &["input"]),
+            ("c", "Conv2D", conv("same"), &["rs"]),
+        ]);
+        let e = import(&m, conv_weights(&["c"])).unwrap_err();
+        assert!(e.contains("non-zero offset") && e.contains("'rs'"), "{e}");
+        // Anything but a Conv2D/Dense consumer is refused.
+        let m = functional(&[
+            ("rs", "Rescaling", r(2.0, 0.0), &["input"]),
+            ("relu", "ReLU", json!({}), &["rs"]),
+        ]);
+        let e = import(&m, LayerWeights::new()).unwrap_err();
+        assert!(e.contains("'relu' (ReLU)") && e.contains("rs"), "{e}");
+        // Two consumers: refused.
+        let m = functional(&[
+            ("rs", "Rescaling", r(2.0, 0.0), &["input"]),
+            ("c", "Conv2D", conv("valid"), &["rs"]),
+            ("d", "Conv2D", conv("valid"), &["rs"]),
+            ("add", "Add", json!({}), &["c", "d"]),
+        ]);
+        let e = import(&m, conv_weights(&["c", "d"])).unwrap_err();
+        assert!(e.contains("only consumer"), "{e}");
+        // As the model output: refused.
+        let m = functional(&[("rs", "Rescaling", r(2.0, 0.0), &["input"])]);
+        let e = import(&m, LayerWeights::new()).unwrap_err();
+        assert!(e.contains("only consumer"), "{e}");
+    }
+
+    #[test]
+    fn inexpressible_layers_and_activations_are_refused() {
+        let m = functional(&[(
+            "crop",
+            "Cropping2D",
+            json!({"cropping": [[1, 1], [1, 1]]}),
+            &["input"],
+        )]);
+        let e = import(&m, LayerWeights::new()).unwrap_err();
+        assert!(e.contains("Cropping2D") && e.contains("no crop op"), "{e}");
+        for act in ["elu", "selu"] {
+            let m = functional(&[("a", "Activation", json!({ "activation": act }), &["input"])]);
+            let e = import(&m, LayerWeights::new()).unwrap_err();
+            assert!(e.contains(act) && e.contains("no matching op"), "{e}");
+        }
+        let m = functional(&[(
+            "a",
+            "Activation",
+            json!({"activation": "leaky_relu"}),
+            &["input"],
+        )]);
+        let g = import(&m, LayerWeights::new()).unwrap().graph;
+        assert_eq!(
+            g.nodes()[g.node_id("a").unwrap()].op,
+            Op::LeakyRelu { alpha: 0.2 }
         );
     }
 
