@@ -15,12 +15,12 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use hdf5_pure::{AttrValue, File as H5File, Group};
-use lrp_ir::{FORMAT_VERSION, Graph, GraphDef, InputDef, Layout, NodeDef, Op, Weights};
+use lrp_ir::{Layout, NodeDef, Op, Weights};
 use ndarray::{ArrayD, IxDyn};
 use serde_json::Value;
 
 use crate::error::ImportError;
-use crate::onnx::Imported;
+use crate::{Converted, Imported};
 
 /// Keras layer classes the importer converts.
 pub const SUPPORTED_LAYERS: &[&str] = &[
@@ -565,25 +565,6 @@ impl<'p> Builder<'p> {
         if out.name == input_name {
             return Err(file_err(self.path, "the model's output is its input"));
         }
-        let layout = if input_shape.len() == 3 {
-            Layout::NHWC
-        } else {
-            Layout::Other
-        };
-        let def = GraphDef {
-            format: FORMAT_VERSION,
-            name: name.to_string(),
-            weights: format!("{name}.safetensors"),
-            input: InputDef {
-                name: input_name,
-                shape: input_shape,
-                layout,
-                preprocess: None,
-            },
-            output: out.name,
-            nodes: self.nodes,
-            labels: None,
-        };
         let mut unused: Vec<&String> = self
             .weights_in
             .iter()
@@ -596,14 +577,28 @@ impl<'p> Builder<'p> {
                 "weights of '{n}' match no layer of the model and were ignored"
             ));
         }
-        let graph = Graph::new(def, self.weights).map_err(|source| ImportError::Graph {
-            path: PathBuf::from(self.path),
-            source,
-        })?;
-        Ok(Imported {
-            graph,
+        Converted {
+            name: name.to_string(),
+            input: (input_name, input_shape),
+            image_layout: Layout::NHWC,
+            output: out.name,
+            nodes: self.nodes,
+            weights: self.weights,
             warnings: self.warnings,
-        })
+        }
+        .finish(self.path)
+    }
+
+    /// `x` (NCHW inside the graph) transposed to Keras' NHWC order, as node `base`.
+    fn transpose_to_nhwc(&mut self, c: &Ctx, base: &str, x: Tensor) -> Result<Tensor, ImportError> {
+        let perm = vec![0, 2, 3, 1];
+        self.emit(c, base, Op::Transpose { perm }, &[x], vec![])
+    }
+
+    /// `x` (NHWC, Keras' order) transposed to the graph's NCHW, as node `base`.
+    fn transpose_to_nchw(&mut self, c: &Ctx, base: &str, x: Tensor) -> Result<Tensor, ImportError> {
+        let perm = vec![0, 3, 1, 2];
+        self.emit(c, base, Op::Transpose { perm }, &[x], vec![])
     }
 
     fn add_input(&mut self, name: &str, shape: &[usize], c: &Ctx) -> Result<(), ImportError> {
@@ -620,15 +615,7 @@ impl<'p> Builder<'p> {
             shape: shape.to_vec(),
         };
         let t = match shape.len() {
-            3 => self.emit(
-                c,
-                &format!("{name}_nchw"),
-                Op::Transpose {
-                    perm: vec![0, 3, 1, 2],
-                },
-                &[t],
-                vec![],
-            )?,
+            3 => self.transpose_to_nchw(c, &format!("{name}_nchw"), t)?,
             1 => t,
             r => {
                 return Err(self.err(
@@ -935,15 +922,7 @@ impl<'p> Builder<'p> {
             "Flatten" => {
                 let mut x = self.one(c, ins)?;
                 if x.shape.len() == 3 {
-                    x = self.emit(
-                        c,
-                        &format!("{}_nhwc", c.name),
-                        Op::Transpose {
-                            perm: vec![0, 2, 3, 1],
-                        },
-                        &[x],
-                        vec![],
-                    )?;
+                    x = self.transpose_to_nhwc(c, &format!("{}_nhwc", c.name), x)?;
                 }
                 self.emit(c, c.name, Op::Flatten, &[x], vec![])
             }
@@ -1156,15 +1135,7 @@ impl<'p> Builder<'p> {
                     .collect();
                 // Keras reshapes in NHWC order.
                 if x.shape.len() == 3 {
-                    x = self.emit(
-                        c,
-                        &format!("{}_nhwc", c.name),
-                        Op::Transpose {
-                            perm: vec![0, 2, 3, 1],
-                        },
-                        &[x],
-                        vec![],
-                    )?;
+                    x = self.transpose_to_nhwc(c, &format!("{}_nhwc", c.name), x)?;
                 }
                 if shape.len() == 3 {
                     let y = self.emit(
@@ -1174,15 +1145,7 @@ impl<'p> Builder<'p> {
                         &[x],
                         vec![],
                     )?;
-                    self.emit(
-                        c,
-                        c.name,
-                        Op::Transpose {
-                            perm: vec![0, 3, 1, 2],
-                        },
-                        &[y],
-                        vec![],
-                    )
+                    self.transpose_to_nchw(c, c.name, y)
                 } else {
                     self.emit(c, c.name, Op::Reshape { shape }, &[x], vec![])
                 }

@@ -7,15 +7,16 @@
 //! parameters of the nodes that read them; `MatMul` + constant `Add` becomes one `Dense`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use lrp_ir::op::ParamShapes;
-use lrp_ir::{FORMAT_VERSION, Graph, GraphDef, InputDef, Layout, NodeDef, Op, Weights};
+use lrp_ir::{Layout, NodeDef, Op, Weights};
 use lrp_onnx::proto::{self, AttributeProto, ModelProto, NodeProto, TensorProto};
 use lrp_onnx::{attr_type, dtype};
 use ndarray::{Array2, ArrayD, IxDyn};
 
 use crate::error::ImportError;
+use crate::{Converted, Imported};
 
 /// ONNX op types this importer converts.
 pub const SUPPORTED_OPS: &[&str] = &[
@@ -48,15 +49,6 @@ pub const SUPPORTED_OPS: &[&str] = &[
 
 /// Opset versions of the default domain this importer reads.
 pub const OPSETS: std::ops::RangeInclusive<i64> = 7..=23;
-
-/// The result of an import: the validated graph and notes on what was ignored.
-#[derive(Debug)]
-pub struct Imported {
-    /// The converted graph.
-    pub graph: Graph,
-    /// Things the importer ignored (unread attributes, dropped outputs), one line each.
-    pub warnings: Vec<String>,
-}
 
 /// Reads and converts an `.onnx` file.
 pub fn import_onnx(path: &Path) -> Result<Imported, ImportError> {
@@ -968,33 +960,16 @@ impl<'a> Context<'a> {
                 ));
             }
         };
-        let layout = if self.input_shape.len() == 3 {
-            Layout::NCHW
-        } else {
-            Layout::Other
-        };
-        let def = GraphDef {
-            format: FORMAT_VERSION,
+        Converted {
             name: name.to_string(),
-            weights: format!("{name}.safetensors"),
-            input: InputDef {
-                name: self.input_name,
-                shape: self.input_shape,
-                layout,
-                preprocess: None,
-            },
+            input: (self.input_name, self.input_shape),
+            image_layout: Layout::NCHW,
             output,
             nodes: self.nodes,
-            labels: None,
-        };
-        let graph = Graph::new(def, self.weights).map_err(|source| ImportError::Graph {
-            path: PathBuf::from(path),
-            source,
-        })?;
-        Ok(Imported {
-            graph,
+            weights: self.weights,
             warnings: self.warnings,
-        })
+        }
+        .finish(path)
     }
 }
 
