@@ -103,3 +103,86 @@ fn large_models_from_the_testkit() {
         assert!(d <= 1e-5 * s, "{name}: max |Δ| = {d}, max |y| = {s}");
     }
 }
+
+#[test]
+fn slice_elu_selu_match_onnx_runtime() {
+    use lrp_testkit::{Attr, OnnxBuilder, random_normal, temp_model};
+    for opset in [9, 13] {
+        let mut b = OnnxBuilder::new("slice_elu", opset);
+        b.input("x", &[None, Some(3), Some(10), Some(12)]);
+        let c = b.conv("x", 3, 4, 3, 1, 1, 1, true);
+        b.named("elu").node(
+            "Elu",
+            &[c.as_str()],
+            &["elu"],
+            vec![Attr::float("alpha", 0.7)],
+        );
+        if opset < 10 {
+            b.named("crop").node(
+                "Slice",
+                &["elu"],
+                &["crop"],
+                vec![
+                    Attr::ints("starts", &[1, 2]),
+                    Attr::ints("ends", &[-1, 100]),
+                    Attr::ints("axes", &[2, 3]),
+                ],
+            );
+        } else {
+            b.initializer_i64("starts", &[2], vec![1, 2]);
+            b.initializer_i64("ends", &[2], vec![-1, i64::MAX]);
+            b.initializer_i64("axes", &[2], vec![-2, 3]);
+            b.initializer_i64("steps", &[2], vec![1, 1]);
+            b.named("crop").node(
+                "Slice",
+                &["elu", "starts", "ends", "axes", "steps"],
+                &["crop"],
+                vec![],
+            );
+        }
+        b.named("selu").node("Selu", &["crop"], &["selu"], vec![]);
+        b.output("selu");
+        let model = b.build();
+        let (_dir, path) = temp_model(&model);
+        let graph = import_onnx(&path)
+            .unwrap_or_else(|e| panic!("opset {opset}: {e}"))
+            .graph;
+        let id = graph.node_id("crop").unwrap();
+        assert_eq!(
+            graph.nodes()[id].op,
+            lrp_ir::Op::Crop {
+                crops: vec![0, 0, 1, 2, 0, 0, 1, 0]
+            },
+            "opset {opset}"
+        );
+        assert_eq!(graph.shape(id), &[4, 8, 10]);
+        let x = ndarray::ArrayD::from_shape_vec(
+            ndarray::IxDyn(&[2, 3, 10, 12]),
+            random_normal(5, 2 * 3 * 10 * 12, 1.0),
+        )
+        .unwrap();
+        let reference =
+            lrp_runtime::run_onnx_bytes(&std::fs::read(&path).unwrap(), x.view()).unwrap();
+        let mut fwd = Forward::new(&graph, Device::Cpu, ExportOutputs::Final, Some(1)).unwrap();
+        let y = fwd.run(x.view()).unwrap().take(graph.output_id()).unwrap();
+        let (d, s) = max_diff(&y, &reference[0]);
+        assert!(d <= 1e-5 * s, "opset {opset}: max |Δ| = {d}, max |y| = {s}");
+    }
+    // Steps other than 1 and empty slices are refused with the node named.
+    let mut b = OnnxBuilder::new("bad_slice", 13);
+    b.input("x", &[None, Some(3), Some(4), Some(4)]);
+    b.initializer_i64("starts", &[1], vec![0]);
+    b.initializer_i64("ends", &[1], vec![4]);
+    b.initializer_i64("axes", &[1], vec![2]);
+    b.initializer_i64("steps", &[1], vec![2]);
+    b.named("strided").node(
+        "Slice",
+        &["x", "starts", "ends", "axes", "steps"],
+        &["y"],
+        vec![],
+    );
+    b.output("y");
+    let (_dir, path) = temp_model(&b.build());
+    let e = import_onnx(&path).unwrap_err().to_string();
+    assert!(e.contains("strided") && e.contains("steps"), "{e}");
+}

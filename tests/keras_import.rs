@@ -22,6 +22,8 @@ const MODELS: &[&str] = &[
     "misc_layers",
     "rescaling",
     "reshape_permute",
+    "nested",
+    "norm_crop_elu",
 ];
 const FLAVOURS: &[&str] = &["keras", "k3.h5", "k2.h5"];
 
@@ -168,6 +170,53 @@ fn new_layers_map_to_ir_ops() {
     }
 }
 
+#[test]
+fn crop_elu_normalization_and_nested_models_map_to_ir_ops() {
+    use lrp_ir::Op;
+    for flavour in FLAVOURS {
+        let g = import_keras(&keras_fixture(&format!("norm_crop_elu.{flavour}")))
+            .unwrap()
+            .graph;
+        let op = |n: &str| {
+            g.nodes()[g.node_id(n).unwrap_or_else(|| panic!("{flavour}: {n}"))]
+                .op
+                .clone()
+        };
+        // Before a 'same' convolution the normalisation cannot fold: an affine BatchNorm.
+        assert_eq!(op("norm"), Op::BatchNorm { epsilon: 0.0 }, "{flavour}");
+        assert_eq!(op("conv1_elu"), Op::Elu { alpha: 1.0 });
+        assert_eq!(
+            op("crop"),
+            Op::Crop {
+                crops: vec![0, 0, 1, 0, 0, 0, 2, 1]
+            }
+        );
+        assert_eq!(op("elu"), Op::Elu { alpha: 0.5 });
+        assert!(matches!(op("conv2_selu"), Op::Selu { .. }));
+        // Before a 'valid' convolution the Rescaling folds into it.
+        assert!(g.node_id("rescale").is_none(), "{flavour}");
+        assert_eq!(g.nodes()[g.node_id("conv2").unwrap()].inputs, ["elu"]);
+        // The adapted Normalization (weights, not config) before a MaxPool.
+        assert_eq!(op("norm2"), Op::BatchNorm { epsilon: 0.0 });
+
+        let g = import_keras(&keras_fixture(&format!("nested.{flavour}")))
+            .unwrap()
+            .graph;
+        let names: Vec<&str> = g.nodes().iter().map(|n| n.name.as_str()).collect();
+        for n in [
+            "base/conv1",
+            "base/block/conv_a",
+            "base/block/bn",
+            "base/add",
+            "head",
+        ] {
+            assert!(names.contains(&n), "{flavour}: no {n} in {names:?}");
+        }
+        let add = &g.nodes()[g.node_id("base/add").unwrap()];
+        assert_eq!(add.inputs, ["base/conv1_relu", "base/block/relu"]);
+    }
+}
+
 fn import_err(file: &str) -> String {
     match import_keras(&keras_fixture(file)) {
         Ok(_) => panic!("{file}: imported, expected an error"),
@@ -284,4 +333,78 @@ fn cli_vgg16_walkthrough_on_the_small_stand_in() {
     assert_eq!(r.shape(), [1, 32, 32, 3]);
     assert!(r.iter().all(|v| v.is_finite()));
     assert!(out.join("digit_3.png").exists());
+}
+
+#[test]
+fn keras_models_and_their_onnx_twins_explain_alike() {
+    // NAME.twin.onnx: the same network rebuilt with onnx.helper in NCHW
+    // (tests/fixtures/gen_keras_fixtures.py --twins). Every method gives the same relevance on
+    // both imports, up to the layout.
+    use lrp_engine::{ExplainOptions, Explainer};
+    use lrp_rules::{Registry, presets};
+    let reg = Registry::with_builtins();
+    let mut worst = 0f32;
+    let mut zero = 0;
+    for name in ["seq_cnn", "resnet_block", "vgg16_small"] {
+        let x_nhwc = read_npy(&keras_fixture(&format!("{name}.input.npy")));
+        let x_nchw = x_nhwc
+            .view()
+            .permuted_axes(ndarray::IxDyn(&[0, 3, 1, 2]))
+            .as_standard_layout()
+            .into_owned();
+        let twin = lrp_import::import_onnx(&keras_fixture(&format!("{name}.twin.onnx")))
+            .unwrap()
+            .graph;
+        // The twin itself reproduces Keras' output.
+        let expected = read_npy(&keras_fixture(&format!("{name}.expected.npy")));
+        let mut fwd = Forward::new(&twin, Device::Cpu, ExportOutputs::Final, Some(1)).unwrap();
+        let y = fwd
+            .run(x_nchw.view())
+            .unwrap()
+            .take(twin.output_id())
+            .unwrap();
+        let (d, s) = max_diff(&y, &expected);
+        assert!(d <= 1e-4 * s, "{name} twin: {d} vs {s}");
+        for flavour in ["keras", "k2.h5"] {
+            let kg = import_keras(&keras_fixture(&format!("{name}.{flavour}")))
+                .unwrap()
+                .graph;
+            for method in presets::names() {
+                let run = |g: &Graph, x: &ndarray::ArrayD<f32>| {
+                    let config = presets::preset(method, &reg).unwrap();
+                    let mut ex =
+                        Explainer::new(g.clone(), config, &reg, Device::Cpu, Some(1)).unwrap();
+                    ex.explain(x, &ExplainOptions::default()).unwrap()
+                };
+                let a = run(&kg, &x_nhwc);
+                let b = run(&twin, &x_nchw);
+                assert_eq!(a.targets, b.targets, "{name}.{flavour} {method}");
+                let a = a
+                    .relevance
+                    .view()
+                    .permuted_axes(ndarray::IxDyn(&[0, 3, 1, 2]))
+                    .as_standard_layout()
+                    .into_owned();
+                let (d, s) = max_diff(&a, &b.relevance);
+                if s == 0.0 {
+                    eprintln!(
+                        "{name}.{flavour} {method}: zero relevance, targets {:?}",
+                        b.targets
+                    );
+                    zero += 1;
+                    continue;
+                }
+                let rel = d / s;
+                worst = worst.max(rel);
+                assert!(
+                    rel <= 1e-4,
+                    "{name}.{flavour} {method}: max |Δ| = {d}, max |R| = {s}"
+                );
+            }
+        }
+    }
+    eprintln!("worst relative difference Keras vs ONNX twin: {worst:.2e}");
+    // resnet_block's logits are all negative, so the methods with a ReLU on the logits
+    // (head_relu: lrp, clrp, sglrp) explain nothing there, on either import.
+    assert!(zero <= 6, "{zero} all-zero relevance maps");
 }

@@ -1,14 +1,14 @@
 //! Keras importer: `.keras` (Keras 3 zip) and `.h5` (Keras 3 legacy HDF5 and tf_keras 2 HDF5)
-//! models, Sequential or Functional, into the graph IR.
+//! models, Sequential or Functional (nested models inlined as `outer/inner`), into the graph IR.
 //!
 //! Keras tensors are channels-last; the IR's convolutions and pools are NCHW. The graph input
 //! stays NHWC (`Layout::NHWC`) and is transposed to NCHW by the first node; a `Flatten` of a
 //! 4-D tensor is preceded by a transpose back to NHWC so the flattened order matches Keras.
 //! `Reshape` and `Permute` work on that NHWC view in the same way. Tensors of other ranks keep
-//! Keras' axis order. `Rescaling` has no IR op: it is folded into the Conv2D or Dense that is its
-//! only consumer, and only where that is exact (no zero padding after a non-zero offset).
-//! `Cropping2D`, ELU/SELU and other layers without an exact IR equivalent are refused.
-//! See `docs/keras.md`.
+//! Keras' axis order. `Rescaling` and `Normalization` (`x·scale + offset`) are folded into the
+//! Conv2D or Dense that is their only consumer where that is exact (no zero padding after a
+//! non-zero offset), and become an affine `BatchNorm` node otherwise. Layers without an exact IR
+//! equivalent are refused. See `docs/keras.md`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
@@ -46,15 +46,14 @@ pub const SUPPORTED_LAYERS: &[&str] = &[
     "Permute",
     "Reshape",
     "Rescaling",
+    "Normalization",
+    "Cropping2D",
+    "ELU",
 ];
 
 /// Why some common layer classes cannot be imported (added to the "unsupported" error).
 fn unsupported_reason(class: &str) -> Option<&'static str> {
     match class {
-        "Cropping2D" => Some(
-            "the IR has no crop op, so a Cropping2D cannot be expressed exactly; crop the input before the model instead",
-        ),
-        "ELU" => Some("the IR has no ELU op"),
         "Lambda" => Some("Lambda layers hold Python code, which cannot be converted"),
         _ => None,
     }
@@ -65,8 +64,43 @@ fn unsupported_reason(class: &str) -> Option<&'static str> {
 #[derive(Clone, Debug)]
 struct Rescale {
     layer: String,
+    class: String,
     scale: Vec<f32>,
     offset: Vec<f32>,
+}
+
+impl Rescale {
+    /// `self` followed by `next`: `(x·s₁ + o₁)·s₂ + o₂`, as `next`'s layer.
+    fn then(&self, next: &Rescale) -> Result<Rescale, String> {
+        let n = [&self.scale, &self.offset, &next.scale, &next.offset]
+            .iter()
+            .map(|v| v.len())
+            .max()
+            .unwrap_or(1);
+        let at = |v: &[f32], i: usize| -> Result<f32, String> {
+            match v.len() {
+                1 => Ok(v[0]),
+                m if m == n => Ok(v[i]),
+                m => Err(format!(
+                    "'{}' ({m} values) and '{}' ({n} values) do not broadcast",
+                    self.layer, next.layer
+                )),
+            }
+        };
+        let mut scale = Vec::with_capacity(n);
+        let mut offset = Vec::with_capacity(n);
+        for i in 0..n {
+            let s2 = at(&next.scale, i)?;
+            scale.push(at(&self.scale, i)? * s2);
+            offset.push(at(&self.offset, i)? * s2 + at(&next.offset, i)?);
+        }
+        Ok(Rescale {
+            layer: next.layer.clone(),
+            class: next.class.clone(),
+            scale,
+            offset,
+        })
+    }
 }
 
 /// Reads and converts a Keras model: `.keras` (zip) or `.h5`/`.hdf5` (whole-model HDF5).
@@ -195,25 +229,47 @@ fn read_keras_zip(path: &Path, bytes: Vec<u8>) -> Result<(Value, LayerWeights), 
         // Nothing to read here; the config check reports what is wrong.
         return Ok((config, weights));
     }
+    read_zip_layers(path, &h5, "layers", "", &mut weights)?;
+    Ok((config, weights))
+}
+
+/// Reads the layer groups under `dir` (`layers` or `layers/<group>/layers` of a nested model)
+/// into `weights`, keyed by `prefix` + the layer's name.
+fn read_zip_layers(
+    path: &Path,
+    h5: &H5File,
+    dir: &str,
+    prefix: &str,
+    weights: &mut LayerWeights,
+) -> Result<(), ImportError> {
     let layers = h5
-        .group("layers")
-        .map_err(|e| h5_err(path, "model.weights.h5 layers", e))?;
+        .group(dir)
+        .map_err(|e| h5_err(path, &format!("model.weights.h5 {dir}"), e))?;
     for g in layers
         .groups()
-        .map_err(|e| h5_err(path, "model.weights.h5 layers", e))?
+        .map_err(|e| h5_err(path, &format!("model.weights.h5 {dir}"), e))?
     {
-        let vars = layers
-            .group(&format!("{g}/vars"))
-            .map_err(|e| h5_err(path, &format!("layers/{g}/vars"), e))?;
+        let here = format!("{dir}/{g}");
+        let sub = layers
+            .group(&g)
+            .map_err(|e| h5_err(path, &here, e))?
+            .groups()
+            .map_err(|e| h5_err(path, &here, e))?;
+        if !sub.iter().any(|s| s == "vars") {
+            continue;
+        }
+        let vars = h5
+            .group(&format!("{here}/vars"))
+            .map_err(|e| h5_err(path, &format!("{here}/vars"), e))?;
         let attrs = vars
             .attrs()
-            .map_err(|e| h5_err(path, &format!("layers/{g}/vars"), e))?;
+            .map_err(|e| h5_err(path, &format!("{here}/vars"), e))?;
         let Some(name) = attrs.get("name").and_then(attr_string) else {
             continue;
         };
         let mut idx: Vec<(usize, String)> = vars
             .datasets()
-            .map_err(|e| h5_err(path, &format!("layers/{g}/vars"), e))?
+            .map_err(|e| h5_err(path, &format!("{here}/vars"), e))?
             .into_iter()
             .filter_map(|d| d.parse().ok().map(|i| (i, d)))
             .collect();
@@ -222,9 +278,41 @@ fn read_keras_zip(path: &Path, bytes: Vec<u8>) -> Result<(Value, LayerWeights), 
         for (_, d) in idx {
             arrays.push(read_dataset(path, &vars, &d)?);
         }
-        weights.insert(name, arrays);
+        let key = format!("{prefix}{name}");
+        if sub.iter().any(|s| s == "layers") {
+            // A nested model: its layers' weights live one level down.
+            read_zip_layers(
+                path,
+                h5,
+                &format!("{here}/layers"),
+                &format!("{key}/"),
+                weights,
+            )?;
+        }
+        weights.insert(key, arrays);
     }
-    Ok((config, weights))
+    Ok(())
+}
+
+/// The layer that owns weight `weight_name` of the `model_weights/<group>` group, as a key of
+/// [`LayerWeights`]: `group` for the group's own layer, `group/…/inner` for a layer of a nested
+/// model (Keras 3 writes the nested path, `blk/c1/kernel`; tf_keras only the layer,
+/// `c1/kernel:0`).
+fn h5_weight_owner(group: &str, weight_name: &str) -> String {
+    let name = weight_name.strip_suffix(":0").unwrap_or(weight_name);
+    let mut comps: Vec<&str> = name.split('/').collect();
+    comps.pop();
+    match comps.last() {
+        None => group.to_string(),
+        Some(&last) if last == group => group.to_string(),
+        Some(_) => {
+            let inner = match comps.iter().position(|&c| c == group) {
+                Some(i) => &comps[i + 1..],
+                None => &comps[..],
+            };
+            format!("{group}/{}", inner.join("/"))
+        }
+    }
 }
 
 /// Whole-model `.h5`: root attribute `model_config`, weights under `model_weights/<layer>`
@@ -259,11 +347,13 @@ fn read_h5_model(path: &Path, bytes: Vec<u8>) -> Result<(Value, LayerWeights), I
             .get("weight_names")
             .and_then(attr_strings)
             .unwrap_or_default();
-        let mut arrays = Vec::new();
         for n in names {
-            arrays.push(read_dataset(path, &g, &n)?);
+            let a = read_dataset(path, &g, &n)?;
+            weights
+                .entry(h5_weight_owner(&layer, &n))
+                .or_default()
+                .push(a);
         }
-        weights.insert(layer, arrays);
     }
     Ok((config, weights))
 }
@@ -374,190 +464,24 @@ impl<'p> Builder<'p> {
     }
 
     fn convert(mut self, model: &Value, name: &str) -> Result<Imported, ImportError> {
-        let class = model
-            .get("class_name")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        let cfg = model.get("config").unwrap_or(&Value::Null);
-        let Some(layers) = cfg.get("layers").and_then(Value::as_array) else {
-            return Err(file_err(
-                self.path,
-                format!(
-                    "model class '{class}' has no layer list in its config (subclassed models cannot be imported; build the model with the Sequential or Functional API)"
-                ),
-            ));
-        };
-        let sequential = match class {
-            "Sequential" => true,
-            "Functional" | "Model" => false,
-            other => {
-                return Err(file_err(
-                    self.path,
-                    format!(
-                        "model class '{other}' is not supported (expected Sequential or Functional)"
-                    ),
-                ));
-            }
-        };
-        // Check every class first so that the error lists all unsupported layers.
+        // Check every class first (nested models included) so that the error lists all
+        // unsupported layers.
         let mut bad = Vec::new();
-        for l in layers {
-            let lc = l.get("class_name").and_then(Value::as_str).unwrap_or("?");
-            if !SUPPORTED_LAYERS.contains(&lc) {
-                match unsupported_reason(lc) {
-                    Some(why) => bad.push(format!("'{}' ({lc}: {why})", layer_name(l))),
-                    None => bad.push(format!("'{}' ({lc})", layer_name(l))),
-                }
-            }
-        }
-        if !bad.is_empty() {
-            let first = &layers
-                .iter()
-                .find(|l| {
-                    !SUPPORTED_LAYERS
-                        .contains(&l.get("class_name").and_then(Value::as_str).unwrap_or("?"))
-                })
-                .expect("one is bad");
+        let mut first_bad = None;
+        unsupported_layers(model, "", &mut bad, &mut first_bad);
+        if let Some((node, class)) = first_bad {
             return Err(ImportError::Model {
                 path: PathBuf::from(self.path),
-                node: Some(layer_name(first)),
-                op_type: first
-                    .get("class_name")
-                    .and_then(Value::as_str)
-                    .map(str::to_string),
+                node: Some(node),
+                op_type: Some(class),
                 message: format!(
-                    "unsupported layer class; unsupported layers: {} (supported: {})",
+                    "unsupported layer class; unsupported layers: {} (supported: {}, and nested Sequential/Functional models of them)",
                     bad.join(", "),
                     SUPPORTED_LAYERS.join(", ")
                 ),
             });
         }
-        // How many layers read each layer (Functional), to fold a Rescaling only into its sole
-        // consumer.
-        let mut consumers: HashMap<String, usize> = HashMap::new();
-        if !sequential {
-            for l in layers {
-                let first = l
-                    .get("inbound_nodes")
-                    .and_then(Value::as_array)
-                    .and_then(|a| a.first());
-                if let Some(n) = first {
-                    let mut v = Vec::new();
-                    collect_inbound(n, &mut v);
-                    for x in v {
-                        *consumers.entry(x).or_default() += 1;
-                    }
-                }
-            }
-        }
-        let output_ref = cfg.get("output_layers").and_then(first_layer_ref);
-        let mut last: Option<String> = None;
-        for (i, l) in layers.iter().enumerate() {
-            let lname = layer_name(l);
-            let lclass = l.get("class_name").and_then(Value::as_str).unwrap_or("?");
-            let lcfg = l.get("config").unwrap_or(&Value::Null);
-            let c = Ctx {
-                name: &lname,
-                class: lclass,
-                cfg: lcfg,
-            };
-            let inputs: Vec<String> = if lclass == "InputLayer" {
-                Vec::new()
-            } else if sequential {
-                match &last {
-                    Some(p) => vec![p.clone()],
-                    None => {
-                        // Sequential without an InputLayer: the first layer declares the shape.
-                        let shape = batch_shape(lcfg).ok_or_else(|| {
-                            self.err(&c, "the model's input shape is not recorded; build the model with an Input layer before saving")
-                        })?;
-                        self.add_input("input", &shape, &c)?;
-                        vec!["input".to_string()]
-                    }
-                }
-            } else {
-                let mut v = Vec::new();
-                if let Some(nodes) = l.get("inbound_nodes").and_then(Value::as_array) {
-                    if nodes.len() > 1 {
-                        return Err(self.err(
-                            &c,
-                            "shared layers (called more than once) are not supported",
-                        ));
-                    }
-                    if let Some(n) = nodes.first() {
-                        collect_inbound(n, &mut v);
-                    }
-                }
-                v
-            };
-            if i == 0 && lclass != "InputLayer" && !sequential {
-                return Err(self.err(
-                    &c,
-                    "the first layer of a Functional model must be an InputLayer",
-                ));
-            }
-            let ins: Vec<Tensor> = inputs
-                .iter()
-                .map(|n| {
-                    self.tensors
-                        .get(n)
-                        .cloned()
-                        .ok_or_else(|| self.err(&c, format!("input '{n}' is not a known layer")))
-                })
-                .collect::<Result<_, _>>()?;
-            if lclass == "Rescaling" {
-                let sole = if sequential {
-                    i + 1 < layers.len()
-                } else {
-                    consumers.get(&lname) == Some(&1) && output_ref.as_deref() != Some(&lname)
-                };
-                if !sole {
-                    return Err(self.err(
-                        &c,
-                        "a Rescaling can only be imported by folding it into the Conv2D or Dense layer that follows it, and that layer must be its only consumer (the IR has no element-wise affine op)",
-                    ));
-                }
-            }
-            for n in &inputs {
-                if let Some(r) = self.pending.remove(n) {
-                    if !matches!(lclass, "Conv2D" | "Dense") || inputs.len() != 1 {
-                        return Err(ImportError::Model {
-                            path: PathBuf::from(self.path),
-                            node: Some(r.layer.clone()),
-                            op_type: Some("Rescaling".into()),
-                            message: format!(
-                                "a Rescaling can only be folded into a following Conv2D or Dense layer, but it feeds '{lname}' ({lclass}); the IR has no element-wise affine op"
-                            ),
-                        });
-                    }
-                    self.fold = Some(r);
-                }
-            }
-            let out = self.layer(&c, &ins)?;
-            if let Some(r) = self.fold.take() {
-                return Err(self.err(
-                    &c,
-                    format!(
-                        "the Rescaling '{}' could not be folded into this layer",
-                        r.layer
-                    ),
-                ));
-            }
-            self.tensors.insert(lname.clone(), out);
-            last = Some(lname);
-        }
-        let output_layer = if sequential {
-            last
-        } else {
-            cfg.get("output_layers").and_then(first_layer_ref)
-        }
-        .ok_or_else(|| file_err(self.path, "the model has no output layer"))?;
-        let out = self.tensors.get(&output_layer).cloned().ok_or_else(|| {
-            file_err(
-                self.path,
-                format!("output layer '{output_layer}' not found"),
-            )
-        })?;
+        let out = self.model(model, "", None)?;
         let (input_name, input_shape) = self
             .input
             .clone()
@@ -587,6 +511,231 @@ impl<'p> Builder<'p> {
             warnings: self.warnings,
         }
         .finish(self.path)
+    }
+
+    /// Converts the layers of a Sequential or Functional model and returns its output.
+    /// `scope` prefixes its layer names (`"blk/"` inside a nested model `blk`); `bound` is what
+    /// a nested model's input stands for (`None` at the top, where the input becomes the
+    /// graph's input).
+    fn model(
+        &mut self,
+        model: &Value,
+        scope: &str,
+        bound: Option<Tensor>,
+    ) -> Result<Tensor, ImportError> {
+        let class = model
+            .get("class_name")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let cfg = model.get("config").unwrap_or(&Value::Null);
+        let Some(layers) = cfg.get("layers").and_then(Value::as_array) else {
+            return Err(file_err(
+                self.path,
+                format!(
+                    "model class '{class}' has no layer list in its config (subclassed models cannot be imported; build the model with the Sequential or Functional API)"
+                ),
+            ));
+        };
+        let sequential = match class {
+            "Sequential" => true,
+            c if is_model_class(c) => false,
+            other => {
+                return Err(file_err(
+                    self.path,
+                    format!(
+                        "model class '{other}' is not supported (expected Sequential or Functional)"
+                    ),
+                ));
+            }
+        };
+        // How many layers read each layer (Functional), to fold a Rescaling only into its sole
+        // consumer.
+        let mut consumers: HashMap<String, usize> = HashMap::new();
+        if !sequential {
+            for l in layers {
+                let first = l
+                    .get("inbound_nodes")
+                    .and_then(Value::as_array)
+                    .and_then(|a| a.first());
+                if let Some(n) = first {
+                    let mut v = Vec::new();
+                    collect_inbound(n, &mut v);
+                    for x in v {
+                        *consumers.entry(format!("{scope}{x}")).or_default() += 1;
+                    }
+                }
+            }
+        }
+        let output_ref = cfg
+            .get("output_layers")
+            .and_then(first_layer_ref)
+            .map(|n| format!("{scope}{n}"));
+        let mut last: Option<String> = None;
+        for (i, l) in layers.iter().enumerate() {
+            let lname = format!("{scope}{}", layer_name(l));
+            let lclass = l.get("class_name").and_then(Value::as_str).unwrap_or("?");
+            let lcfg = l.get("config").unwrap_or(&Value::Null);
+            let c = Ctx {
+                name: &lname,
+                class: lclass,
+                cfg: lcfg,
+            };
+            let inputs: Vec<String> = if lclass == "InputLayer" {
+                Vec::new()
+            } else if sequential {
+                match &last {
+                    Some(p) => vec![p.clone()],
+                    None => {
+                        // Sequential without an InputLayer: the first layer reads the input.
+                        let input = format!("{scope}input");
+                        match &bound {
+                            Some(t) => {
+                                self.tensors.insert(input.clone(), t.clone());
+                            }
+                            None => {
+                                let shape = batch_shape(lcfg).ok_or_else(|| {
+                                    self.err(&c, "the model's input shape is not recorded; build the model with an Input layer before saving")
+                                })?;
+                                self.add_input(&input, &shape, &c)?;
+                            }
+                        }
+                        vec![input]
+                    }
+                }
+            } else {
+                let mut v = Vec::new();
+                if let Some(nodes) = l.get("inbound_nodes").and_then(Value::as_array) {
+                    if nodes.len() > 1 {
+                        return Err(self.err(
+                            &c,
+                            "shared layers (called more than once) are not supported",
+                        ));
+                    }
+                    if let Some(n) = nodes.first() {
+                        collect_inbound(n, &mut v);
+                    }
+                }
+                v.into_iter().map(|n| format!("{scope}{n}")).collect()
+            };
+            if i == 0 && lclass != "InputLayer" && !sequential {
+                return Err(self.err(
+                    &c,
+                    "the first layer of a Functional model must be an InputLayer",
+                ));
+            }
+            // A pending Rescaling/Normalization is folded into this layer where that is exact,
+            // and becomes an affine node of its own otherwise.
+            for n in &inputs {
+                if let Some(r) = self.pending.remove(n) {
+                    if can_fold(lclass, lcfg, inputs.len(), &r) {
+                        self.fold = Some(r);
+                    } else {
+                        let t = self.tensors[n].clone();
+                        let y = self.affine(&r, t)?;
+                        self.tensors.insert(n.clone(), y);
+                    }
+                }
+            }
+            let ins: Vec<Tensor> = inputs
+                .iter()
+                .map(|n| {
+                    self.tensors
+                        .get(n)
+                        .cloned()
+                        .ok_or_else(|| self.err(&c, format!("input '{n}' is not a known layer")))
+                })
+                .collect::<Result<_, _>>()?;
+            let out = if lclass == "InputLayer" && bound.is_some() {
+                bound.clone().expect("checked")
+            } else if is_model_class(lclass) {
+                let x = self.one(&c, &ins)?;
+                self.model(l, &format!("{lname}/"), Some(x))?
+            } else {
+                self.layer(&c, &ins)?
+            };
+            if let Some(r) = self.fold.take() {
+                return Err(self.err(
+                    &c,
+                    format!(
+                        "the Rescaling '{}' could not be folded into this layer",
+                        r.layer
+                    ),
+                ));
+            }
+            if let Some(r) = self.pending.get(&lname) {
+                // Fold only into a sole consumer that is not the model's output.
+                let sole = if sequential {
+                    i + 1 < layers.len()
+                } else {
+                    consumers.get(&lname) == Some(&1) && output_ref.as_deref() != Some(&lname)
+                };
+                if !sole {
+                    let r = r.clone();
+                    self.pending.remove(&lname);
+                    let y = self.affine(&r, out.clone())?;
+                    self.tensors.insert(lname.clone(), y);
+                    last = Some(lname);
+                    continue;
+                }
+            }
+            self.tensors.insert(lname.clone(), out);
+            last = Some(lname);
+        }
+        let output_layer = if sequential { last } else { output_ref }
+            .ok_or_else(|| file_err(self.path, "the model has no output layer"))?;
+        self.tensors.get(&output_layer).cloned().ok_or_else(|| {
+            file_err(
+                self.path,
+                format!("output layer '{output_layer}' not found"),
+            )
+        })
+    }
+
+    /// `x·scale + offset` per channel (Keras' last axis) as a `BatchNorm` node with mean 0,
+    /// variance 1 and epsilon 0, which computes exactly that.
+    fn affine(&mut self, r: &Rescale, x: Tensor) -> Result<Tensor, ImportError> {
+        let c = Ctx {
+            name: &r.layer,
+            class: &r.class,
+            cfg: &Value::Null,
+        };
+        let ch = x.shape.first().copied().unwrap_or(1);
+        if x.shape.len() == 2 && (r.scale.len() > 1 || r.offset.len() > 1) {
+            return Err(self.err(
+                &c,
+                format!(
+                    "per-channel values on a tensor of per-sample shape {:?} are not supported",
+                    x.shape
+                ),
+            ));
+        }
+        let per = |v: &[f32], what: &str| -> Result<ArrayD<f32>, ImportError> {
+            match v.len() {
+                1 => Ok(ArrayD::from_elem(IxDyn(&[ch]), v[0])),
+                n if n == ch => {
+                    Ok(ArrayD::from_shape_vec(IxDyn(&[ch]), v.to_vec()).expect("length checked"))
+                }
+                n => Err(self.err(
+                    &c,
+                    format!("{n} {what} values for a tensor with {ch} channels"),
+                )),
+            }
+        };
+        let scale = per(&r.scale, "scale")?;
+        let bias = per(&r.offset, "offset")?;
+        let base = r.layer.clone();
+        self.emit(
+            &c,
+            &base,
+            Op::BatchNorm { epsilon: 0.0 },
+            &[x],
+            vec![
+                ("scale", scale),
+                ("bias", bias),
+                ("mean", ArrayD::zeros(IxDyn(&[ch]))),
+                ("var", ArrayD::ones(IxDyn(&[ch]))),
+            ],
+        )
     }
 
     /// `x` (NCHW inside the graph) transposed to Keras' NHWC order, as node `base`.
@@ -629,7 +778,17 @@ impl<'p> Builder<'p> {
     }
 
     fn take_weights(&mut self, c: &Ctx, n: usize) -> Result<Vec<ArrayD<f32>>, ImportError> {
-        let w = self.weights_in.remove(c.name).unwrap_or_default();
+        // tf_keras .h5 files name a nested model's weights by the innermost layer only.
+        let flat = match c.name.split('/').collect::<Vec<_>>()[..] {
+            [outer, .., inner] => Some(format!("{outer}/{inner}")),
+            _ => None,
+        };
+        let w = match self.weights_in.remove(c.name) {
+            Some(w) => w,
+            None => flat
+                .and_then(|k| self.weights_in.remove(&k))
+                .unwrap_or_default(),
+        };
         if w.len() != n {
             return Err(self.err(
                 c,
@@ -712,8 +871,14 @@ impl<'p> Builder<'p> {
             "softmax" => Op::Softmax { axis: 1 },
             // keras.activations.leaky_relu defaults to negative_slope = 0.2.
             "leaky_relu" => Op::LeakyRelu { alpha: 0.2 },
-            "elu" | "selu" | "gelu" | "silu" | "swish" | "softplus" | "softsign" | "mish"
-            | "exponential" | "hard_sigmoid" => {
+            "elu" => Op::Elu { alpha: 1.0 },
+            // keras.activations.selu's constants.
+            "selu" => Op::Selu {
+                alpha: 1.673_263_2,
+                gamma: 1.050_701,
+            },
+            "gelu" | "silu" | "swish" | "softplus" | "softsign" | "mish" | "exponential"
+            | "hard_sigmoid" => {
                 return Err(self.err(
                     c,
                     format!("activation '{act}' is not supported: the IR has no matching op"),
@@ -1150,31 +1315,41 @@ impl<'p> Builder<'p> {
                     self.emit(c, c.name, Op::Reshape { shape }, &[x], vec![])
                 }
             }
-            "Rescaling" => {
+            "Rescaling" | "Normalization" => {
                 let x = self.one(c, ins)?;
-                let nums = |key: &str, default: f32| -> Option<Vec<f32>> {
-                    match cfg.get(key) {
-                        None | Some(Value::Null) => Some(vec![default]),
-                        Some(Value::Number(n)) => Some(vec![n.as_f64()? as f32]),
-                        Some(Value::Array(a)) if !a.is_empty() => {
-                            a.iter().map(|v| v.as_f64().map(|f| f as f32)).collect()
-                        }
-                        _ => None,
-                    }
+                let r = if c.class == "Rescaling" {
+                    self.rescaling(c)?
+                } else {
+                    self.normalization(c, &x)?
                 };
-                let scale = nums("scale", 1.0)
-                    .ok_or_else(|| self.err(c, "scale is not a number or a list of numbers"))?;
-                let offset = nums("offset", 0.0)
-                    .ok_or_else(|| self.err(c, "offset is not a number or a list of numbers"))?;
-                self.pending.insert(
-                    c.name.to_string(),
-                    Rescale {
-                        layer: c.name.to_string(),
-                        scale,
-                        offset,
-                    },
-                );
+                let r = match self.fold.take() {
+                    Some(prev) => prev.then(&r).map_err(|m| self.err(c, m))?,
+                    None => r,
+                };
+                self.pending.insert(c.name.to_string(), r);
                 Ok(x)
+            }
+            "Cropping2D" => {
+                let x = self.one(c, ins)?;
+                self.channels_last(c)?;
+                self.four_d(c, &x)?;
+                let p = cfg.get("cropping").unwrap_or(&Value::Null);
+                let [[t, b], [l, r]] = zero_padding(p)
+                    .ok_or_else(|| self.err(c, format!("cropping {p} is not understood")))?;
+                self.emit(
+                    c,
+                    c.name,
+                    Op::Crop {
+                        crops: vec![0, 0, t, l, 0, 0, b, r],
+                    },
+                    &[x],
+                    vec![],
+                )
+            }
+            "ELU" => {
+                let x = self.one(c, ins)?;
+                let alpha = cfg.get("alpha").and_then(Value::as_f64).unwrap_or(1.0) as f32;
+                self.emit(c, c.name, Op::Elu { alpha }, &[x], vec![])
             }
             "ZeroPadding2D" => {
                 let x = self.one(c, ins)?;
@@ -1195,6 +1370,78 @@ impl<'p> Builder<'p> {
             }
             other => Err(self.err(c, format!("layer class '{other}' is not supported"))),
         }
+    }
+
+    /// A `Rescaling` layer's `x·scale + offset`.
+    fn rescaling(&self, c: &Ctx) -> Result<Rescale, ImportError> {
+        let scale = numbers(c.cfg.get("scale"), 1.0)
+            .ok_or_else(|| self.err(c, "scale is not a number or a list of numbers"))?;
+        let offset = numbers(c.cfg.get("offset"), 0.0)
+            .ok_or_else(|| self.err(c, "offset is not a number or a list of numbers"))?;
+        Ok(Rescale {
+            layer: c.name.to_string(),
+            class: c.class.to_string(),
+            scale,
+            offset,
+        })
+    }
+
+    /// A `Normalization` layer as `x·scale + offset`: `(x − mean)/max(√var, 1e-7)`, or with
+    /// `invert` `x·max(√var, 1e-7) + mean` (Keras' formulas, its epsilon 1e-7). Mean and variance
+    /// come from the config (`mean=`, `variance=`) or from the weights (adapted layers).
+    fn normalization(&mut self, c: &Ctx, x: &Tensor) -> Result<Rescale, ImportError> {
+        let rank = x.shape.len() as i64 + 1;
+        let axis: Vec<i64> = match c.cfg.get("axis") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(a)) => a.iter().filter_map(Value::as_i64).collect(),
+            Some(v) => v.as_i64().into_iter().collect(),
+        };
+        if axis.len() != 1 || (axis[0] != -1 && axis[0] != rank - 1) {
+            return Err(self.err(
+                c,
+                format!("axis {axis:?} is not supported (only the last axis, -1)"),
+            ));
+        }
+        let given = |k: &str| numbers(c.cfg.get(k).filter(|v| !v.is_null()), f32::NAN);
+        let (mean, var) = match (given("mean"), given("variance")) {
+            (Some(m), Some(v)) if !m[0].is_nan() && !v[0].is_nan() => (m, v),
+            _ => {
+                let w = self.take_weights(c, 3)?;
+                let flat = |a: &ArrayD<f32>| a.iter().copied().collect::<Vec<f32>>();
+                (flat(&w[0]), flat(&w[1]))
+            }
+        };
+        if mean.is_empty() || var.is_empty() {
+            return Err(self.err(c, "mean and variance must not be empty"));
+        }
+        let sd: Vec<f32> = var.iter().map(|&v| v.sqrt().max(1e-7)).collect();
+        let invert = c
+            .cfg
+            .get("invert")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let r = if invert {
+            Rescale {
+                layer: c.name.to_string(),
+                class: c.class.to_string(),
+                scale: sd,
+                offset: mean,
+            }
+        } else {
+            let shift = Rescale {
+                layer: c.name.to_string(),
+                class: c.class.to_string(),
+                scale: vec![1.0],
+                offset: mean.iter().map(|m| -m).collect(),
+            };
+            let div = Rescale {
+                scale: sd.iter().map(|s| 1.0 / s).collect(),
+                offset: vec![0.0],
+                ..shift.clone()
+            };
+            shift.then(&div).map_err(|m| self.err(c, m))?
+        };
+        Ok(r)
     }
 
     /// A Keras depthwise kernel `[kh, kw, C, m]` as an IR grouped-conv weight `[C·m, 1, kh, kw]`
@@ -1293,6 +1540,69 @@ impl<'p> Builder<'p> {
             }
             other => Err(self.err(c, format!("padding '{other}' is not supported"))),
         }
+    }
+}
+
+/// Whether a layer class is a nested model.
+fn is_model_class(class: &str) -> bool {
+    matches!(class, "Sequential" | "Functional" | "Model")
+}
+
+/// Collects the unsupported layers of `model` and of its nested models.
+fn unsupported_layers(
+    model: &Value,
+    scope: &str,
+    bad: &mut Vec<String>,
+    first: &mut Option<(String, String)>,
+) {
+    let layers = model
+        .get("config")
+        .and_then(|c| c.get("layers"))
+        .and_then(Value::as_array);
+    for l in layers.into_iter().flatten() {
+        let lc = l.get("class_name").and_then(Value::as_str).unwrap_or("?");
+        let name = format!("{scope}{}", layer_name(l));
+        if is_model_class(lc) {
+            unsupported_layers(l, &format!("{name}/"), bad, first);
+        } else if !SUPPORTED_LAYERS.contains(&lc) {
+            match unsupported_reason(lc) {
+                Some(why) => bad.push(format!("'{name}' ({lc}: {why})")),
+                None => bad.push(format!("'{name}' ({lc})")),
+            }
+            first.get_or_insert((name, lc.to_string()));
+        }
+    }
+}
+
+/// Whether a pending `x·scale + offset` folds exactly into the layer that reads it: a Dense,
+/// a Conv2D that does not zero-pad its input (or an offset of 0; per-channel values only without
+/// groups), or the next Rescaling/Normalization.
+fn can_fold(class: &str, cfg: &Value, inputs: usize, r: &Rescale) -> bool {
+    if inputs != 1 {
+        return false;
+    }
+    match class {
+        "Dense" | "Rescaling" | "Normalization" => true,
+        "Conv2D" => {
+            let no_pad = cfg.get("padding").and_then(Value::as_str) != Some("same")
+                || pair(cfg.get("kernel_size")) == Some([1, 1]);
+            let groups = cfg.get("groups").and_then(Value::as_u64).unwrap_or(1);
+            let scalar = r.scale.len() == 1 && r.offset.len() == 1;
+            (no_pad || r.offset.iter().all(|&o| o == 0.0)) && (groups == 1 || scalar)
+        }
+        _ => false,
+    }
+}
+
+/// A number or a non-empty list of numbers (`default` when absent).
+fn numbers(v: Option<&Value>, default: f32) -> Option<Vec<f32>> {
+    match v {
+        None | Some(Value::Null) => Some(vec![default]),
+        Some(Value::Number(n)) => Some(vec![n.as_f64()? as f32]),
+        Some(Value::Array(a)) if !a.is_empty() => {
+            a.iter().map(|v| v.as_f64().map(|f| f as f32)).collect()
+        }
+        _ => None,
     }
 }
 
@@ -1496,61 +1806,162 @@ mod tests {
             // b' = 0.5 + Σ W·o over the 3×3×3 window.
             assert!(b.iter().all(|&v| v == 0.5 + 27.0 * o as f32), "{b:?}");
         }
-        // A non-zero offset before zero padding is refused.
+        let affine = |g: &lrp_ir::Graph, name: &str| -> (Vec<f32>, Vec<f32>) {
+            let n = &g.nodes()[g.node_id(name).unwrap_or_else(|| panic!("no node {name}"))];
+            assert_eq!(n.op, Op::BatchNorm { epsilon: 0.0 });
+            let get = |p: &str| -> Vec<f32> {
+                g.weights()
+                    .get(&n.params[p])
+                    .unwrap()
+                    .iter()
+                    .copied()
+                    .collect()
+            };
+            assert!(get("mean").iter().all(|&v| v == 0.0));
+            assert!(get("var").iter().all(|&v| v == 1.0));
+            (get("scale"), get("bias"))
+        };
+        // A non-zero offset before zero padding, a consumer that is no Conv2D/Dense, two
+        // consumers, or the model's output: an affine BatchNorm node of its own.
+        let cases: Vec<(Value, LayerWeights)> = vec![
+            (
+                functional(&[
+                    ("rs", "Rescaling", r(2.0, 1.0), &["input"]),
+                    ("c", "Conv2D", conv("same"), &["rs"]),
+                ]),
+                conv_weights(&["c"]),
+            ),
+            (
+                functional(&[
+                    ("rs", "Rescaling", r(2.0, 1.0), &["input"]),
+                    ("relu", "ReLU", json!({}), &["rs"]),
+                ]),
+                LayerWeights::new(),
+            ),
+            (
+                functional(&[
+                    ("rs", "Rescaling", r(2.0, 1.0), &["input"]),
+                    ("c", "Conv2D", conv("valid"), &["rs"]),
+                    ("d", "Conv2D", conv("valid"), &["rs"]),
+                    ("add", "Add", json!({}), &["c", "d"]),
+                ]),
+                conv_weights(&["c", "d"]),
+            ),
+            (
+                functional(&[("rs", "Rescaling", r(2.0, 1.0), &["input"])]),
+                LayerWeights::new(),
+            ),
+        ];
+        for (m, w) in cases {
+            let g = import(&m, w).unwrap().graph;
+            assert_eq!(affine(&g, "rs"), (vec![2.0; 3], vec![1.0; 3]));
+        }
+        // Rescaling then Normalization compose into one x·s + o.
         let m = functional(&[
-            ("rs", "Rescaling", r(2.0, 1.0), &["input"]),
-            ("c", "Conv2D", conv("same"), &["rs"]),
+            ("rs", "Rescaling", r(0.5, 0.0), &["input"]),
+            (
+                "norm",
+                "Normalization",
+                json!({"axis": [-1], "mean": [1.0, 2.0, 3.0], "variance": [4.0, 1.0, 0.25]}),
+                &["rs"],
+            ),
+            ("relu", "ReLU", json!({}), &["norm"]),
         ]);
-        let e = import(&m, conv_weights(&["c"])).unwrap_err();
-        assert!(e.contains("non-zero offset") && e.contains("'rs'"), "{e}");
-        // Anything but a Conv2D/Dense consumer is refused.
-        let m = functional(&[
-            ("rs", "Rescaling", r(2.0, 0.0), &["input"]),
-            ("relu", "ReLU", json!({}), &["rs"]),
-        ]);
-        let e = import(&m, LayerWeights::new()).unwrap_err();
-        assert!(e.contains("'relu' (ReLU)") && e.contains("rs"), "{e}");
-        // Two consumers: refused.
-        let m = functional(&[
-            ("rs", "Rescaling", r(2.0, 0.0), &["input"]),
-            ("c", "Conv2D", conv("valid"), &["rs"]),
-            ("d", "Conv2D", conv("valid"), &["rs"]),
-            ("add", "Add", json!({}), &["c", "d"]),
-        ]);
-        let e = import(&m, conv_weights(&["c", "d"])).unwrap_err();
-        assert!(e.contains("only consumer"), "{e}");
-        // As the model output: refused.
-        let m = functional(&[("rs", "Rescaling", r(2.0, 0.0), &["input"])]);
-        let e = import(&m, LayerWeights::new()).unwrap_err();
-        assert!(e.contains("only consumer"), "{e}");
+        let g = import(&m, LayerWeights::new()).unwrap().graph;
+        assert!(g.node_id("rs").is_none());
+        // (0.5x − m)/σ: scale 0.5/σ, offset −m/σ.
+        assert_eq!(
+            affine(&g, "norm"),
+            (vec![0.25, 0.5, 1.0], vec![-0.5, -2.0, -6.0])
+        );
+        let inv = functional(&[(
+            "norm",
+            "Normalization",
+            json!({"axis": -1, "mean": 1.0, "variance": 4.0, "invert": true}),
+            &["input"],
+        )]);
+        let g = import(&inv, LayerWeights::new()).unwrap().graph;
+        assert_eq!(affine(&g, "norm"), (vec![2.0; 3], vec![1.0; 3]));
+        let bad_axis = functional(&[(
+            "norm",
+            "Normalization",
+            json!({"axis": [1], "mean": 1.0, "variance": 4.0}),
+            &["input"],
+        )]);
+        let e = import(&bad_axis, LayerWeights::new()).unwrap_err();
+        assert!(e.contains("'norm'") && e.contains("axis"), "{e}");
     }
 
     #[test]
-    fn inexpressible_layers_and_activations_are_refused() {
+    fn crop_elu_selu_and_unsupported_activations() {
         let m = functional(&[(
             "crop",
             "Cropping2D",
-            json!({"cropping": [[1, 1], [1, 1]]}),
-            &["input"],
-        )]);
-        let e = import(&m, LayerWeights::new()).unwrap_err();
-        assert!(e.contains("Cropping2D") && e.contains("no crop op"), "{e}");
-        for act in ["elu", "selu"] {
-            let m = functional(&[("a", "Activation", json!({ "activation": act }), &["input"])]);
-            let e = import(&m, LayerWeights::new()).unwrap_err();
-            assert!(e.contains(act) && e.contains("no matching op"), "{e}");
-        }
-        let m = functional(&[(
-            "a",
-            "Activation",
-            json!({"activation": "leaky_relu"}),
+            json!({"cropping": [[1, 0], [2, 1]]}),
             &["input"],
         )]);
         let g = import(&m, LayerWeights::new()).unwrap().graph;
+        let id = g.node_id("crop").unwrap();
         assert_eq!(
-            g.nodes()[g.node_id("a").unwrap()].op,
-            Op::LeakyRelu { alpha: 0.2 }
+            g.nodes()[id].op,
+            Op::Crop {
+                crops: vec![0, 0, 1, 2, 0, 0, 0, 1]
+            }
         );
+        assert_eq!(g.shape(id), &[3, 5, 3]);
+        for (act, op) in [
+            ("elu", Op::Elu { alpha: 1.0 }),
+            (
+                "selu",
+                Op::Selu {
+                    alpha: 1.673_263_2,
+                    gamma: 1.050_701,
+                },
+            ),
+            ("leaky_relu", Op::LeakyRelu { alpha: 0.2 }),
+        ] {
+            let m = functional(&[("a", "Activation", json!({ "activation": act }), &["input"])]);
+            let g = import(&m, LayerWeights::new()).unwrap().graph;
+            assert_eq!(g.nodes()[g.node_id("a").unwrap()].op, op);
+        }
+        let m = functional(&[("a", "Activation", json!({"activation": "gelu"}), &["input"])]);
+        let e = import(&m, LayerWeights::new()).unwrap_err();
+        assert!(e.contains("gelu") && e.contains("no matching op"), "{e}");
+    }
+
+    #[test]
+    fn nested_models_are_inlined_with_scoped_names() {
+        let inner = json!({"class_name": "Sequential", "name": "blk",
+            "config": {"name": "blk", "layers": [
+                {"class_name": "InputLayer", "config": {"name": "in2", "batch_input_shape": [null, 6, 6, 3]}},
+                {"class_name": "Conv2D", "config": {"name": "c", "filters": 2, "kernel_size": [3, 3], "padding": "valid"}},
+                {"class_name": "Lambda", "config": {"name": "lam"}}
+            ]},
+            "inbound_nodes": [[["input", 0, 0, {}]]]});
+        let mut m = functional(&[]);
+        m["config"]["layers"].as_array_mut().unwrap().push(inner);
+        m["config"]["output_layers"] = json!([["blk", 0, 0]]);
+        let e = import(&m, LayerWeights::new()).unwrap_err();
+        assert!(e.contains("'blk/lam' (Lambda"), "{e}");
+        m["config"]["layers"][1]["config"]["layers"]
+            .as_array_mut()
+            .unwrap()
+            .pop();
+        // tf_keras .h5 files key the nested weights by outer model and layer.
+        let g = import(&m, conv_weights(&["blk/c"])).unwrap().graph;
+        let id = g.node_id("blk/c").unwrap();
+        assert_eq!(g.shape(id), &[2, 4, 4]);
+        assert_eq!(g.output_id(), id);
+    }
+
+    #[test]
+    fn h5_weight_owners() {
+        assert_eq!(h5_weight_owner("conv1", "seq_cnn/conv1/kernel"), "conv1");
+        assert_eq!(h5_weight_owner("conv1", "conv1/kernel:0"), "conv1");
+        assert_eq!(h5_weight_owner("norm", "mean:0"), "norm");
+        assert_eq!(h5_weight_owner("blk", "blk/c1/kernel"), "blk/c1");
+        assert_eq!(h5_weight_owner("blk", "blk/inner/c2/bias"), "blk/inner/c2");
+        assert_eq!(h5_weight_owner("blk", "c2/kernel:0"), "blk/c2");
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Constant",
     "Conv",
     "Dropout",
+    "Elu",
     "Flatten",
     "Gemm",
     "GlobalAveragePool",
@@ -39,7 +40,9 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Pad",
     "Relu",
     "Reshape",
+    "Selu",
     "Sigmoid",
+    "Slice",
     "Softmax",
     "Squeeze",
     "Tanh",
@@ -475,6 +478,20 @@ impl<'a> Context<'a> {
                 self.warn_unread(node, &["alpha"]);
                 self.emit(node, Op::LeakyRelu { alpha }, vec![x], vec![])?;
             }
+            "Elu" => {
+                let x = self.tensor(node, 0)?;
+                let alpha = a.float("alpha")?.unwrap_or(1.0);
+                self.warn_unread(node, &["alpha"]);
+                self.emit(node, Op::Elu { alpha }, vec![x], vec![])?;
+            }
+            "Selu" => {
+                let x = self.tensor(node, 0)?;
+                let alpha = a.float("alpha")?.unwrap_or(1.673_263_2);
+                let gamma = a.float("gamma")?.unwrap_or(1.050_701);
+                self.warn_unread(node, &["alpha", "gamma"]);
+                self.emit(node, Op::Selu { alpha, gamma }, vec![x], vec![])?;
+            }
+            "Slice" => self.slice(node, &a)?,
             "Clip" => {
                 let x = self.tensor(node, 0)?;
                 let (mut min, mut max) = (f32::NEG_INFINITY, f32::INFINITY);
@@ -931,6 +948,69 @@ impl<'a> Context<'a> {
         }
         self.warn_unread(node, &["mode", "pads", "value"]);
         self.emit(node, Op::Pad { pads }, vec![x], vec![])?;
+        Ok(())
+    }
+
+    /// `Slice` with constant bounds and unit steps, as a [`Op::Crop`].
+    fn slice(&mut self, node: &NodeProto, a: &Attrs) -> Result<(), String> {
+        let x = self.tensor(node, 0)?;
+        let rank = self.rank(&x);
+        let (starts, ends, axes, steps) = if self.opset < 10 {
+            (
+                a.ints("starts")?.ok_or("attribute 'starts' is required")?,
+                a.ints("ends")?.ok_or("attribute 'ends' is required")?,
+                a.ints("axes")?,
+                None,
+            )
+        } else {
+            let ints = |c: Option<Const>| c.map(|c| c.ints()).transpose();
+            (
+                self.req_const(node, 1, "starts")?.ints()?,
+                self.req_const(node, 2, "ends")?.ints()?,
+                ints(self.opt_const(node, 3)?)?,
+                ints(self.opt_const(node, 4)?)?,
+            )
+        };
+        let axes: Vec<usize> = match axes {
+            Some(v) => v
+                .iter()
+                .map(|&v| self.axis(v, rank))
+                .collect::<Result<_, _>>()?,
+            None => (0..starts.len()).collect(),
+        };
+        if starts.len() != axes.len() || ends.len() != axes.len() {
+            return Err(format!(
+                "starts {starts:?}, ends {ends:?} and axes {axes:?} differ in length"
+            ));
+        }
+        if let Some(st) = steps
+            .as_ref()
+            .filter(|st| st.len() != axes.len() || st.iter().any(|&v| v != 1))
+        {
+            return Err(format!("steps {st:?} are not supported (only steps of 1)"));
+        }
+        let dims: Vec<usize> = std::iter::once(0)
+            .chain(self.shape(&x).iter().copied())
+            .collect();
+        let mut crops = vec![0usize; 2 * rank];
+        for (k, &ax) in axes.iter().enumerate() {
+            if ax == 0 {
+                return Err("slicing the batch axis is not supported".into());
+            }
+            let d = dims[ax] as i64;
+            let clamp = |v: i64| if v < 0 { (v + d).max(0) } else { v.min(d) };
+            let (b, e) = (clamp(starts[k]), clamp(ends[k]));
+            if e <= b {
+                return Err(format!(
+                    "the slice [{}, {}) of axis {ax} (size {d}) is empty",
+                    starts[k], ends[k]
+                ));
+            }
+            crops[ax] = b as usize;
+            crops[rank + ax] = (d - e) as usize;
+        }
+        self.warn_unread(node, &["starts", "ends", "axes"]);
+        self.emit(node, Op::Crop { crops }, vec![x], vec![])?;
         Ok(())
     }
 

@@ -40,6 +40,18 @@ pub enum Op {
         /// Slope for negative inputs.
         alpha: f32,
     },
+    /// `x` where `x > 0`, `alpha·(eˣ − 1)` elsewhere.
+    Elu {
+        /// Scale of the negative branch.
+        alpha: f32,
+    },
+    /// `gamma·x` where `x > 0`, `gamma·alpha·(eˣ − 1)` elsewhere.
+    Selu {
+        /// Scale of the negative branch before `gamma`.
+        alpha: f32,
+        /// Overall scale.
+        gamma: f32,
+    },
     /// Logistic sigmoid.
     Sigmoid,
     /// Hyperbolic tangent.
@@ -122,6 +134,12 @@ pub enum Op {
         /// Begin and end padding per axis.
         pads: Vec<usize>,
     },
+    /// Removes elements at the borders; `crops` as [`Op::Pad`]'s `pads`: all begins, then all
+    /// ends, over every axis including the batch axis (whose entries must be 0).
+    Crop {
+        /// Begin and end crop per axis.
+        crops: Vec<usize>,
+    },
     /// Softmax along `axis` (≥ 1).
     Softmax {
         /// The axis, counting the batch axis as 0.
@@ -169,6 +187,8 @@ impl Op {
             Op::Dense => "Dense",
             Op::Relu => "Relu",
             Op::LeakyRelu { .. } => "LeakyRelu",
+            Op::Elu { .. } => "Elu",
+            Op::Selu { .. } => "Selu",
             Op::Sigmoid => "Sigmoid",
             Op::Tanh => "Tanh",
             Op::Clip { .. } => "Clip",
@@ -185,6 +205,7 @@ impl Op {
             Op::Add => "Add",
             Op::Concat { .. } => "Concat",
             Op::Pad { .. } => "Pad",
+            Op::Crop { .. } => "Crop",
             Op::Softmax { .. } => "Softmax",
             Op::Dropout => "Dropout",
             Op::Identity => "Identity",
@@ -299,9 +320,17 @@ impl Op {
                 Ok(vec![ws[0]])
             }
             Op::Relu | Op::Sigmoid | Op::Tanh | Op::Dropout | Op::Identity => Ok(x.to_vec()),
-            Op::LeakyRelu { alpha } => {
+            Op::LeakyRelu { alpha } | Op::Elu { alpha } => {
                 if !alpha.is_finite() {
                     return Err(format!("alpha = {alpha} is not finite"));
+                }
+                Ok(x.to_vec())
+            }
+            Op::Selu { alpha, gamma } => {
+                if !alpha.is_finite() || !gamma.is_finite() {
+                    return Err(format!(
+                        "alpha = {alpha} and gamma = {gamma} must be finite"
+                    ));
                 }
                 Ok(x.to_vec())
             }
@@ -489,6 +518,33 @@ impl Op {
                     .map(|(i, d)| d + pads[i + 1] + pads[rank + i + 1])
                     .collect())
             }
+            Op::Crop { crops } => {
+                let rank = x.len() + 1;
+                if crops.len() != 2 * rank {
+                    return Err(format!(
+                        "crops has {} entries, expected {}",
+                        crops.len(),
+                        2 * rank
+                    ));
+                }
+                if crops[0] != 0 || crops[rank] != 0 {
+                    return Err("cropping the batch axis is not supported".into());
+                }
+                x.iter()
+                    .enumerate()
+                    .map(|(i, &d)| {
+                        let c = crops[i + 1] + crops[rank + i + 1];
+                        if c >= d {
+                            Err(format!(
+                                "cropping {c} of {d} elements along axis {} leaves nothing",
+                                i + 1
+                            ))
+                        } else {
+                            Ok(d - c)
+                        }
+                    })
+                    .collect()
+            }
             Op::Softmax { axis } => {
                 if *axis == 0 || *axis > x.len() {
                     return Err(format!("axis {axis} must be in 1..={}", x.len()));
@@ -633,7 +689,8 @@ impl std::fmt::Display for Op {
                 }
                 Ok(())
             }
-            Op::LeakyRelu { alpha } => write!(f, " alpha {alpha}"),
+            Op::LeakyRelu { alpha } | Op::Elu { alpha } => write!(f, " alpha {alpha}"),
+            Op::Selu { alpha, gamma } => write!(f, " alpha {alpha} gamma {gamma}"),
             Op::Clip { min, max } => write!(f, " [{min}, {max}]"),
             Op::Reshape { shape } => write!(f, " {shape:?}"),
             Op::Transpose { perm } => write!(f, " {perm:?}"),
@@ -641,6 +698,7 @@ impl std::fmt::Display for Op {
             Op::BatchNorm { epsilon } => write!(f, " eps {epsilon}"),
             Op::Concat { axis } | Op::Softmax { axis } => write!(f, " axis {axis}"),
             Op::Pad { pads } => write!(f, " {pads:?}"),
+            Op::Crop { crops } => write!(f, " {crops:?}"),
             _ => Ok(()),
         }
     }
@@ -732,6 +790,22 @@ mod tests {
         assert_eq!(
             pad.infer_shape(&[&[3, 5, 6]], &none).unwrap(),
             vec![3, 9, 12]
+        );
+        let crop = Op::Crop {
+            crops: vec![0, 0, 1, 2, 0, 0, 3, 4],
+        };
+        assert_eq!(
+            crop.infer_shape(&[&[3, 5, 16]], &none).unwrap(),
+            vec![3, 1, 10]
+        );
+        let e = crop.infer_shape(&[&[3, 4, 16]], &none).unwrap_err();
+        assert!(e.contains("leaves nothing"), "{e}");
+        assert!(
+            Op::Crop {
+                crops: vec![1, 0, 0, 0]
+            }
+            .infer_shape(&[&[3]], &none)
+            .is_err()
         );
         let c = Op::Concat { axis: 1 };
         assert_eq!(

@@ -446,9 +446,13 @@ impl RuleConfig {
     fn convention(&self, op: &Op) -> Option<Arc<dyn Rule>> {
         let c = &self.conventions;
         Some(match op {
-            Op::Relu | Op::LeakyRelu { .. } | Op::Sigmoid | Op::Tanh | Op::Clip { .. } => {
-                Arc::new(Pass)
-            }
+            Op::Relu
+            | Op::LeakyRelu { .. }
+            | Op::Elu { .. }
+            | Op::Selu { .. }
+            | Op::Sigmoid
+            | Op::Tanh
+            | Op::Clip { .. } => Arc::new(Pass),
             Op::Dropout
             | Op::Identity
             | Op::Flatten
@@ -457,6 +461,7 @@ impl RuleConfig {
             | Op::Squeeze { .. }
             | Op::Unsqueeze { .. }
             | Op::Pad { .. }
+            | Op::Crop { .. }
             | Op::Concat { .. } => Arc::new(Move),
             Op::MaxPool { .. } | Op::GlobalMaxPool => Arc::new(MaxPoolRule {
                 routing: c.max_pool,
@@ -533,6 +538,7 @@ impl GraphInfo {
                     | Op::Squeeze { .. }
                     | Op::Unsqueeze { .. }
                     | Op::Pad { .. }
+                    | Op::Crop { .. }
                     | Op::Identity
                     | Op::Dropout
             )

@@ -31,7 +31,7 @@ impl Rule for Pass {
 }
 
 /// Moves relevance with the values: Flatten, Reshape, Squeeze, Unsqueeze (reshape back),
-/// Transpose (inverse permutation), Pad (crop), Concat (slice per input).
+/// Transpose (inverse permutation), Pad (crop), Crop (zero-pad back), Concat (slice per input).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Move;
 
@@ -80,6 +80,17 @@ impl Rule for Move {
                     v.slice_axis_inplace(Axis(a), Slice::from(pads[a]..len - pads[rank + a]));
                 }
                 Ok(vec![v.to_owned()])
+            }
+            Op::Crop { crops } => {
+                let rank = r_out.ndim();
+                let mut r = ArrayD::<f32>::zeros(IxDyn(&in_shape(0)));
+                let mut v = r.view_mut();
+                for a in 1..rank {
+                    let len = v.shape()[a];
+                    v.slice_axis_inplace(Axis(a), Slice::from(crops[a]..len - crops[rank + a]));
+                }
+                v.assign(&r_out);
+                Ok(vec![r])
             }
             Op::Concat { axis } => {
                 let mut start = 0;

@@ -308,3 +308,47 @@ fn every_linear_rule_is_linear_in_the_output_relevance() {
         }
     }
 }
+
+#[test]
+fn crop_moves_relevance_back_into_place() {
+    let def = GraphDef {
+        format: 1,
+        name: "t".into(),
+        weights: "t.safetensors".into(),
+        input: InputDef {
+            name: "x".into(),
+            shape: vec![1, 3, 4],
+            layout: Layout::Other,
+            preprocess: None,
+        },
+        output: "crop".into(),
+        nodes: vec![NodeDef {
+            name: "crop".into(),
+            op: Op::Crop {
+                crops: vec![0, 0, 1, 1, 0, 0, 1, 2],
+            },
+            inputs: vec!["x".into()],
+            params: BTreeMap::new(),
+        }],
+        labels: None,
+    };
+    let g = Graph::new(def, Weights::new()).unwrap();
+    let x = ArrayD::<f32>::zeros(IxDyn(&[1, 1, 3, 4]));
+    let z = ArrayD::<f32>::zeros(IxDyn(&[1, 1, 1, 1]));
+    let ctx = NodeContext {
+        graph: &g,
+        id: 0,
+        inputs: vec![x.view()],
+        output: z.view(),
+        maps: 1,
+        bounds: None,
+    };
+    let r = array![[[[5.0f32]]]].into_dyn();
+    let out = lrp_rules::structural::Move
+        .relevance(&ctx, r.view())
+        .unwrap();
+    // The one kept element is row 1, column 1; everything cropped gets 0.
+    let mut want = ArrayD::<f32>::zeros(IxDyn(&[1, 1, 3, 4]));
+    want[[0, 0, 1, 1]] = 5.0;
+    assert_eq!(out[0], want);
+}

@@ -81,6 +81,10 @@ pub fn to_onnx(graph: &Graph, outputs: &ExportOutputs) -> ModelProto {
             }
             Op::Relu => ("Relu", vec![]),
             Op::LeakyRelu { alpha } => ("LeakyRelu", vec![float("alpha", *alpha)]),
+            Op::Elu { alpha } => ("Elu", vec![float("alpha", *alpha)]),
+            Op::Selu { alpha, gamma } => {
+                ("Selu", vec![float("alpha", *alpha), float("gamma", *gamma)])
+            }
             Op::Sigmoid => ("Sigmoid", vec![]),
             Op::Tanh => ("Tanh", vec![]),
             Op::Clip { min, max } => {
@@ -155,6 +159,19 @@ pub fn to_onnx(graph: &Graph, outputs: &ExportOutputs) -> ModelProto {
                 let v: Vec<i64> = pads.iter().map(|&a| a as i64).collect();
                 inputs.push(extra("pads", i64_tensor(&v)));
                 ("Pad", vec![])
+            }
+            Op::Crop { crops } => {
+                let rank = crops.len() / 2;
+                let shape = graph.shape(id);
+                let starts: Vec<i64> = (1..rank).map(|a| crops[a] as i64).collect();
+                let ends: Vec<i64> = (1..rank)
+                    .map(|a| (crops[a] + shape[a - 1]) as i64)
+                    .collect();
+                let axes: Vec<i64> = (1..rank as i64).collect();
+                inputs.push(extra("starts", i64_tensor(&starts)));
+                inputs.push(extra("ends", i64_tensor(&ends)));
+                inputs.push(extra("axes", i64_tensor(&axes)));
+                ("Slice", vec![])
             }
             Op::Softmax { axis } => ("Softmax", vec![int("axis", *axis as i64)]),
             Op::Dropout | Op::Identity => ("Identity", vec![]),
