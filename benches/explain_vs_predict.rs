@@ -34,6 +34,8 @@
 //! Flat, WSquare, Gamma) replaced by the same `BasicRule` with `f64_denominators: false`,
 //! registered here as `<Rule>F32Den`; it measures what the f64 denominators cost.
 //!
+//! With `LRP_BENCH_PROFILE=1` every explain run also prints its twelve slowest nodes.
+//!
 //! Besides the timings, the table gives the CPU time (user / system) and minor page faults per
 //! explain run (from /proc/self/stat) and the 1/5/15-minute load average, since other work on
 //! the machine skews wall-clock numbers. Results and observations: `docs/performance.md`.
@@ -43,6 +45,9 @@
 
 use std::sync::Arc;
 use std::time::Instant;
+
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use lrp_graph::engine::{ExplainOptions, Explainer};
 use lrp_graph::kernels::Stabilizer;
@@ -379,6 +384,16 @@ fn time_explain(
             .unwrap_or_else(|e| fail(&format!("{method}: {e}")));
         let total = t.elapsed().as_secs_f64();
         std::hint::black_box(&e.relevance);
+        if std::env::var_os("LRP_BENCH_PROFILE").is_some() {
+            let mut v = e.node_seconds.clone();
+            v.sort_by(|a, b| b.1.total_cmp(&a.1));
+            let top: Vec<String> = v
+                .iter()
+                .take(12)
+                .map(|(n, s)| format!("{n} {s:.3}"))
+                .collect();
+            eprintln!("      slowest nodes: {}", top.join(", "));
+        }
         (total, e.forward_seconds, e.relevance_seconds)
     };
     for i in 0..o.warmup {

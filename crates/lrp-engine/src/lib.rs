@@ -101,6 +101,9 @@ pub struct Explanation {
     pub forward_seconds: f64,
     /// Seconds spent in the relevance pass.
     pub relevance_seconds: f64,
+    /// Seconds each node's rule took (including the checks of its result), in the order the
+    /// relevance pass visited them.
+    pub node_seconds: Vec<(String, f64)>,
 }
 
 /// A graph prepared for explanations with one rule configuration.
@@ -125,6 +128,8 @@ impl Explainer {
         let (graph, softmax_removed) = canonicalize(graph, &config)?;
         let assignment = config.assign(&graph, registry)?;
         let forward = Forward::new(&graph, device, ExportOutputs::All, threads)?;
+        // The relevance pass's large f32 products run on ONNX Runtime's kernels.
+        lrp_runtime::OrtSgemm::install(threads)?;
         Ok(Explainer {
             graph,
             config,
@@ -197,8 +202,10 @@ impl Explainer {
         let input_name = g.input().name.clone();
         let mut node_sums = vec![(String::new(), Vec::new()); g.nodes().len()];
         let mut kept = Vec::new();
+        let mut node_seconds = Vec::with_capacity(g.nodes().len());
         for &id in g.topo_order().iter().rev() {
             let node = &g.nodes()[id];
+            let t_node = Instant::now();
             let Some(r) = pending.remove(&node.name) else {
                 node_sums[id] = (node.name.clone(), vec![vec![0.0; maps]; n]);
                 continue;
@@ -265,6 +272,7 @@ impl Explainer {
                     }
                 }
             }
+            node_seconds.push((node.name.clone(), t_node.elapsed().as_secs_f64()));
         }
         let r_input = pending.remove(&input_name).unwrap_or_else(|| {
             let mut s = vec![n * maps];
@@ -296,6 +304,7 @@ impl Explainer {
             kept,
             forward_seconds,
             relevance_seconds: t1.elapsed().as_secs_f64(),
+            node_seconds,
         })
     }
 }

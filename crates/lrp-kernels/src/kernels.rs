@@ -16,11 +16,11 @@
 
 use lrp_ir::Op;
 use lrp_ir::op::window_out;
-use ndarray::LinalgScalar;
-use ndarray::linalg::general_mat_mul;
 use ndarray::{
     Array2, Array4, ArrayView1, ArrayView2, ArrayView4, ArrayViewMut2, ArrayViewMut4, Axis, s,
 };
+use ndarray::{LinalgScalar, ShapeBuilder};
+use rayon::prelude::*;
 
 use crate::Stabilizer;
 
@@ -46,6 +46,119 @@ impl KernelError {
 /// Upper bound, in f32 elements, on the im2col buffer when several images share one GEMM. One
 /// image always fits, whatever its size.
 const COL_BUDGET: usize = 1 << 24;
+
+/// The strides of a 2-D view as an `Ix2` (for rebuilding it from its pointer); only called on
+/// views with non-negative strides.
+fn stride_dim<A>(v: &ArrayView2<A>) -> (usize, usize) {
+    let s = v.strides();
+    (s[0] as usize, s[1] as usize)
+}
+
+/// Products with fewer multiply-adds than this run on one thread.
+const PARALLEL_MIN_MACS: usize = 1 << 20;
+
+/// A single-precision matrix product from outside this crate (ONNX Runtime's, say) that
+/// [`matmul`] prefers for large f32 products; see [`install_sgemm`].
+pub trait Sgemm: Send + Sync {
+    /// `out = a · b` (`a` `[m, k]`, `b` `[k, n]`, `out` `[m, n]` in standard layout). Returns
+    /// false, leaving `out` alone, when it cannot take these operands; [`matmul`] then computes
+    /// the product itself.
+    fn sgemm(&self, a: ArrayView2<f32>, b: ArrayView2<f32>, out: ArrayViewMut2<f32>) -> bool;
+}
+
+static SGEMM: std::sync::RwLock<Option<std::sync::Arc<dyn Sgemm>>> = std::sync::RwLock::new(None);
+
+/// Installs (or with `None` removes) the process-wide [`Sgemm`] that [`matmul`] uses for large
+/// f32 products.
+pub fn install_sgemm(provider: Option<std::sync::Arc<dyn Sgemm>>) {
+    *SGEMM.write().unwrap_or_else(|e| e.into_inner()) = provider;
+}
+
+/// Whether an [`Sgemm`] is installed.
+pub fn sgemm_installed() -> bool {
+    SGEMM.read().unwrap_or_else(|e| e.into_inner()).is_some()
+}
+
+/// `out = lhs · rhs` for any strides (f32 or f64). Large f32 products go to the installed
+/// [`Sgemm`] if there is one; the rest run on the `gemm` crate, on the current rayon pool's
+/// threads when the product is large enough to gain from them.
+pub fn matmul<A: LinalgScalar>(lhs: ArrayView2<A>, rhs: ArrayView2<A>, out: &mut ArrayViewMut2<A>) {
+    let (m, k) = lhs.dim();
+    let (k2, n) = rhs.dim();
+    assert!(
+        k == k2 && out.dim() == (m, n),
+        "matmul: [{m}, {k}] × [{k2}, {n}] into {:?}",
+        out.dim()
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        out.fill(A::zero());
+        return;
+    }
+    if std::any::TypeId::of::<A>() == std::any::TypeId::of::<f32>()
+        && m * n * k >= PARALLEL_MIN_MACS
+        && out.is_standard_layout()
+        && lhs.strides().iter().chain(rhs.strides()).all(|&st| st >= 0)
+    {
+        let provider = SGEMM.read().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(p) = provider {
+            // SAFETY: A is f32 (checked above), so these are the same views retyped.
+            let (a, b, o) = unsafe {
+                (
+                    ArrayView2::from_shape_ptr(
+                        (m, k).strides(stride_dim(&lhs)),
+                        lhs.as_ptr() as *const f32,
+                    ),
+                    ArrayView2::from_shape_ptr(
+                        (k, n).strides(stride_dim(&rhs)),
+                        rhs.as_ptr() as *const f32,
+                    ),
+                    ArrayViewMut2::from_shape_ptr((m, n), out.as_mut_ptr() as *mut f32),
+                )
+            };
+            if p.sgemm(a, b, o) {
+                return;
+            }
+        }
+    }
+    let threads = rayon::current_num_threads();
+    let parallelism = if threads > 1 && m * n * k >= PARALLEL_MIN_MACS {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    let (ls, rs) = (lhs.strides(), rhs.strides());
+    let os = [out.strides()[0], out.strides()[1]];
+    let dst = out.as_mut_ptr();
+    // SAFETY: the pointers and strides describe the three views exactly (dimensions checked
+    // above); `out` is borrowed mutably, so it aliases neither input. With `read_dst = false`
+    // gemm writes `out = 1·lhs·rhs` without reading it.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            os[1],
+            os[0],
+            false,
+            lhs.as_ptr(),
+            ls[1],
+            ls[0],
+            rhs.as_ptr(),
+            rs[1],
+            rs[0],
+            A::zero(),
+            A::one(),
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
 
 // ---------------------------------------------------------------------------------------------
 // Convolution
@@ -262,45 +375,56 @@ struct Cols<'a> {
 impl Cols<'_> {
     /// Fills `col` (`[cg·kh·kw, nb·p]`, row-major) with the receptive fields of images
     /// `n0..n0+nb`, channels `c0..c0+cg` of `xs` (`[N, C, H, W]`, contiguous); padding reads 0.
-    fn im2col<A: LinalgScalar>(&self, xs: &[A], col: &mut [A], n0: usize, nb: usize, c0: usize) {
+    fn im2col<A: LinalgScalar + Send + Sync>(
+        &self,
+        xs: &[A],
+        col: &mut [A],
+        n0: usize,
+        nb: usize,
+        c0: usize,
+    ) {
         let [c, h, w] = self.g.input;
         let [_, _, ow] = self.g.output;
         let [kh, kw] = self.g.kernel;
         let [sh, sw] = self.g.strides;
         let (p, hw) = (self.p, h * w);
         let cols = nb * p;
-        for ni in 0..nb {
-            for ci in 0..self.cg {
-                let base = ((n0 + ni) * c + c0 + ci) * hw;
-                let plane = &xs[base..base + hw];
-                for (ki, th) in self.th.iter().enumerate() {
-                    for (kj, tw) in self.tw.iter().enumerate() {
-                        let r = (ci * kh + ki) * kw + kj;
-                        let dst = &mut col[r * cols + ni * p..][..p];
-                        dst[..th.lo * ow].fill(A::zero());
-                        dst[th.hi * ow..].fill(A::zero());
-                        let n_w = tw.hi - tw.lo;
-                        for (step, drow) in
-                            dst[th.lo * ow..th.hi * ow].chunks_exact_mut(ow).enumerate()
-                        {
-                            let ih = th.first + step * sh;
-                            drow[..tw.lo].fill(A::zero());
-                            drow[tw.hi..].fill(A::zero());
-                            let src = &plane[ih * w + tw.first..];
-                            if sw == 1 {
-                                drow[tw.lo..tw.hi].copy_from_slice(&src[..n_w]);
-                            } else {
-                                for (d, s) in
-                                    drow[tw.lo..tw.hi].iter_mut().zip(src.iter().step_by(sw))
-                                {
-                                    *d = *s;
+        // One block of kh·kw rows per input channel, filled in parallel.
+        col[..self.cg * kh * kw * cols]
+            .par_chunks_mut(kh * kw * cols)
+            .enumerate()
+            .for_each(|(ci, block)| {
+                for ni in 0..nb {
+                    let base = ((n0 + ni) * c + c0 + ci) * hw;
+                    let plane = &xs[base..base + hw];
+                    for (ki, th) in self.th.iter().enumerate() {
+                        for (kj, tw) in self.tw.iter().enumerate() {
+                            let r = ki * kw + kj;
+                            let dst = &mut block[r * cols + ni * p..][..p];
+                            dst[..th.lo * ow].fill(A::zero());
+                            dst[th.hi * ow..].fill(A::zero());
+                            let n_w = tw.hi - tw.lo;
+                            for (step, drow) in
+                                dst[th.lo * ow..th.hi * ow].chunks_exact_mut(ow).enumerate()
+                            {
+                                let ih = th.first + step * sh;
+                                drow[..tw.lo].fill(A::zero());
+                                drow[tw.hi..].fill(A::zero());
+                                let src = &plane[ih * w + tw.first..];
+                                if sw == 1 {
+                                    drow[tw.lo..tw.hi].copy_from_slice(&src[..n_w]);
+                                } else {
+                                    for (d, s) in
+                                        drow[tw.lo..tw.hi].iter_mut().zip(src.iter().step_by(sw))
+                                    {
+                                        *d = *s;
+                                    }
                                 }
                             }
                         }
                     }
                 }
-            }
-        }
+            });
     }
 
     /// Adds the columns `col` (`[cg·kh·kw, nb·p]`) back onto images `n0..n0+nb`, channels
@@ -313,31 +437,35 @@ impl Cols<'_> {
         let (p, hw) = (self.p, h * w);
         let cols = nb * p;
         for ni in 0..nb {
-            for ci in 0..self.cg {
-                let base = ((n0 + ni) * c + c0 + ci) * hw;
-                let plane = &mut out[base..base + hw];
-                for (ki, th) in self.th.iter().enumerate() {
-                    for (kj, tw) in self.tw.iter().enumerate() {
-                        let r = (ci * kh + ki) * kw + kj;
-                        let src = &col[r * cols + ni * p..][..p];
-                        for (step, srow) in src[th.lo * ow..th.hi * ow].chunks_exact(ow).enumerate()
-                        {
-                            let ih = th.first + step * sh;
-                            let dst = &mut plane[ih * w + tw.first..];
-                            let srow = &srow[tw.lo..tw.hi];
-                            if sw == 1 {
-                                for (d, s) in dst.iter_mut().zip(srow) {
-                                    *d += *s;
-                                }
-                            } else {
-                                for (d, s) in dst.iter_mut().step_by(sw).zip(srow) {
-                                    *d += *s;
+            let base = ((n0 + ni) * c + c0) * hw;
+            // The planes of one image's channels, in parallel.
+            out[base..base + self.cg * hw]
+                .par_chunks_mut(hw)
+                .enumerate()
+                .for_each(|(ci, plane)| {
+                    for (ki, th) in self.th.iter().enumerate() {
+                        for (kj, tw) in self.tw.iter().enumerate() {
+                            let r = (ci * kh + ki) * kw + kj;
+                            let src = &col[r * cols + ni * p..][..p];
+                            for (step, srow) in
+                                src[th.lo * ow..th.hi * ow].chunks_exact(ow).enumerate()
+                            {
+                                let ih = th.first + step * sh;
+                                let dst = &mut plane[ih * w + tw.first..];
+                                let srow = &srow[tw.lo..tw.hi];
+                                if sw == 1 {
+                                    for (d, s) in dst.iter_mut().zip(srow) {
+                                        *d += *s;
+                                    }
+                                } else {
+                                    for (d, s) in dst.iter_mut().step_by(sw).zip(srow) {
+                                        *d += *s;
+                                    }
                                 }
                             }
                         }
                     }
-                }
-            }
+                });
         }
     }
 }
@@ -348,7 +476,7 @@ impl Cols<'_> {
 /// the result `[N, O, OH, OW]`.
 ///
 /// Generic over the element type: f32 for relevance, f64 where a rule needs exact denominators.
-pub fn conv2d_forward<A: LinalgScalar>(
+pub fn conv2d_forward<A: LinalgScalar + Send + Sync>(
     x: ArrayView4<A>,
     w: ArrayView4<A>,
     g: &ConvGeometry,
@@ -356,7 +484,7 @@ pub fn conv2d_forward<A: LinalgScalar>(
     conv2d_forward_budget(x, w, g, COL_BUDGET)
 }
 
-fn conv2d_forward_budget<A: LinalgScalar>(
+fn conv2d_forward_budget<A: LinalgScalar + Send + Sync>(
     x: ArrayView4<A>,
     w: ArrayView4<A>,
     g: &ConvGeometry,
@@ -401,7 +529,7 @@ fn conv2d_forward_budget<A: LinalgScalar>(
             let mut resv =
                 ArrayViewMut2::from_shape((og, ncol), &mut res[..og * ncol]).expect("sized");
             let wg = w2.slice(s![gi * og..(gi + 1) * og, ..]);
-            general_mat_mul(A::one(), &wg, &colv, A::zero(), &mut resv);
+            matmul(wg, colv, &mut resv);
             for (oi, row) in res[..og * ncol].chunks_exact(ncol).enumerate() {
                 for (ni, src) in row.chunks_exact(p).enumerate() {
                     let dst = ((n0 + ni) * o + gi * og + oi) * p;
@@ -472,7 +600,7 @@ fn conv2d_transpose_budget(
             let mut colv =
                 ArrayViewMut2::from_shape((kg, ncol), &mut col[..kg * ncol]).expect("sized");
             let wgt = w2.slice(s![gi * og..(gi + 1) * og, ..]).reversed_axes();
-            general_mat_mul(1.0, &wgt, &sv, 0.0, &mut colv);
+            matmul(wgt, sv, &mut colv);
             cols.col2im(&col[..kg * ncol], outs, n0, nbc, gi * cg);
         }
     }
@@ -509,7 +637,9 @@ pub fn dense_forward<A: LinalgScalar>(x: ArrayView2<A>, w: ArrayView2<A>) -> Arr
         x.ncols(),
         w.ncols()
     );
-    x.dot(&w.t())
+    let mut out = Array2::zeros((x.nrows(), w.nrows()));
+    matmul(x, w.t(), &mut out.view_mut());
+    out
 }
 
 /// The transpose of [`dense_forward`]: `r[m, i] = Σ_o w[o, i] · s[m, o]` (`s` is `[M, out]`,
@@ -522,7 +652,9 @@ pub fn dense_transpose(s: ArrayView2<f32>, w: ArrayView2<f32>) -> Array2<f32> {
         s.ncols(),
         w.nrows()
     );
-    s.dot(&w)
+    let mut out = Array2::zeros((s.nrows(), w.ncols()));
+    matmul(s, w, &mut out.view_mut());
+    out
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -12,8 +12,11 @@
 //! where `fwd` is the layer's own linear map, `T` its transpose and `z` the layer's actual
 //! output. Z, Epsilon, AlphaBeta, ZPlus, z^B, Flat, WSquare and Gamma are all such lists.
 
+use std::sync::{Arc, Mutex};
+
 use lrp_kernels::Stabilizer;
 use ndarray::{ArrayD, ArrayViewD, Axis, LinalgScalar};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::rule::{Bounds, Linear, NodeContext, Rule, mul_rows, repeat_rows, zip_rows};
@@ -123,10 +126,72 @@ pub struct BasicRule {
     pub stabilizer: Stabilizer,
     /// Bounds for `Low`/`High` inputs (overridden by command-line bounds).
     pub bounds: Option<Bounds>,
-    /// Compute recomputed denominators `Z_t` in f64. Denominators that cancel to near 0
-    /// (αβ inhibitors with a full bias, say) are ill-conditioned in f32; f64 makes the rule
-    /// reproduce an exact reference to ~1e-6 at about twice the cost of those forwards.
+    /// Exact denominators. A recomputed `Z_t` whose branch products can have both signs (z^B,
+    /// γ, Z on signed inputs) can cancel to near 0 and is ill-conditioned in f32, so it is
+    /// computed in f64. A sign-definite one (αβ's `x⁺W⁺ + x⁻W⁻`, `W²`, flat) cannot cancel:
+    /// its sum runs in f32 (relative error ~1e-7 per term) and only the bias is added in f64.
+    /// `false`: every branch sum in f32.
     pub f64_denominators: bool,
+    /// Modified weights (`W⁺`, `W²`, …) computed on first use and kept for later calls.
+    pub cache: WeightCache,
+}
+
+/// Modified weights of a rule, kept across calls: the key is the weight tensor's address,
+/// shape and a sample of its values, with the modifier.
+#[derive(Debug, Clone, Default)]
+pub struct WeightCache(Arc<Mutex<Vec<(CacheKey, Arc<ArrayD<f32>>)>>>);
+
+/// Identifies a weight tensor and a modifier.
+#[derive(Debug, Clone, PartialEq)]
+struct CacheKey {
+    ptr: usize,
+    shape: Vec<usize>,
+    sample: [f32; 8],
+    param: ParamMod,
+}
+
+impl CacheKey {
+    fn new(w: &ArrayD<f32>, param: ParamMod) -> Self {
+        let mut sample = [0f32; 8];
+        let n = w.len();
+        if let Some(ws) = w.as_slice_memory_order() {
+            for (k, v) in sample.iter_mut().enumerate() {
+                if n > 0 {
+                    *v = ws[(k * (n - 1)) / 7];
+                }
+            }
+        }
+        CacheKey {
+            ptr: w.as_ptr() as usize,
+            shape: w.shape().to_vec(),
+            sample,
+            param,
+        }
+    }
+}
+
+impl WeightCache {
+    /// `m(w)`, from the cache when it was computed before; `None` for the identity.
+    fn get(&self, w: &ArrayD<f32>, m: ParamMod) -> Option<Arc<ArrayD<f32>>> {
+        if m == ParamMod::Identity {
+            return None;
+        }
+        let key = CacheKey::new(w, m);
+        let mut entries = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, a)) = entries.iter().find(|(k, _)| *k == key) {
+            return Some(a.clone());
+        }
+        let a = Arc::new(modify_weight(w, m)?);
+        entries.push((key, a.clone()));
+        Some(a)
+    }
+}
+
+/// Caches are not part of a rule's meaning.
+impl PartialEq for WeightCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 fn br(sign: f32, input: InputMod, param: ParamMod) -> Branch {
@@ -167,6 +232,7 @@ impl BasicRule {
             stabilizer,
             bounds: None,
             f64_denominators: true,
+            cache: WeightCache::default(),
         }
     }
 
@@ -216,6 +282,7 @@ impl BasicRule {
             stabilizer,
             bounds: None,
             f64_denominators: true,
+            cache: WeightCache::default(),
         }
     }
 
@@ -242,6 +309,7 @@ impl BasicRule {
             stabilizer,
             bounds: Some(bounds),
             f64_denominators: true,
+            cache: WeightCache::default(),
         }
     }
 
@@ -258,6 +326,7 @@ impl BasicRule {
             stabilizer,
             bounds: None,
             f64_denominators: true,
+            cache: WeightCache::default(),
         }
     }
 
@@ -274,6 +343,7 @@ impl BasicRule {
             stabilizer,
             bounds: None,
             f64_denominators: true,
+            cache: WeightCache::default(),
         }
     }
 
@@ -337,6 +407,7 @@ impl BasicRule {
             stabilizer,
             bounds: None,
             f64_denominators: true,
+            cache: WeightCache::default(),
         }
     }
 }
@@ -392,59 +463,93 @@ fn modify_bias(b: &ArrayD<f32>, m: BiasMod) -> Option<ArrayD<f32>> {
     })
 }
 
-/// `Z_t = Σ_b c_b fwd(m_b(x), p_b(W)) + bias_t` in the element type `A`; `inputs[b]` and
-/// `weights[b]` are the modified inputs and weights (None: unmodified); branches not `live`
-/// (all-zero input) are left out.
-fn denominator<A: LinalgScalar + From<f32> + std::ops::AddAssign>(
+/// `Z_t = Σ_b c_b fwd(m_b(x), p_b(W))` in the element type `A`; `inputs[b]` and `weights[b]`
+/// are the modified inputs and weights (None: unmodified); branches not `live` (all-zero
+/// input) are left out. The bias is not included.
+fn branch_sum<A: LinalgScalar + From<f32> + std::ops::AddAssign + Send + Sync>(
     t: &Term,
     lin: &Linear<'_>,
     x: ArrayViewD<'_, f32>,
     inputs: &[Option<ArrayD<f32>>],
-    weights: &[Option<ArrayD<f32>>],
+    weights: &[Option<Arc<ArrayD<f32>>>],
     live: &[bool],
+    fwd: impl Fn(ArrayViewD<'_, f32>, ArrayViewD<'_, f32>) -> ArrayD<A>,
 ) -> ArrayD<A> {
     let mut acc: Option<ArrayD<A>> = None;
     for (k, b) in t.branches.iter().enumerate().filter(|(k, _)| live[*k]) {
-        let xi = inputs[k]
-            .as_ref()
-            .map(|a| a.view())
-            .unwrap_or(x.view())
-            .mapv(A::from);
-        let wi = weights[k].as_ref().unwrap_or(lin.weight).mapv(A::from);
-        let mut f = lin.forward(xi.view(), wi.view());
+        let xi = inputs[k].as_ref().map(|a| a.view()).unwrap_or(x.view());
+        let wi = weights[k].as_deref().unwrap_or(lin.weight);
+        let mut f = fwd(xi, wi.view());
         if b.sign != 1.0 {
             let c = A::from(b.sign);
             f.mapv_inplace(|v| v * c);
         }
         acc = Some(match acc {
             None => f,
-            Some(a) => a + f,
+            Some(mut a) => {
+                a += &f;
+                a
+            }
         });
     }
-    let mut d = acc.expect("a term has branches");
-    if let Some(bias) = lin.bias.and_then(|b| modify_bias(b, t.bias)) {
-        lin.add_bias(&mut d, &bias.mapv(A::from));
-    }
-    d
+    acc.expect("a term has branches")
 }
 
-/// `s_m ← s_m / stab(d_{m / maps})` row by row, the division in f64.
-fn divide_rows<A: Copy + Into<f64>>(
+/// The sign every value of a modified input or weight has (`Some(1.0)`, `Some(-1.0)`), or
+/// `None` when it can have both (or is all zero, which a dead branch already covers).
+fn definite_sign(values: ArrayViewD<'_, f32>) -> Option<f32> {
+    let mut pos = false;
+    let mut neg = false;
+    for &v in values.iter() {
+        pos |= v > 0.0;
+        neg |= v < 0.0;
+        if pos && neg {
+            return None;
+        }
+    }
+    match (pos, neg) {
+        (true, false) => Some(1.0),
+        (false, true) => Some(-1.0),
+        _ => None,
+    }
+}
+
+/// `s_m ← s_m / stab(d_{m / maps} + bias)` row by row, the sum and the division in f64; `bias`
+/// has one value per output unit (the second axis).
+fn divide_rows<A: Copy + Into<f64> + Sync>(
     s: &mut ArrayD<f32>,
     d: &ArrayD<A>,
+    bias: Option<&[f64]>,
     maps: usize,
     stab: Stabilizer,
 ) {
     let d = d.as_standard_layout();
     let ds = d.as_slice().expect("standard layout");
     let row = ds.len() / d.shape()[0].max(1);
+    let units = d.shape().get(1).copied().unwrap_or(1).max(1);
+    let per_unit = (row / units).max(1);
     let ss = s.as_slice_mut().expect("standard layout");
-    for (m, chunk) in ss.chunks_mut(row.max(1)).enumerate() {
-        let dr = &ds[(m / maps) * row..(m / maps + 1) * row];
-        for (r, &dv) in chunk.iter_mut().zip(dr) {
-            *r = (*r as f64 / stab.apply_f64(dv.into())) as f32;
-        }
-    }
+    ss.par_chunks_mut(row.max(1))
+        .enumerate()
+        .for_each(|(m, chunk)| {
+            let dr = &ds[(m / maps) * row..(m / maps + 1) * row];
+            for (i, (r, &dv)) in chunk.iter_mut().zip(dr).enumerate() {
+                let b = bias.map_or(0.0, |b| b[i / per_unit]);
+                *r = (*r as f64 / stab.apply_f64(dv.into() + b)) as f32;
+            }
+        });
+}
+
+/// Whether `x` has positive and negative values.
+fn signs(x: ArrayViewD<'_, f32>) -> (bool, bool) {
+    let x = x.as_standard_layout();
+    let xs = x.as_slice().expect("standard layout");
+    xs.par_chunks(1 << 16)
+        .map(|c| {
+            c.iter()
+                .fold((false, false), |(p, n), &v| (p | (v > 0.0), n | (v < 0.0)))
+        })
+        .reduce(|| (false, false), |a, b| (a.0 | b.0, a.1 | b.1))
 }
 
 /// Fills every position of `x`'s shape with `values` (one value or one per channel, axis 1).
@@ -480,6 +585,7 @@ impl Rule for BasicRule {
         let z = ctx.output.view();
         let maps = ctx.maps;
         let bounds = ctx.bounds.or(self.bounds.as_ref());
+        let (x_pos, x_neg) = signs(x.view());
         let mut result: Option<ArrayD<f32>> = None;
         for t in &self.terms {
             // The denominator, per image.
@@ -492,49 +598,86 @@ impl Rule for BasicRule {
             let mut weights = Vec::with_capacity(t.branches.len());
             let mut live = Vec::with_capacity(t.branches.len());
             for b in &t.branches {
-                let xi = match b.input {
-                    InputMod::Identity => None,
-                    InputMod::Positive => Some(x.mapv(|v| v.max(0.0))),
-                    InputMod::Negative => Some(x.mapv(|v| v.min(0.0))),
-                    InputMod::Ones => Some(x.mapv(|_| 1.0)),
+                // x⁺ of a non-negative x is x itself (no copy); x⁻ of it is 0, and a branch
+                // with an all-zero input adds exactly nothing: skip its forward and transpose.
+                let (xi, dead) = match b.input {
+                    InputMod::Identity => (None, false),
+                    InputMod::Positive if !x_neg => (None, !x_pos),
+                    InputMod::Negative if !x_pos => (None, !x_neg),
+                    InputMod::Positive => (Some(x.mapv(|v| v.max(0.0))), false),
+                    InputMod::Negative => (Some(x.mapv(|v| v.min(0.0))), false),
+                    InputMod::Ones => (Some(x.mapv(|_| 1.0)), false),
                     InputMod::Low | InputMod::High => {
                         let bd = bounds.ok_or("a bounded rule needs low/high bounds")?;
-                        Some(filled(
-                            x.view(),
-                            if b.input == InputMod::Low {
-                                &bd.low
-                            } else {
-                                &bd.high
-                            },
-                        )?)
+                        let v = if b.input == InputMod::Low {
+                            &bd.low
+                        } else {
+                            &bd.high
+                        };
+                        (Some(filled(x.view(), v)?), false)
                     }
                 };
-                // A branch whose input is all zero (x⁻ after a ReLU, say) adds exactly nothing:
-                // skip its forward and transpose.
-                let dead = matches!(b.input, InputMod::Positive | InputMod::Negative)
-                    && xi.as_ref().is_some_and(|a| a.iter().all(|&v| v == 0.0));
                 live.push(!dead);
                 weights.push(if dead {
                     None
                 } else {
-                    modify_weight(lin.weight, b.param)
+                    self.cache.get(lin.weight, b.param)
                 });
                 inputs.push(xi);
             }
             if !live.contains(&true) {
                 continue;
             }
-            // s = R / stab(Z_t), per relevance map; Z_t recomputed in f64 or f32.
+            // s = R / stab(Z_t), per relevance map.
             let stab = self.stabilizer;
             let mut s = r_out.as_standard_layout().into_owned();
             if plain {
                 zip_rows(&mut s, z.view(), maps, |r, d| *r /= stab.apply(d));
-            } else if self.f64_denominators {
-                let d = denominator::<f64>(t, &lin, x.view(), &inputs, &weights, &live);
-                divide_rows(&mut s, &d, maps, stab);
             } else {
-                let d = denominator::<f32>(t, &lin, x.view(), &inputs, &weights, &live);
-                divide_rows(&mut s, &d, maps, stab);
+                // The branch sum cannot cancel when every live branch's products have one sign.
+                let definite = || {
+                    let mut sign = None;
+                    for (k, b) in t.branches.iter().enumerate().filter(|(k, _)| live[*k]) {
+                        let xs = match b.input {
+                            InputMod::Positive | InputMod::Ones => 1.0,
+                            InputMod::Negative => -1.0,
+                            InputMod::Identity => match (x_pos, x_neg) {
+                                (_, false) => 1.0,
+                                (false, true) => -1.0,
+                                (true, true) => return None,
+                            },
+                            InputMod::Low | InputMod::High => {
+                                definite_sign(inputs[k].as_ref().expect("filled").view())?
+                            }
+                        };
+                        let ws = match b.param {
+                            ParamMod::Positive | ParamMod::Squared | ParamMod::Ones => 1.0,
+                            ParamMod::Negative => -1.0,
+                            // Weights of both signs, in practice: not worth a scan.
+                            ParamMod::Identity | ParamMod::Gamma { .. } => return None,
+                        };
+                        let p = xs * ws * b.sign.signum();
+                        if sign.is_some_and(|q| q != p) {
+                            return None;
+                        }
+                        sign = Some(p);
+                    }
+                    sign
+                };
+                let bias = lin.bias.and_then(|b| modify_bias(b, t.bias));
+                let bias64: Option<Vec<f64>> =
+                    bias.map(|b| b.iter().map(|&v| f64::from(v)).collect());
+                if !self.f64_denominators || definite().is_some() {
+                    let d = branch_sum(t, &lin, x.view(), &inputs, &weights, &live, |a, w| {
+                        lin.forward(a, w)
+                    });
+                    divide_rows(&mut s, &d, bias64.as_deref(), maps, stab);
+                } else {
+                    let d = branch_sum(t, &lin, x.view(), &inputs, &weights, &live, |a, w| {
+                        lin.forward(a.mapv(f64::from).view(), w.mapv(f64::from).view())
+                    });
+                    divide_rows(&mut s, &d, bias64.as_deref(), maps, stab);
+                }
             }
             // Only where the term applies.
             match t.mask {
@@ -551,7 +694,7 @@ impl Rule for BasicRule {
                 }),
             }
             for (k, b) in t.branches.iter().enumerate().filter(|(k, _)| live[*k]) {
-                let wi = weights[k].as_ref().unwrap_or(lin.weight);
+                let wi = weights[k].as_deref().unwrap_or(lin.weight);
                 let mut g = lin.transpose(s.view(), wi);
                 let xi = inputs[k].as_ref().map(|a| a.view()).unwrap_or(x.view());
                 mul_rows(&mut g, xi, maps);

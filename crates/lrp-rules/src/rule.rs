@@ -2,6 +2,7 @@
 
 use lrp_ir::{Graph, NodeDef, NodeId, Op};
 use ndarray::{ArrayD, ArrayViewD, Ix2, Ix4, LinalgScalar};
+use rayon::prelude::*;
 
 use lrp_kernels::kernels::{self, ConvGeometry};
 
@@ -106,7 +107,7 @@ pub struct Linear<'a> {
 impl Linear<'_> {
     /// `fwd(x, w)`: the layer's map with weight `w`, without bias; `x` is `[rows, ...in]`.
     /// Works in f32, or in f64 where a rule needs exact denominators.
-    pub fn forward<A: LinalgScalar>(
+    pub fn forward<A: LinalgScalar + Send + Sync>(
         &self,
         x: ArrayViewD<'_, A>,
         w: ArrayViewD<'_, A>,
@@ -171,7 +172,7 @@ pub fn zip_rows(
     r: &mut ArrayD<f32>,
     x: ArrayViewD<'_, f32>,
     maps: usize,
-    f: impl Fn(&mut f32, f32),
+    f: impl Fn(&mut f32, f32) + Sync,
 ) {
     let x = x.as_standard_layout();
     let xs = x.as_slice().expect("standard layout");
@@ -180,12 +181,20 @@ pub fn zip_rows(
         *r = r.as_standard_layout().into_owned();
     }
     let rs = r.as_slice_mut().expect("standard layout");
-    for (m, chunk) in rs.chunks_mut(row.max(1)).enumerate() {
+    let row = row.max(1);
+    // Rows in parallel, long rows in pieces.
+    let piece = row.min(1 << 16);
+    rs.par_chunks_mut(row).enumerate().for_each(|(m, chunk)| {
         let xr = &xs[(m / maps) * row..(m / maps + 1) * row];
-        for (a, &b) in chunk.iter_mut().zip(xr) {
-            f(a, b);
-        }
-    }
+        chunk
+            .par_chunks_mut(piece)
+            .zip(xr.par_chunks(piece))
+            .for_each(|(a, b)| {
+                for (a, &b) in a.iter_mut().zip(b) {
+                    f(a, b);
+                }
+            });
+    });
 }
 
 /// Repeats every row of `x` (`[N, ...]`) `maps` times: `[N·maps, ...]`.

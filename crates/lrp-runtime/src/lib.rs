@@ -6,9 +6,11 @@
 //! ([`ort_library`]).
 
 pub mod export;
+mod gemm;
 mod session;
 
 pub use export::{ExportOutputs, to_onnx};
+pub use gemm::OrtSgemm;
 pub use session::{
     Activations, Device, Forward, ORT_LIBRARY_FILE, RuntimeError, ort_library, run_onnx_bytes,
 };

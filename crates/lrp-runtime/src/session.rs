@@ -94,7 +94,7 @@ pub fn ort_library() -> Result<PathBuf, RuntimeError> {
     )))
 }
 
-fn environment() -> Result<&'static Environment, RuntimeError> {
+pub(crate) fn environment() -> Result<&'static Environment, RuntimeError> {
     static ENV: OnceLock<Result<Environment, String>> = OnceLock::new();
     ENV.get_or_init(|| {
         let path = ort_library().map_err(|e| e.to_string())?;
