@@ -46,6 +46,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+/// The allocator of the `lrp-graph` binary, with its settings (see `src/main.rs`).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -426,6 +427,9 @@ fn time_explain(
 }
 
 fn main() {
+    // SAFETY: sets a plain integer option of the allocator (mi_option_purge_delay = 15, as the
+    // binary does): freed memory is kept for reuse.
+    unsafe { libmimalloc_sys::mi_option_set(15, -1) };
     let args: Vec<String> = std::env::args().skip(1).collect();
     if !args.iter().any(|a| a == "--bench") {
         println!(

@@ -10,9 +10,11 @@
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::time::Instant;
 
 use lrp_ir::Graph;
+use lrp_kernels::kernels::{Sgemm, use_backends};
 use lrp_rules::{
     Assignment, BatchNormMode, Bounds, NodeContext, Registry, RuleConfig, Signal, SignalNote,
 };
@@ -114,6 +116,7 @@ pub struct Explainer {
     assignment: Assignment,
     forward: Forward,
     softmax_removed: bool,
+    sgemm: Option<Arc<dyn Sgemm>>,
 }
 
 impl Explainer {
@@ -128,14 +131,18 @@ impl Explainer {
         let (graph, softmax_removed) = canonicalize(graph, &config)?;
         let assignment = config.assign(&graph, registry)?;
         let forward = Forward::new(&graph, device, ExportOutputs::All, threads)?;
-        // The relevance pass's large f32 products run on ONNX Runtime's kernels.
-        lrp_runtime::OrtSgemm::install(threads)?;
+        // The relevance pass's large f32 products run on ONNX Runtime's CPU kernels.
+        let sgemm = match device {
+            Device::Cpu => Some(Arc::new(lrp_runtime::OrtSgemm::new(threads)?) as Arc<dyn Sgemm>),
+            Device::Cuda => None,
+        };
         Ok(Explainer {
             graph,
             config,
             assignment,
             forward,
             softmax_removed,
+            sgemm,
         })
     }
 
@@ -170,6 +177,7 @@ impl Explainer {
                 "the input holds {v} at flat index {i}"
             )));
         }
+        let _backends = use_backends(self.sgemm.clone());
         let t0 = Instant::now();
         let acts = self.forward.run(batch.view())?;
         let forward_seconds = t0.elapsed().as_secs_f64();

@@ -58,29 +58,42 @@ fn stride_dim<A>(v: &ArrayView2<A>) -> (usize, usize) {
 const PARALLEL_MIN_MACS: usize = 1 << 20;
 
 /// A single-precision matrix product from outside this crate (ONNX Runtime's, say) that
-/// [`matmul`] prefers for large f32 products; see [`install_sgemm`].
-pub trait Sgemm: Send + Sync {
+/// [`matmul`] prefers for large f32 products; see [`use_backends`].
+pub trait Sgemm: Send + Sync + std::fmt::Debug {
     /// `out = a · b` (`a` `[m, k]`, `b` `[k, n]`, `out` `[m, n]` in standard layout). Returns
     /// false, leaving `out` alone, when it cannot take these operands; [`matmul`] then computes
     /// the product itself.
     fn sgemm(&self, a: ArrayView2<f32>, b: ArrayView2<f32>, out: ArrayViewMut2<f32>) -> bool;
 }
 
-static SGEMM: std::sync::RwLock<Option<std::sync::Arc<dyn Sgemm>>> = std::sync::RwLock::new(None);
-
-/// Installs (or with `None` removes) the process-wide [`Sgemm`] that [`matmul`] uses for large
-/// f32 products.
-pub fn install_sgemm(provider: Option<std::sync::Arc<dyn Sgemm>>) {
-    *SGEMM.write().unwrap_or_else(|e| e.into_inner()) = provider;
+thread_local! {
+    static SGEMM: std::cell::RefCell<Option<std::sync::Arc<dyn Sgemm>>> =
+        const { std::cell::RefCell::new(None) };
 }
 
-/// Whether an [`Sgemm`] is installed.
-pub fn sgemm_installed() -> bool {
-    SGEMM.read().unwrap_or_else(|e| e.into_inner()).is_some()
+/// The [`Sgemm`] in use on this thread until the guard is dropped (then the previous one is
+/// restored); see [`use_backends`].
+#[must_use = "the backend is in use only while the guard lives"]
+pub struct BackendGuard {
+    sgemm: Option<std::sync::Arc<dyn Sgemm>>,
 }
 
-/// `out = lhs · rhs` for any strides (f32 or f64). Large f32 products go to the installed
-/// [`Sgemm`] if there is one; the rest run on the `gemm` crate, on the current rayon pool's
+impl Drop for BackendGuard {
+    fn drop(&mut self) {
+        SGEMM.with(|c| *c.borrow_mut() = self.sgemm.take());
+    }
+}
+
+/// Makes [`matmul`] on this thread use `sgemm` for large f32 products (`None`: its own code)
+/// until the returned guard is dropped.
+pub fn use_backends(sgemm: Option<std::sync::Arc<dyn Sgemm>>) -> BackendGuard {
+    BackendGuard {
+        sgemm: SGEMM.with(|c| std::mem::replace(&mut *c.borrow_mut(), sgemm)),
+    }
+}
+
+/// `out = lhs · rhs` for any strides (f32 or f64). Large f32 products go to the [`Sgemm`] in
+/// use on this thread (see [`use_backends`]) if there is one; the rest run on the `gemm` crate, on the current rayon pool's
 /// threads when the product is large enough to gain from them.
 pub fn matmul<A: LinalgScalar>(lhs: ArrayView2<A>, rhs: ArrayView2<A>, out: &mut ArrayViewMut2<A>) {
     let (m, k) = lhs.dim();
@@ -102,7 +115,7 @@ pub fn matmul<A: LinalgScalar>(lhs: ArrayView2<A>, rhs: ArrayView2<A>, out: &mut
         && out.is_standard_layout()
         && lhs.strides().iter().chain(rhs.strides()).all(|&st| st >= 0)
     {
-        let provider = SGEMM.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let provider = SGEMM.with(|c| c.borrow().clone());
         if let Some(p) = provider {
             // SAFETY: A is f32 (checked above), so these are the same views retyped.
             let (a, b, o) = unsafe {

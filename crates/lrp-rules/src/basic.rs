@@ -139,7 +139,10 @@ pub struct BasicRule {
 /// Modified weights of a rule, kept across calls: the key is the weight tensor's address,
 /// shape and a sample of its values, with the modifier.
 #[derive(Debug, Clone, Default)]
-pub struct WeightCache(Arc<Mutex<Vec<(CacheKey, Arc<ArrayD<f32>>)>>>);
+pub struct WeightCache(Arc<Mutex<Vec<CacheEntry>>>);
+
+/// A modified weight tensor with what it was made from.
+type CacheEntry = (CacheKey, Arc<ArrayD<f32>>);
 
 /// Identifies a weight tensor and a modifier.
 #[derive(Debug, Clone, PartialEq)]
@@ -715,5 +718,64 @@ impl Rule for BasicRule {
 
     fn describe(&self) -> String {
         self.description.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::{IxDyn, array};
+
+    #[test]
+    fn modified_weights_are_made_once_per_tensor_and_modifier() {
+        let cache = WeightCache::default();
+        let w = array![[1.0f32, -2.0], [-3.0, 4.0]].into_dyn();
+        let a = cache.get(&w, ParamMod::Positive).unwrap();
+        let b = cache.get(&w, ParamMod::Positive).unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(*a, array![[1.0f32, 0.0], [0.0, 4.0]].into_dyn());
+        let n = cache.get(&w, ParamMod::Negative).unwrap();
+        assert_eq!(*n, array![[0.0f32, -2.0], [-3.0, 0.0]].into_dyn());
+        assert!(cache.get(&w, ParamMod::Identity).is_none());
+        // Another tensor of the same shape (other address, other values) gets its own.
+        let w2 = ArrayD::from_shape_vec(IxDyn(&[2, 2]), vec![5.0f32, 6.0, 7.0, -8.0]).unwrap();
+        let c = cache.get(&w2, ParamMod::Positive).unwrap();
+        assert_eq!(*c, array![[5.0f32, 6.0], [7.0, 0.0]].into_dyn());
+        assert_eq!(cache.0.lock().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn signs_and_definite_signs() {
+        assert_eq!(
+            signs(array![0.0f32, 1.0, 2.0].into_dyn().view()),
+            (true, false)
+        );
+        assert_eq!(signs(array![0.0f32, -1.0].into_dyn().view()), (false, true));
+        assert_eq!(signs(array![0.0f32, 0.0].into_dyn().view()), (false, false));
+        assert_eq!(
+            definite_sign(array![0.0f32, 3.0].into_dyn().view()),
+            Some(1.0)
+        );
+        assert_eq!(definite_sign(array![-1.0f32, 3.0].into_dyn().view()), None);
+        assert_eq!(definite_sign(array![0.0f32].into_dyn().view()), None);
+    }
+
+    #[test]
+    fn bias_is_added_per_output_unit_in_the_division() {
+        // d: [N = 1, units = 2, 2 positions]; bias per unit; two maps.
+        let d = ArrayD::from_shape_vec(IxDyn(&[1, 2, 2]), vec![1.0f32, 2.0, 3.0, 4.0]).unwrap();
+        let mut s = ArrayD::from_elem(IxDyn(&[2, 2, 2]), 12.0f32);
+        divide_rows(
+            &mut s,
+            &d,
+            Some(&[1.0, -1.0]),
+            2,
+            Stabilizer::SignEpsilon(0.0),
+        );
+        let want = [6.0f32, 4.0, 6.0, 4.0];
+        for m in 0..2 {
+            let row: Vec<f32> = s.index_axis(Axis(0), m).iter().copied().collect();
+            assert_eq!(row, want, "map {m}");
+        }
     }
 }

@@ -1,8 +1,8 @@
 //! Single-precision matrix products on ONNX Runtime (its MLAS kernels), for the relevance pass.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
-use lrp_kernels::kernels::{Sgemm, install_sgemm, sgemm_installed};
+use lrp_kernels::kernels::Sgemm;
 use lrp_onnx::proto::{
     self, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorShapeProto,
     TypeProto, ValueInfoProto,
@@ -48,7 +48,7 @@ impl OrtSgemm {
             .with_optimization_level(GraphOptimizationLevel::Level1)
             .map_err(|e| -> ort::Error { e.into() })?
             // Idle threads must not spin: the relevance pass's own threads run in between.
-            .with_intra_op_spinning(std::env::var_os("LRP_SPIN").is_some())
+            .with_intra_op_spinning(false)
             .map_err(|e| -> ort::Error { e.into() })?;
         if let Some(n) = self.threads {
             builder = builder
@@ -91,15 +91,6 @@ impl OrtSgemm {
                 .map_err(|e| ort::Error::new(e.to_string()))?,
         );
         Ok(true)
-    }
-
-    /// Installs an `OrtSgemm` as the relevance kernels' f32 product (once per process;
-    /// later calls keep the first).
-    pub fn install(threads: Option<usize>) -> Result<(), RuntimeError> {
-        if !sgemm_installed() {
-            install_sgemm(Some(Arc::new(OrtSgemm::new(threads)?)));
-        }
-        Ok(())
     }
 }
 

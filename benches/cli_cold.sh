@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Whole-process timings of the CLI, as a user runs it: `predict` and `explain --method M` on the
+# benchmark's VGG16-shaped graph (seeded random weights, 224x224), each a fresh process, median
+# of REPS runs; prints a markdown table with the ratios and each command's peak RSS.
+#
+#   benches/cli_cold.sh [BATCH] [REPS] [METHODS] [THREADS]
+#   benches/cli_cold.sh 8 3 lrp-epsilon,sglrp,sglrp-seq-b,epsilon-plus,lrp-a
+#
+# THREADS (default: all cores) is passed as --threads. Needs scripts/setup.sh to have run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BATCH=${1:-8}
+REPS=${2:-3}
+METHODS=${3:-lrp-epsilon,sglrp,sglrp-seq-b,epsilon-plus,lrp-a}
+THREADS=${4:-$(nproc)}
+WORK=${LRP_BENCH_DIR:-target/cli-bench}
+cargo build --release --quiet --bin lrp-graph --example bench_model
+BIN=target/release/lrp-graph
+mkdir -p "$WORK"
+[ -f "$WORK/vgg16.onnx" ] || target/release/examples/bench_model "$WORK" "$BATCH" >/dev/null
+[ -f "$WORK/batch$BATCH.npy" ] || target/release/examples/bench_model "$WORK" "$BATCH" >/dev/null
+[ -f "$WORK/vgg16.ron" ] || "$BIN" convert "$WORK/vgg16.onnx" -o "$WORK/vgg16.ron" --no-check >/dev/null
+
+# median wall seconds and max peak RSS (MiB) of REPS runs of a command
+measure() {
+  local times=() rss=0
+  for _ in $(seq "$REPS"); do
+    local out
+    /usr/bin/time -o "$WORK/time.txt" -f "%e %M" "$@" >/dev/null 2>&1
+    out=$(tail -1 "$WORK/time.txt")
+    times+=("${out% *}")
+    local r=$(( ${out#* } / 1024 ))
+    (( r > rss )) && rss=$r
+  done
+  local med
+  med=$(printf '%s\n' "${times[@]}" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+  echo "$med $rss"
+}
+
+read -r P_T P_RSS < <(measure "$BIN" predict "$WORK/vgg16.ron" --input "$WORK/batch$BATCH.npy" --threads "$THREADS")
+echo "VGG16 (seeded random weights) batch $BATCH x 224², $THREADS threads, median of $REPS fresh processes"
+echo
+echo "| command | wall s | ratio to predict | peak RSS MiB |"
+echo "| --- | ---: | ---: | ---: |"
+echo "| predict | $P_T | 1.0× | $P_RSS |"
+IFS=, read -ra MS <<< "$METHODS"
+for m in "${MS[@]}"; do
+  rm -rf "$WORK/out"
+  read -r T RSS < <(measure "$BIN" explain "$WORK/vgg16.ron" --input "$WORK/batch$BATCH.npy" \
+    --method "$m" --threads "$THREADS" --out "$WORK/out")
+  echo "| explain --method $m | $T | $(awk -v a="$T" -v b="$P_T" 'BEGIN {printf "%.1f", a/b}')× | $RSS |"
+done
