@@ -28,6 +28,7 @@
 //! | `--threads T` | `LRP_BENCH_THREADS` | ONNX Runtime's default | intra-op threads |
 //! | `--width-div D` | `LRP_BENCH_WIDTH_DIV` | 1 (4 quick) | VGG channel divisor |
 //! | `--seed S` | `LRP_BENCH_SEED` | testkit's DEFAULT_SEED | weights; input uses S+1 |
+//! | `--model M` | `LRP_BENCH_MODEL` | `vgg16` | `vgg16` or `resnet50` (torchvision's architectures) |
 //!
 //! A method is a preset name, a rule configuration file (`path/to/config.ron`), or
 //! `NAME+f32den`: preset NAME with every recomputed-denominator rule (AlphaBeta, ZPlus, ZBox,
@@ -70,6 +71,25 @@ struct Options {
     threads: Option<usize>,
     width_div: usize,
     seed: u64,
+    model: Model,
+}
+
+/// The benchmark's network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Model {
+    /// torchvision's VGG16.
+    Vgg16,
+    /// torchvision's ResNet-50.
+    ResNet50,
+}
+
+impl Model {
+    fn name(self) -> &'static str {
+        match self {
+            Model::Vgg16 => "VGG16",
+            Model::ResNet50 => "ResNet-50",
+        }
+    }
 }
 
 fn env(name: &str) -> Option<String> {
@@ -96,6 +116,7 @@ fn parse_options(args: &[String]) -> Options {
     let mut threads = env("LRP_BENCH_THREADS");
     let mut width_div = env("LRP_BENCH_WIDTH_DIV");
     let mut seed = env("LRP_BENCH_SEED");
+    let mut model = env("LRP_BENCH_MODEL");
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = |slot: &mut Option<String>| {
@@ -115,6 +136,7 @@ fn parse_options(args: &[String]) -> Options {
             "--threads" => value(&mut threads),
             "--width-div" => value(&mut width_div),
             "--seed" => value(&mut seed),
+            "--model" => value(&mut model),
             other => fail(&format!(
                 "unknown argument '{other}' (see the header of benches/explain_vs_predict.rs)"
             )),
@@ -153,6 +175,11 @@ fn parse_options(args: &[String]) -> Options {
         threads: threads.map(|v| parse_num("threads", &v)),
         width_div: width_div.map_or(if quick { 4 } else { 1 }, |v| parse_num("width-div", &v)),
         seed: seed.map_or(lrp_testkit::DEFAULT_SEED, |v| parse_num("seed", &v)),
+        model: match model.as_deref().unwrap_or("vgg16") {
+            "vgg16" => Model::Vgg16,
+            "resnet50" => Model::ResNet50,
+            other => fail(&format!("--model '{other}': vgg16 or resnet50")),
+        },
     }
 }
 
@@ -447,7 +474,8 @@ fn main() {
     }
     let cw = if o.quick { 1024 } else { 4096 };
     eprintln!(
-        "explain_vs_predict: VGG16 width_div {} classifier {cw}, sizes {:?} (batch, hw), {} warm-up + {} timed runs, methods {:?}, ORT threads {}",
+        "explain_vs_predict: {} width_div {} classifier {cw}, sizes {:?} (batch, hw), {} warm-up + {} timed runs, methods {:?}, ORT threads {}",
+        o.model.name(),
         o.width_div,
         o.sizes,
         o.warmup,
@@ -461,12 +489,20 @@ fn main() {
     hws.dedup();
     for hw in hws {
         let t = Instant::now();
-        let cfg = lrp_testkit::VggConfig::new(1000, hw, o.seed)
-            .width_div(o.width_div)
-            .classifier_width(cw);
-        let params = cfg.param_count();
+        let (params, model) = match o.model {
+            Model::Vgg16 => {
+                let cfg = lrp_testkit::VggConfig::new(1000, hw, o.seed)
+                    .width_div(o.width_div)
+                    .classifier_width(cw);
+                (cfg.param_count(), cfg.build())
+            }
+            Model::ResNet50 => {
+                let cfg =
+                    lrp_testkit::ResNetConfig::resnet50(1000, hw, o.seed).width_div(o.width_div);
+                (cfg.param_count(), cfg.build())
+            }
+        };
         let graph = {
-            let model = cfg.build();
             let (_dir, path) = lrp_testkit::temp_model(&model);
             drop(model);
             lrp_graph::import::import_onnx(&path)
@@ -474,7 +510,8 @@ fn main() {
                 .graph
         };
         eprintln!(
-            "  VGG16 at {hw}x{hw}: {params:?}, built and imported in {:.1} s, RSS {}",
+            "  {} at {hw}x{hw}: {params:?}, built and imported in {:.1} s, RSS {}",
+            o.model.name(),
             t.elapsed().as_secs_f64(),
             fmt_mib(status_mib("VmRSS:"))
         );
@@ -513,7 +550,8 @@ fn main() {
     }
     println!();
     println!(
-        "VGG16 (width_div {}, classifier {cw}, 1000 classes, seeded random weights), CPU; explain: {} warm-up + {} timed runs, predict: {} + {}; medians",
+        "{} (width_div {}, classifier {cw} for VGG16, 1000 classes, seeded random weights), CPU; explain: {} warm-up + {} timed runs, predict: {} + {}; medians",
+        o.model.name(),
         o.width_div,
         o.warmup,
         o.reps,

@@ -105,7 +105,7 @@ fn large_models_from_the_testkit() {
 }
 
 #[test]
-fn slice_elu_selu_match_onnx_runtime() {
+fn slice_elu_selu_thresholded_relu_match_onnx_runtime() {
     use lrp_testkit::{Attr, OnnxBuilder, random_normal, temp_model};
     for opset in [9, 13] {
         let mut b = OnnxBuilder::new("slice_elu", opset);
@@ -141,7 +141,18 @@ fn slice_elu_selu_match_onnx_runtime() {
             );
         }
         b.named("selu").node("Selu", &["crop"], &["selu"], vec![]);
-        b.output("selu");
+        let out = if opset >= 10 {
+            b.named("thr").node(
+                "ThresholdedRelu",
+                &["selu"],
+                &["thr"],
+                vec![Attr::float("alpha", 0.2)],
+            );
+            "thr"
+        } else {
+            "selu"
+        };
+        b.output(out);
         let model = b.build();
         let (_dir, path) = temp_model(&model);
         let graph = import_onnx(&path)

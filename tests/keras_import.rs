@@ -24,6 +24,7 @@ const MODELS: &[&str] = &[
     "reshape_permute",
     "nested",
     "norm_crop_elu",
+    "relu_variants",
 ];
 const FLAVOURS: &[&str] = &["keras", "k3.h5", "k2.h5"];
 
@@ -198,6 +199,29 @@ fn crop_elu_normalization_and_nested_models_map_to_ir_ops() {
         assert_eq!(g.nodes()[g.node_id("conv2").unwrap()].inputs, ["elu"]);
         // The adapted Normalization (weights, not config) before a MaxPool.
         assert_eq!(op("norm2"), Op::BatchNorm { epsilon: 0.0 });
+
+        let g = import_keras(&keras_fixture(&format!("relu_variants.{flavour}")))
+            .unwrap()
+            .graph;
+        let op = |n: &str| {
+            g.nodes()[g.node_id(n).unwrap_or_else(|| panic!("{flavour}: {n}"))]
+                .op
+                .clone()
+        };
+        assert_eq!(op("thresholded"), Op::ThresholdedRelu { alpha: 0.3 });
+        assert_eq!(op("leaky_capped_leakyrelu"), Op::LeakyRelu { alpha: 0.1 });
+        assert_eq!(
+            op("leaky_capped"),
+            Op::Clip {
+                min: f32::NEG_INFINITY,
+                max: 2.0
+            }
+        );
+        assert_eq!(
+            op("thresholded_capped_thresholdedrelu"),
+            Op::ThresholdedRelu { alpha: 0.2 }
+        );
+        assert_eq!(op("thresholded_capped"), Op::Clip { min: 0.0, max: 1.5 });
 
         let g = import_keras(&keras_fixture(&format!("nested.{flavour}")))
             .unwrap()

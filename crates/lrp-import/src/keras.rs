@@ -1017,26 +1017,44 @@ impl<'p> Builder<'p> {
                 let max = num("max_value");
                 let slope = num("negative_slope").unwrap_or(0.0);
                 let thr = num("threshold").unwrap_or(0.0);
-                if thr != 0.0 {
-                    return Err(self.err(c, "ReLU with a threshold is not supported"));
-                }
-                let op = match (max, slope == 0.0) {
-                    (None, true) => Op::Relu,
-                    (Some(m), true) => Op::Clip {
-                        min: 0.0,
-                        max: m as f32,
-                    },
-                    (None, false) => Op::LeakyRelu {
+                // Keras: x where x > threshold (else 0; a negative slope adds slope·min(x − θ, 0)),
+                // then clipped to [0, max_value] when that is given.
+                let clip = |m: f64, min: f32| Op::Clip { min, max: m as f32 };
+                let ops = match (max, slope == 0.0, thr == 0.0) {
+                    (None, true, true) => vec![Op::Relu],
+                    (Some(m), true, true) => vec![clip(m, 0.0)],
+                    (None, false, true) => vec![Op::LeakyRelu {
                         alpha: slope as f32,
-                    },
-                    _ => {
+                    }],
+                    // slope·x below 0 stays below max_value: clip from above only.
+                    (Some(m), false, true) => vec![
+                        Op::LeakyRelu {
+                            alpha: slope as f32,
+                        },
+                        clip(m, f32::NEG_INFINITY),
+                    ],
+                    (None, true, false) => vec![Op::ThresholdedRelu { alpha: thr as f32 }],
+                    (Some(m), true, false) => {
+                        vec![Op::ThresholdedRelu { alpha: thr as f32 }, clip(m, 0.0)]
+                    }
+                    (_, false, false) => {
                         return Err(self.err(
                             c,
-                            "ReLU with both max_value and negative_slope is not supported",
+                            "ReLU with both a threshold and a negative_slope is not supported",
                         ));
                     }
                 };
-                self.emit(c, c.name, op, &[x], vec![])
+                let mut y = x;
+                let last = ops.len() - 1;
+                for (k, op) in ops.into_iter().enumerate() {
+                    let base = if k == last {
+                        c.name.to_string()
+                    } else {
+                        format!("{}_{}", c.name, op.kind().to_ascii_lowercase())
+                    };
+                    y = self.emit(c, &base, op, &[y], vec![])?;
+                }
+                Ok(y)
             }
             "MaxPooling2D" | "AveragePooling2D" => {
                 let x = self.one(c, ins)?;

@@ -46,6 +46,7 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Softmax",
     "Squeeze",
     "Tanh",
+    "ThresholdedRelu",
     "Transpose",
     "Unsqueeze",
 ];
@@ -483,6 +484,12 @@ impl<'a> Context<'a> {
                 let alpha = a.float("alpha")?.unwrap_or(1.0);
                 self.warn_unread(node, &["alpha"]);
                 self.emit(node, Op::Elu { alpha }, vec![x], vec![])?;
+            }
+            "ThresholdedRelu" => {
+                let x = self.tensor(node, 0)?;
+                let alpha = a.float("alpha")?.unwrap_or(1.0);
+                self.warn_unread(node, &["alpha"]);
+                self.emit(node, Op::ThresholdedRelu { alpha }, vec![x], vec![])?;
             }
             "Selu" => {
                 let x = self.tensor(node, 0)?;

@@ -40,6 +40,11 @@ pub enum Op {
         /// Slope for negative inputs.
         alpha: f32,
     },
+    /// `x` where `x > alpha`, 0 elsewhere (ONNX `ThresholdedRelu`, Keras' `ReLU(threshold)`).
+    ThresholdedRelu {
+        /// The threshold.
+        alpha: f32,
+    },
     /// `x` where `x > 0`, `alpha·(eˣ − 1)` elsewhere.
     Elu {
         /// Scale of the negative branch.
@@ -187,6 +192,7 @@ impl Op {
             Op::Dense => "Dense",
             Op::Relu => "Relu",
             Op::LeakyRelu { .. } => "LeakyRelu",
+            Op::ThresholdedRelu { .. } => "ThresholdedRelu",
             Op::Elu { .. } => "Elu",
             Op::Selu { .. } => "Selu",
             Op::Sigmoid => "Sigmoid",
@@ -320,7 +326,7 @@ impl Op {
                 Ok(vec![ws[0]])
             }
             Op::Relu | Op::Sigmoid | Op::Tanh | Op::Dropout | Op::Identity => Ok(x.to_vec()),
-            Op::LeakyRelu { alpha } | Op::Elu { alpha } => {
+            Op::LeakyRelu { alpha } | Op::Elu { alpha } | Op::ThresholdedRelu { alpha } => {
                 if !alpha.is_finite() {
                     return Err(format!("alpha = {alpha} is not finite"));
                 }
@@ -689,7 +695,9 @@ impl std::fmt::Display for Op {
                 }
                 Ok(())
             }
-            Op::LeakyRelu { alpha } | Op::Elu { alpha } => write!(f, " alpha {alpha}"),
+            Op::LeakyRelu { alpha } | Op::Elu { alpha } | Op::ThresholdedRelu { alpha } => {
+                write!(f, " alpha {alpha}")
+            }
             Op::Selu { alpha, gamma } => write!(f, " alpha {alpha} gamma {gamma}"),
             Op::Clip { min, max } => write!(f, " [{min}, {max}]"),
             Op::Reshape { shape } => write!(f, " {shape:?}"),

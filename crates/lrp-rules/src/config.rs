@@ -448,6 +448,7 @@ impl RuleConfig {
         Some(match op {
             Op::Relu
             | Op::LeakyRelu { .. }
+            | Op::ThresholdedRelu { .. }
             | Op::Elu { .. }
             | Op::Selu { .. }
             | Op::Sigmoid

@@ -82,6 +82,7 @@ pub fn to_onnx(graph: &Graph, outputs: &ExportOutputs) -> ModelProto {
             Op::Relu => ("Relu", vec![]),
             Op::LeakyRelu { alpha } => ("LeakyRelu", vec![float("alpha", *alpha)]),
             Op::Elu { alpha } => ("Elu", vec![float("alpha", *alpha)]),
+            Op::ThresholdedRelu { alpha } => ("ThresholdedRelu", vec![float("alpha", *alpha)]),
             Op::Selu { alpha, gamma } => {
                 ("Selu", vec![float("alpha", *alpha), float("gamma", *gamma)])
             }

@@ -152,6 +152,8 @@ pub struct ResNetConfig {
     pub seed: u64,
     /// Divisor of every channel count (1 = real widths; at least 1 channel).
     pub width_div: usize,
+    /// 18 (basic blocks, 2-2-2-2) or 50 (bottleneck blocks, 3-4-6-3).
+    pub depth: usize,
 }
 
 impl ResNetConfig {
@@ -162,6 +164,23 @@ impl ResNetConfig {
             image_hw,
             seed,
             width_div: 1,
+            depth: 18,
+        }
+    }
+
+    /// torchvision ResNet-50 (v1.5: the stride on the 3×3 convolution) at real widths.
+    pub fn resnet50(num_classes: usize, image_hw: usize, seed: u64) -> Self {
+        Self {
+            depth: 50,
+            ..Self::new(num_classes, image_hw, seed)
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        if self.depth == 50 {
+            "resnet50"
+        } else {
+            "resnet18"
         }
     }
 
@@ -173,7 +192,7 @@ impl ResNetConfig {
 
     /// The model with seeded random weights.
     pub fn build(&self) -> ModelProto {
-        let mut b = OnnxBuilder::new("resnet18", MODEL_OPSET).with_seed(self.seed);
+        let mut b = OnnxBuilder::new(self.name(), MODEL_OPSET).with_seed(self.seed);
         self.define(&mut b);
         b.into_model()
     }
@@ -181,13 +200,22 @@ impl ResNetConfig {
     /// Initializer counts, without generating weights. `trainable` is torchvision's count
     /// (BatchNorm gamma and beta included); BatchNorm's running statistics are `buffers`.
     pub fn param_count(&self) -> ParamCount {
-        let mut b = OnnxBuilder::dry_run("resnet18", MODEL_OPSET);
+        let mut b = OnnxBuilder::dry_run(self.name(), MODEL_OPSET);
         self.define(&mut b);
         b.param_count()
     }
 
     fn define(&self, b: &mut OnnxBuilder) {
-        assert!(self.image_hw > 0, "resnet18: image_hw must be positive");
+        assert!(
+            self.image_hw > 0,
+            "{}: image_hw must be positive",
+            self.name()
+        );
+        assert!(
+            matches!(self.depth, 18 | 50),
+            "ResNet depth {} (18 or 50)",
+            self.depth
+        );
         let hw = Some(self.image_hw);
         b.input(MODEL_INPUT, &[None, Some(3), hw, hw]);
         let c = |channels| scaled(channels, self.width_div);
@@ -200,13 +228,23 @@ impl ResNetConfig {
         x = b.named("maxpool").maxpool(&x, 3, 2, 1);
 
         let mut in_c = c(64);
+        let blocks: [usize; 4] = if self.depth == 50 {
+            [3, 4, 6, 3]
+        } else {
+            [2, 2, 2, 2]
+        };
         for (stage, planes) in [64, 128, 256, 512].into_iter().enumerate() {
             let planes = c(planes);
-            for block in 0..2 {
+            for block in 0..blocks[stage] {
                 let stride = if stage > 0 && block == 0 { 2 } else { 1 };
                 let p = format!("layer{}.{block}", stage + 1);
-                x = basic_block(b, &p, &x, in_c, planes, stride);
-                in_c = planes;
+                if self.depth == 50 {
+                    x = bottleneck(b, &p, &x, in_c, planes, stride);
+                    in_c = planes * 4;
+                } else {
+                    x = basic_block(b, &p, &x, in_c, planes, stride);
+                    in_c = planes;
+                }
             }
         }
 
@@ -250,6 +288,46 @@ fn basic_block(
     };
     let sum = b.named(&format!("{prefix}.add")).add(&y, &identity);
     b.named(&format!("{prefix}.relu_1")).relu(&sum)
+}
+
+/// torchvision's `Bottleneck` (v1.5): conv1x1-BN-ReLU-conv3x3(stride)-BN-ReLU-conv1x1(4×)-BN,
+/// plus the identity or a 1x1(stride) conv + BN projection when the shape changes, then ReLU.
+fn bottleneck(
+    b: &mut OnnxBuilder,
+    prefix: &str,
+    x: &str,
+    in_c: usize,
+    planes: usize,
+    stride: usize,
+) -> String {
+    let out_c = planes * 4;
+    let mut y = b
+        .named(&format!("{prefix}.conv1"))
+        .conv(x, in_c, planes, 1, 1, 0, 1, false);
+    y = b.named(&format!("{prefix}.bn1")).batchnorm(&y, planes);
+    y = b.named(&format!("{prefix}.relu")).relu(&y);
+    y = b
+        .named(&format!("{prefix}.conv2"))
+        .conv(&y, planes, planes, 3, stride, 1, 1, false);
+    y = b.named(&format!("{prefix}.bn2")).batchnorm(&y, planes);
+    y = b.named(&format!("{prefix}.relu_1")).relu(&y);
+    y = b
+        .named(&format!("{prefix}.conv3"))
+        .conv(&y, planes, out_c, 1, 1, 0, 1, false);
+    y = b
+        .named(&format!("{prefix}.bn3"))
+        .batchnorm_scaled(&y, out_c, RESNET_BRANCH_GAMMA);
+    let identity = if stride != 1 || in_c != out_c {
+        let s = b
+            .named(&format!("{prefix}.downsample.0"))
+            .conv(x, in_c, out_c, 1, stride, 0, 1, false);
+        b.named(&format!("{prefix}.downsample.1"))
+            .batchnorm_scaled(&s, out_c, RESNET_BRANCH_GAMMA)
+    } else {
+        x.to_owned()
+    };
+    let sum = b.named(&format!("{prefix}.add")).add(&y, &identity);
+    b.named(&format!("{prefix}.relu_2")).relu(&sum)
 }
 
 /// torchvision ResNet-18 (real widths) with seeded He-initialised weights and non-trivial

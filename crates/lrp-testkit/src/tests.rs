@@ -328,6 +328,17 @@ fn resnet18_full_parameter_count() {
 }
 
 #[test]
+fn resnet50_full_parameter_count() {
+    let count = ResNetConfig::resnet50(1000, 224, 0).param_count();
+    // torchvision's resnet50: 25,557,032 parameters, 53,120 BatchNorm running-statistics
+    // elements.
+    assert_eq!(count.trainable, 25_557_032);
+    assert_eq!(count.buffers, 53_120);
+    // 53 convs, 53 BNs with 4 tensors each, fc weight and bias.
+    assert_eq!(count.tensors, 53 + 53 * 4 + 2);
+}
+
+#[test]
 fn resnet18_full_build_matches_its_count() {
     let cfg = ResNetConfig::new(1000, 224, 5);
     let m = cfg.build();
