@@ -10,6 +10,17 @@ sha="$(cat "$root/scripts/onnxruntime.sha256")"
 
 have_lib() { [ -f "$dest/$lib" ] && echo "$sha  $dest/$lib" | sha256sum -c --status; }
 
+# A C compiler: some crates build C code (mimalloc, the allocator of the binary; psm).
+if ! command -v cc >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing a C compiler (gcc) with apt-get" >&2
+    apt-get install -y -qq gcc libc6-dev >/dev/null
+  else
+    echo "setup: a C compiler (cc) is needed to build lrp-graph; install gcc (Debian: apt-get install gcc)" >&2
+    exit 1
+  fi
+fi
+
 if ! have_lib; then
   command -v python3 >/dev/null || { echo "setup: python3 (with pip) is needed to fetch ONNX Runtime from PyPI" >&2; exit 1; }
   arch="$(uname -m)"
