@@ -316,3 +316,60 @@ fn zero_dual_sum_is_handled_and_reported() {
     assert!(r.iter().all(|v| v.is_finite()));
     assert!(r[[0, 0]] > 0.0, "the map is T alone: {r:?}");
 }
+
+#[test]
+fn keep_writes_the_relevance_at_matching_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let ron = converted(dir.path(), "vgg_small");
+    let out = dir.path().join("out");
+    let input = fixture("vgg_small.input.npy");
+    let o = explain(
+        &ron,
+        &input,
+        &out,
+        &[
+            "--method",
+            "sglrp",
+            "--target",
+            "3,4",
+            "--keep",
+            "*/Conv",
+            "--keep",
+            "/classifier/classifier.3/Gemm",
+            "--batch-size",
+            "1",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let kept = report["kept"].as_object().unwrap();
+    assert_eq!(kept.len(), 4, "{kept:?}");
+    // Two inputs, two passes (target, dual), the node's own shape.
+    let first = read_npy(&out.join(kept["/features/features.0/Conv"].as_str().unwrap()));
+    assert_eq!(first.shape()[..2], [2, 2]);
+    assert_eq!(
+        kept["/features/features.0/Conv"],
+        "nodes/_features_features.0_Conv.npy"
+    );
+    // At the logits: the target pass is non-zero at the target only, the dual pass only
+    // elsewhere.
+    let logits = read_npy(&out.join(kept["/classifier/classifier.3/Gemm"].as_str().unwrap()));
+    assert_eq!(logits.shape(), [2, 2, 10]);
+    for (i, t) in [3usize, 4].into_iter().enumerate() {
+        let row = |p: usize| -> Vec<f32> { (0..10).map(|c| logits[[i, p, c]]).collect() };
+        let (tp, op) = (row(0), row(1));
+        assert!(tp[t] > 0.0 && op[t] == 0.0, "input {i}: {tp:?} {op:?}");
+        // (head_relu: the dual pass is 0 where a logit is not positive.)
+        assert!(
+            (0..10)
+                .filter(|&c| c != t)
+                .all(|c| tp[c] == 0.0 && op[c] >= 0.0),
+            "input {i}: {tp:?} {op:?}"
+        );
+        assert!(op.iter().sum::<f32>() > 0.0, "input {i}: {op:?}");
+    }
+    // A glob that selects nothing: one clear error naming the nodes.
+    let o = explain(&ron, &input, &out, &["--keep", "conv*"]);
+    assert_fails(&o, 2, &["--keep 'conv*'", "/features/features.0/Conv"]);
+}

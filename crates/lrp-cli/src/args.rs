@@ -117,6 +117,10 @@ pub struct ExplainArgs {
     /// ONNX Runtime intra-op threads (default: all cores).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+    /// Also write the relevance at the nodes whose names match this glob (`*`, `?`, `[...]`;
+    /// repeatable) to `OUT/nodes/NAME.npy`.
+    #[arg(long, value_name = "GLOB")]
+    pub keep: Vec<String>,
 }
 
 /// Where the forward pass runs.

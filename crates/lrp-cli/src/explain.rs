@@ -112,6 +112,8 @@ pub fn run_with(a: ExplainArgs, registry: &Registry) -> Result<()> {
     let labels = graph.labels().map(|l| l.to_vec());
     let layout = graph.input().layout;
     let mut explainer = Explainer::new(graph, config, registry, a.device.into(), a.threads)?;
+    let keep = kept_nodes(explainer.graph(), &a.keep)?;
+    let mut kept: Vec<Vec<ArrayD<f32>>> = vec![Vec::new(); keep.len()];
     let n = batch.shape()[0];
     let mut maps: Vec<ArrayD<f32>> = Vec::with_capacity(n.div_ceil(a.batch_size));
     let mut records = Vec::with_capacity(n);
@@ -127,9 +129,22 @@ pub fn run_with(a: ExplainArgs, registry: &Registry) -> Result<()> {
             targets: chunk_targets,
             bounds: bounds.clone(),
             relu: if a.relu { Some(true) } else { None },
-            keep: vec![],
+            keep: keep.clone(),
         };
         let ex = explainer.explain(&chunk, &opts)?;
+        for (k, name) in keep.iter().enumerate() {
+            // A node the relevance did not reach has no entry: zeros of its shape.
+            let r = match ex.kept.iter().find(|(n, _)| n == name) {
+                Some((_, r)) => r.clone(),
+                None => {
+                    let g = explainer.graph();
+                    let mut shape = vec![ex.passes.shape()[0]];
+                    shape.extend_from_slice(g.tensor_shape(name).expect("a node"));
+                    ArrayD::zeros(ndarray::IxDyn(&shape))
+                }
+            };
+            kept[k].push(r);
+        }
         for i in 0..(end - start) {
             let source = if sources.len() == n {
                 sources[start + i].clone()
@@ -147,6 +162,8 @@ pub fn run_with(a: ExplainArgs, registry: &Registry) -> Result<()> {
     let views: Vec<_> = maps.iter().map(|m| m.view()).collect();
     let relevance = ndarray::concatenate(Axis(0), &views).expect("chunks share a shape");
     lrp_io::write_npy(&a.out.join("relevance.npy"), &relevance)?;
+    let maps_per_input = explainer.config().signal.maps();
+    let kept_files = write_kept(&a.out, &keep, &kept, n, maps_per_input)?;
     let axis = if layout == Layout::NHWC {
         ChannelAxis::Last
     } else {
@@ -176,6 +193,7 @@ pub fn run_with(a: ExplainArgs, registry: &Registry) -> Result<()> {
         "signal": format!("{:?}", explainer.config().signal),
         "softmax_removed": explainer.softmax_removed(),
         "inputs": records,
+        "kept": kept_files,
     });
     let text = serde_json::to_string_pretty(&report).expect("json");
     lrp_ir::fsutil::write_atomic(&a.out.join("report.json"), text.as_bytes())
@@ -193,7 +211,98 @@ pub fn run_with(a: ExplainArgs, registry: &Registry) -> Result<()> {
         );
     }
     println!("wrote {}", a.out.join("relevance.npy").display());
+    if !keep.is_empty() {
+        println!(
+            "wrote the relevance at {} node(s) to {}",
+            keep.len(),
+            a.out.join("nodes").display()
+        );
+    }
     Ok(())
+}
+
+/// The nodes of the (canonical) graph that the `--keep` globs select, in graph order; a glob
+/// that selects none is an error that lists the nodes.
+fn kept_nodes(graph: &Graph, globs: &[String]) -> Result<Vec<String>> {
+    let mut keep = Vec::new();
+    for pattern in globs {
+        let glob = globset::Glob::new(pattern)
+            .map_err(|e| anyhow!("--keep '{pattern}': {e}"))?
+            .compile_matcher();
+        let mut any = false;
+        for &id in graph.topo_order() {
+            let name = &graph.nodes()[id].name;
+            if glob.is_match(name) {
+                any = true;
+                if !keep.contains(name) {
+                    keep.push(name.clone());
+                }
+            }
+        }
+        if !any {
+            let names: Vec<&str> = graph
+                .topo_order()
+                .iter()
+                .map(|&i| graph.nodes()[i].name.as_str())
+                .collect();
+            bail!(
+                "--keep '{pattern}' matches no node of the graph explained (BatchNorm layers are folded into their convolutions and a final Softmax is removed); nodes: {}",
+                names.join(", ")
+            );
+        }
+    }
+    Ok(keep)
+}
+
+/// Writes each kept node's relevance, `[N, ...]` (or `[N, maps, ...]` for a two-pass signal:
+/// the target pass then the dual pass), to `OUT/nodes/<name>.npy` with the name made
+/// file-safe; returns node → file (relative to OUT).
+fn write_kept(
+    out: &Path,
+    keep: &[String],
+    kept: &[Vec<ArrayD<f32>>],
+    n: usize,
+    maps: usize,
+) -> Result<serde_json::Map<String, serde_json::Value>> {
+    let mut files = serde_json::Map::new();
+    if keep.is_empty() {
+        return Ok(files);
+    }
+    let dir = out.join("nodes");
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("{}: cannot create the folder", dir.display()))?;
+    let mut used = std::collections::HashSet::new();
+    for (name, chunks) in keep.iter().zip(kept) {
+        let views: Vec<_> = chunks.iter().map(|m| m.view()).collect();
+        let r = ndarray::concatenate(Axis(0), &views).expect("chunks share a shape");
+        let r = if maps > 1 {
+            let mut shape = vec![n, maps];
+            shape.extend_from_slice(&r.shape()[1..]);
+            r.into_shape_with_order(ndarray::IxDyn(&shape))
+                .expect("maps are image-major")
+        } else {
+            r
+        };
+        let base: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let mut file = format!("{base}.npy");
+        let mut k = 2;
+        while !used.insert(file.clone()) {
+            file = format!("{base}_{k}.npy");
+            k += 1;
+        }
+        lrp_io::write_npy(&dir.join(&file), &r)?;
+        files.insert(name.clone(), json!(format!("nodes/{file}")));
+    }
+    Ok(files)
 }
 
 /// A heatmap file name per input: the image's stem, else `heatmap_<i>.png`.
