@@ -47,7 +47,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-/// The allocator of the `lrp-graph` binary, with its settings (see `src/main.rs`).
+/// The allocator of the `lrp-graph` binary, with its settings (see `lrp_graph::allocator`).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -454,9 +454,7 @@ fn time_explain(
 }
 
 fn main() {
-    // SAFETY: sets a plain integer option of the allocator (mi_option_purge_delay = 15, as the
-    // binary does): freed memory is kept for reuse.
-    unsafe { libmimalloc_sys::mi_option_set(15, -1) };
+    lrp_graph::allocator::keep_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if !args.iter().any(|a| a == "--bench") {
         println!(

@@ -662,21 +662,16 @@ impl<'p> Builder<'p> {
                     ),
                 ));
             }
-            if let Some(r) = self.pending.get(&lname) {
-                // Fold only into a sole consumer that is not the model's output.
-                let sole = if sequential {
-                    i + 1 < layers.len()
-                } else {
-                    consumers.get(&lname) == Some(&1) && output_ref.as_deref() != Some(&lname)
-                };
-                if !sole {
-                    let r = r.clone();
-                    self.pending.remove(&lname);
-                    let y = self.affine(&r, out.clone())?;
-                    self.tensors.insert(lname.clone(), y);
-                    last = Some(lname);
-                    continue;
-                }
+            // A Rescaling/Normalization folds only into a sole consumer that is not the model's
+            // output; otherwise it becomes a node now.
+            let sole = if sequential {
+                i + 1 < layers.len()
+            } else {
+                consumers.get(&lname) == Some(&1) && output_ref.as_deref() != Some(&lname)
+            };
+            let mut out = out;
+            if !sole && let Some(r) = self.pending.remove(&lname) {
+                out = self.affine(&r, out)?;
             }
             self.tensors.insert(lname.clone(), out);
             last = Some(lname);
@@ -1347,44 +1342,31 @@ impl<'p> Builder<'p> {
                 self.pending.insert(c.name.to_string(), r);
                 Ok(x)
             }
-            "Cropping2D" => {
-                let x = self.one(c, ins)?;
-                self.channels_last(c)?;
-                self.four_d(c, &x)?;
-                let p = cfg.get("cropping").unwrap_or(&Value::Null);
-                let [[t, b], [l, r]] = zero_padding(p)
-                    .ok_or_else(|| self.err(c, format!("cropping {p} is not understood")))?;
-                self.emit(
-                    c,
-                    c.name,
-                    Op::Crop {
-                        crops: vec![0, 0, t, l, 0, 0, b, r],
-                    },
-                    &[x],
-                    vec![],
-                )
-            }
             "ELU" => {
                 let x = self.one(c, ins)?;
                 let alpha = cfg.get("alpha").and_then(Value::as_f64).unwrap_or(1.0) as f32;
                 self.emit(c, c.name, Op::Elu { alpha }, &[x], vec![])
             }
-            "ZeroPadding2D" => {
+            "ZeroPadding2D" | "Cropping2D" => {
                 let x = self.one(c, ins)?;
                 self.channels_last(c)?;
                 self.four_d(c, &x)?;
-                let p = cfg.get("padding").unwrap_or(&Value::Null);
+                let key = if c.class == "Cropping2D" {
+                    "cropping"
+                } else {
+                    "padding"
+                };
+                let p = cfg.get(key).unwrap_or(&Value::Null);
                 let [[t, b], [l, r]] = zero_padding(p)
-                    .ok_or_else(|| self.err(c, format!("padding {p} is not understood")))?;
-                self.emit(
-                    c,
-                    c.name,
-                    Op::Pad {
-                        pads: vec![0, 0, t, l, 0, 0, b, r],
-                    },
-                    &[x],
-                    vec![],
-                )
+                    .ok_or_else(|| self.err(c, format!("{key} {p} is not understood")))?;
+                // Both as ONNX lays out pads: all begins, then all ends, batch axis included.
+                let amounts = vec![0, 0, t, l, 0, 0, b, r];
+                let op = if c.class == "Cropping2D" {
+                    Op::Crop { crops: amounts }
+                } else {
+                    Op::Pad { pads: amounts }
+                };
+                self.emit(c, c.name, op, &[x], vec![])
             }
             other => Err(self.err(c, format!("layer class '{other}' is not supported"))),
         }

@@ -377,15 +377,35 @@ fn images_per_chunk(n: usize, per_image: usize, budget: usize) -> usize {
 /// Sizes shared by im2col and col2im.
 struct Cols<'a> {
     g: &'a ConvGeometry,
-    th: &'a [Tap],
-    tw: &'a [Tap],
-    /// Channels per group.
+    th: Vec<Tap>,
+    tw: Vec<Tap>,
+    /// Input channels per group.
     cg: usize,
+    /// Output channels per group.
+    og: usize,
+    /// Rows of a group's column matrix: `cg·kh·kw`.
+    kg: usize,
     /// Output positions per image.
     p: usize,
 }
 
-impl Cols<'_> {
+impl<'a> Cols<'a> {
+    fn new(g: &'a ConvGeometry) -> Self {
+        let (th, tw) = g.taps();
+        let [c, _, _] = g.input;
+        let [o, oh, ow] = g.output;
+        let cg = c / g.groups;
+        Cols {
+            g,
+            th,
+            tw,
+            cg,
+            og: o / g.groups,
+            kg: cg * g.kernel[0] * g.kernel[1],
+            p: oh * ow,
+        }
+    }
+
     /// Fills `col` (`[cg·kh·kw, nb·p]`, row-major) with the receptive fields of images
     /// `n0..n0+nb`, channels `c0..c0+cg` of `xs` (`[N, C, H, W]`, contiguous); padding reads 0.
     fn im2col<A: LinalgScalar + Send + Sync>(
@@ -505,15 +525,13 @@ fn conv2d_forward_budget<A: LinalgScalar + Send + Sync>(
 ) -> Array4<A> {
     let n = g.check("conv2d_forward", x.shape(), g.input);
     g.check_weight("conv2d_forward", w.shape());
-    let [c, _, _] = g.input;
     let [o, oh, ow] = g.output;
-    let (cg, og) = (c / g.groups, o / g.groups);
-    let kg = cg * g.kernel[0] * g.kernel[1];
-    let p = oh * ow;
     let mut out = Array4::<A>::zeros((n, o, oh, ow));
     if n == 0 {
         return out;
     }
+    let cols = Cols::new(g);
+    let (cg, og, kg, p) = (cols.cg, cols.og, cols.kg, cols.p);
     let x = x.as_standard_layout();
     let xs = x.as_slice().expect("standard layout");
     let w = w.as_standard_layout();
@@ -521,14 +539,6 @@ fn conv2d_forward_budget<A: LinalgScalar + Send + Sync>(
         .view()
         .into_shape_with_order((o, kg))
         .expect("standard layout");
-    let (th, tw) = g.taps();
-    let cols = Cols {
-        g,
-        th: &th,
-        tw: &tw,
-        cg,
-        p,
-    };
     let nb = images_per_chunk(n, kg * p, budget);
     let mut col = vec![A::zero(); kg * nb * p];
     let mut res = vec![A::zero(); og * nb * p];
@@ -572,14 +582,13 @@ fn conv2d_transpose_budget(
     let m = g.check("conv2d_transpose", s.shape(), g.output);
     g.check_weight("conv2d_transpose", w.shape());
     let [c, h, wd] = g.input;
-    let [o, oh, ow] = g.output;
-    let (cg, og) = (c / g.groups, o / g.groups);
-    let kg = cg * g.kernel[0] * g.kernel[1];
-    let p = oh * ow;
+    let o = g.output[0];
     let mut out = Array4::<f32>::zeros((m, c, h, wd));
     if m == 0 {
         return out;
     }
+    let cols = Cols::new(g);
+    let (cg, og, kg, p) = (cols.cg, cols.og, cols.kg, cols.p);
     let s = s.as_standard_layout();
     let ss = s.as_slice().expect("standard layout");
     let w = w.as_standard_layout();
@@ -587,14 +596,6 @@ fn conv2d_transpose_budget(
         .view()
         .into_shape_with_order((o, kg))
         .expect("standard layout");
-    let (th, tw) = g.taps();
-    let cols = Cols {
-        g,
-        th: &th,
-        tw: &tw,
-        cg,
-        p,
-    };
     let nb = images_per_chunk(m, kg * p, budget);
     let mut col = vec![0f32; kg * nb * p];
     let mut sbuf = vec![0f32; og * nb * p];

@@ -222,21 +222,31 @@ pub enum BiasMode {
 }
 
 impl BasicRule {
+    /// A rule from its terms, with no bounds of its own, exact denominators and an empty
+    /// weight cache.
+    pub fn new(description: String, terms: Vec<Term>, stabilizer: Stabilizer) -> Self {
+        BasicRule {
+            description,
+            terms,
+            stabilizer,
+            bounds: None,
+            f64_denominators: true,
+            cache: WeightCache::default(),
+        }
+    }
+
     /// Z: `R_i = x_i Σ_j w_ij R_j / stab(z_j)`.
     pub fn z(stabilizer: Stabilizer) -> Self {
-        BasicRule {
-            description: format!("Z(stabilizer: {})", stab_text(stabilizer)),
-            terms: vec![term(
+        Self::new(
+            format!("Z(stabilizer: {})", stab_text(stabilizer)),
+            vec![term(
                 1.0,
                 vec![br(1.0, InputMod::Identity, ParamMod::Identity)],
                 BiasMod::Identity,
                 OutputMask::All,
             )],
             stabilizer,
-            bounds: None,
-            f64_denominators: true,
-            cache: WeightCache::default(),
-        }
+        )
     }
 
     /// Epsilon: Z with `SignEpsilon(ε)`.
@@ -274,8 +284,8 @@ impl BasicRule {
                 OutputMask::All,
             ));
         }
-        BasicRule {
-            description: format!(
+        Self::new(
+            format!(
                 "AlphaBeta(alpha: {}, beta: {}, bias: {bias:?}, stabilizer: {})",
                 num(alpha),
                 num(beta),
@@ -283,71 +293,63 @@ impl BasicRule {
             ),
             terms,
             stabilizer,
-            bounds: None,
-            f64_denominators: true,
-            cache: WeightCache::default(),
-        }
+        )
     }
 
     /// Bounded z^B: `Z_j = fwd(x, W) − fwd(l, W⁺) − fwd(h, W⁻)`,
     /// `R_i = x_i T(s, W)_i − l T(s, W⁺)_i − h T(s, W⁻)_i`.
     pub fn z_box(bounds: Bounds, stabilizer: Stabilizer) -> Self {
+        let description = format!(
+            "ZBox(low: {}, high: {}, stabilizer: {})",
+            nums(&bounds.low),
+            nums(&bounds.high),
+            stab_text(stabilizer)
+        );
         BasicRule {
-            description: format!(
-                "ZBox(low: {}, high: {}, stabilizer: {})",
-                nums(&bounds.low),
-                nums(&bounds.high),
-                stab_text(stabilizer)
-            ),
-            terms: vec![term(
-                1.0,
-                vec![
-                    br(1.0, InputMod::Identity, ParamMod::Identity),
-                    br(-1.0, InputMod::Low, ParamMod::Positive),
-                    br(-1.0, InputMod::High, ParamMod::Negative),
-                ],
-                BiasMod::None,
-                OutputMask::All,
-            )],
-            stabilizer,
             bounds: Some(bounds),
-            f64_denominators: true,
-            cache: WeightCache::default(),
+            ..Self::new(
+                description,
+                vec![term(
+                    1.0,
+                    vec![
+                        br(1.0, InputMod::Identity, ParamMod::Identity),
+                        br(-1.0, InputMod::Low, ParamMod::Positive),
+                        br(-1.0, InputMod::High, ParamMod::Negative),
+                    ],
+                    BiasMod::None,
+                    OutputMask::All,
+                )],
+                stabilizer,
+            )
         }
     }
 
     /// Flat: relevance spread uniformly over each unit's in-bounds inputs.
     pub fn flat(stabilizer: Stabilizer) -> Self {
-        BasicRule {
-            description: format!("Flat(stabilizer: {})", stab_text(stabilizer)),
-            terms: vec![term(
+        Self::new(
+            format!("Flat(stabilizer: {})", stab_text(stabilizer)),
+            vec![term(
                 1.0,
                 vec![br(1.0, InputMod::Ones, ParamMod::Ones)],
                 BiasMod::None,
                 OutputMask::All,
             )],
             stabilizer,
-            bounds: None,
-            f64_denominators: true,
-            cache: WeightCache::default(),
-        }
+        )
     }
 
     /// WSquare: relevance spread in proportion to `w²`.
     pub fn w_square(stabilizer: Stabilizer) -> Self {
-        BasicRule {
-            description: format!("WSquare(stabilizer: {})", stab_text(stabilizer)),
-            terms: vec![term(
+        Self::new(
+            format!("WSquare(stabilizer: {})", stab_text(stabilizer)),
+            vec![term(
                 1.0,
                 vec![br(1.0, InputMod::Ones, ParamMod::Squared)],
                 BiasMod::None,
                 OutputMask::All,
             )],
             stabilizer,
-            bounds: None,
-            f64_denominators: true,
-            cache: WeightCache::default(),
-        }
+        )
     }
 
     /// Gamma(γ). `generalized` (Zennit): `w + γw⁺`, `b + γb⁺` where `z > 0` and `w + γw⁻`,
@@ -400,18 +402,15 @@ impl BasicRule {
                 OutputMask::All,
             )]
         };
-        BasicRule {
-            description: format!(
+        Self::new(
+            format!(
                 "Gamma(gamma: {}, generalized: {generalized}, stabilizer: {})",
                 num(gamma),
                 stab_text(stabilizer)
             ),
             terms,
             stabilizer,
-            bounds: None,
-            f64_denominators: true,
-            cache: WeightCache::default(),
-        }
+        )
     }
 }
 
@@ -501,16 +500,7 @@ fn branch_sum<A: LinalgScalar + From<f32> + std::ops::AddAssign + Send + Sync>(
 /// The sign every value of a modified input or weight has (`Some(1.0)`, `Some(-1.0)`), or
 /// `None` when it can have both (or is all zero, which a dead branch already covers).
 fn definite_sign(values: ArrayViewD<'_, f32>) -> Option<f32> {
-    let mut pos = false;
-    let mut neg = false;
-    for &v in values.iter() {
-        pos |= v > 0.0;
-        neg |= v < 0.0;
-        if pos && neg {
-            return None;
-        }
-    }
-    match (pos, neg) {
+    match signs(values) {
         (true, false) => Some(1.0),
         (false, true) => Some(-1.0),
         _ => None,
@@ -588,7 +578,9 @@ impl Rule for BasicRule {
         let z = ctx.output.view();
         let maps = ctx.maps;
         let bounds = ctx.bounds.or(self.bounds.as_ref());
-        let (x_pos, x_neg) = signs(x.view());
+        // Whether x has positive and negative values: scanned once, and only if a branch asks.
+        let x_signs = std::cell::OnceCell::new();
+        let x_signs = || *x_signs.get_or_init(|| signs(x.view()));
         let mut result: Option<ArrayD<f32>> = None;
         for t in &self.terms {
             // The denominator, per image.
@@ -605,8 +597,8 @@ impl Rule for BasicRule {
                 // with an all-zero input adds exactly nothing: skip its forward and transpose.
                 let (xi, dead) = match b.input {
                     InputMod::Identity => (None, false),
-                    InputMod::Positive if !x_neg => (None, !x_pos),
-                    InputMod::Negative if !x_pos => (None, !x_neg),
+                    InputMod::Positive if !x_signs().1 => (None, !x_signs().0),
+                    InputMod::Negative if !x_signs().0 => (None, !x_signs().1),
                     InputMod::Positive => (Some(x.mapv(|v| v.max(0.0))), false),
                     InputMod::Negative => (Some(x.mapv(|v| v.min(0.0))), false),
                     InputMod::Ones => (Some(x.mapv(|_| 1.0)), false),
@@ -644,7 +636,7 @@ impl Rule for BasicRule {
                         let xs = match b.input {
                             InputMod::Positive | InputMod::Ones => 1.0,
                             InputMod::Negative => -1.0,
-                            InputMod::Identity => match (x_pos, x_neg) {
+                            InputMod::Identity => match x_signs() {
                                 (_, false) => 1.0,
                                 (false, true) => -1.0,
                                 (true, true) => return None,

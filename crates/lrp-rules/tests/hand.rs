@@ -217,31 +217,28 @@ fn two_maps_per_image_travel_together() {
 #[test]
 fn config_errors_name_line_and_column() {
     let reg = Registry::with_builtins();
+    let parse_err = |text: &str| {
+        RuleConfig::parse(text, "r.ron", &reg)
+            .unwrap_err()
+            .to_string()
+    };
     let bad_rule = "(\n  rules: [\n    (select: Op(Conv), rule: Frob(x: 1.0)),\n  ],\n)";
-    let e = RuleConfig::parse(bad_rule, "r.ron", &reg)
-        .unwrap_err()
-        .to_string();
+    let e = parse_err(bad_rule);
     assert!(
         e.starts_with("r.ron:3:") && e.contains("unknown rule 'Frob'") && e.contains("AlphaBeta"),
         "{e}"
     );
     let bad_param = "(rules: [(select: Op(Conv), rule: Epsilon(eps: 0.1))])";
-    let e = RuleConfig::parse(bad_param, "r.ron", &reg)
-        .unwrap_err()
-        .to_string();
+    let e = parse_err(bad_param);
     assert!(
         e.contains("r.ron:1:") && e.contains("no parameter 'eps'") && e.contains("epsilon"),
         "{e}"
     );
     let bad_selector = "(rules: [(select: Frist, rule: Flat)])";
-    let e = RuleConfig::parse(bad_selector, "r.ron", &reg)
-        .unwrap_err()
-        .to_string();
+    let e = parse_err(bad_selector);
     assert!(e.contains("r.ron:1:") && e.contains("Frist"), "{e}");
     let bad_value = "(rules: [(select: Op(Conv), rule: AlphaBeta(bias: Half))])";
-    let e = RuleConfig::parse(bad_value, "r.ron", &reg)
-        .unwrap_err()
-        .to_string();
+    let e = parse_err(bad_value);
     assert!(
         e.contains("'Half' is not one of Full, Split, Ignore"),
         "{e}"

@@ -228,15 +228,31 @@ pub fn to_onnx(graph: &Graph, outputs: &ExportOutputs) -> ModelProto {
 }
 
 fn value_info(name: &str, per_sample: &[usize]) -> ValueInfoProto {
+    let mut dims = vec![Dim::Symbolic("N")];
+    dims.extend(per_sample.iter().map(|&d| Dim::Fixed(d)));
+    f32_value_info(name, &dims)
+}
+
+/// One axis of a tensor type: a named (symbolic) size or a fixed one.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Dim<'a> {
+    Symbolic(&'a str),
+    Fixed(usize),
+}
+
+/// The type of an f32 tensor named `name` with axes `dims`.
+pub(crate) fn f32_value_info(name: &str, dims: &[Dim<'_>]) -> ValueInfoProto {
     use proto::tensor_shape_proto::{Dimension, dimension::Value as D};
-    let mut dim = vec![Dimension {
-        value: Some(D::DimParam("N".into())),
-        ..Default::default()
-    }];
-    dim.extend(per_sample.iter().map(|&d| Dimension {
-        value: Some(D::DimValue(d as i64)),
-        ..Default::default()
-    }));
+    let dim = dims
+        .iter()
+        .map(|d| Dimension {
+            value: Some(match *d {
+                Dim::Symbolic(s) => D::DimParam(s.into()),
+                Dim::Fixed(n) => D::DimValue(n as i64),
+            }),
+            ..Default::default()
+        })
+        .collect();
     ValueInfoProto {
         name: Some(name.into()),
         r#type: Some(TypeProto {

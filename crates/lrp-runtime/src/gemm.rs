@@ -3,16 +3,16 @@
 use std::sync::Mutex;
 
 use lrp_kernels::kernels::Sgemm;
+use lrp_onnx::attr_type;
 use lrp_onnx::proto::{
-    self, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorShapeProto,
-    TypeProto, ValueInfoProto,
+    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, ValueInfoProto,
 };
-use lrp_onnx::{attr_type, dtype};
 use ndarray::{ArrayView2, ArrayViewMut2};
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::TensorRef;
 
+use crate::export::{Dim, f32_value_info};
 use crate::session::{RuntimeError, environment};
 
 /// `Y = op(A)·op(B)` on ONNX Runtime's CPU provider: one session per pair of transpose flags,
@@ -113,27 +113,7 @@ impl Sgemm for OrtSgemm {
 }
 
 fn matrix(name: &str, rows: &str, cols: &str) -> ValueInfoProto {
-    use proto::tensor_shape_proto::{Dimension, dimension::Value as D};
-    let dim = [rows, cols]
-        .iter()
-        .map(|d| Dimension {
-            value: Some(D::DimParam((*d).into())),
-            ..Default::default()
-        })
-        .collect();
-    ValueInfoProto {
-        name: Some(name.into()),
-        r#type: Some(TypeProto {
-            value: Some(proto::type_proto::Value::TensorType(
-                proto::type_proto::Tensor {
-                    elem_type: Some(dtype::FLOAT),
-                    shape: Some(TensorShapeProto { dim }),
-                },
-            )),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    f32_value_info(name, &[Dim::Symbolic(rows), Dim::Symbolic(cols)])
 }
 
 fn gemm_model(trans_a: bool, trans_b: bool) -> ModelProto {

@@ -277,17 +277,34 @@ fn basic_block(
     y = b
         .named(&format!("{prefix}.bn2"))
         .batchnorm_scaled(&y, planes, RESNET_BRANCH_GAMMA);
-    let identity = if stride != 1 || in_c != planes {
+    residual(b, prefix, x, &y, in_c, planes, stride, "relu_1")
+}
+
+/// The end of a residual block: `relu(y + shortcut)`, the shortcut being `x` or, when the shape
+/// changes, a 1x1(stride) conv + BN projection of it (`{prefix}.downsample.*`); the final ReLU is
+/// `{prefix}.{relu}`.
+#[allow(clippy::too_many_arguments)]
+fn residual(
+    b: &mut OnnxBuilder,
+    prefix: &str,
+    x: &str,
+    y: &str,
+    in_c: usize,
+    out_c: usize,
+    stride: usize,
+    relu: &str,
+) -> String {
+    let identity = if stride != 1 || in_c != out_c {
         let s = b
             .named(&format!("{prefix}.downsample.0"))
-            .conv(x, in_c, planes, 1, stride, 0, 1, false);
+            .conv(x, in_c, out_c, 1, stride, 0, 1, false);
         b.named(&format!("{prefix}.downsample.1"))
-            .batchnorm_scaled(&s, planes, RESNET_BRANCH_GAMMA)
+            .batchnorm_scaled(&s, out_c, RESNET_BRANCH_GAMMA)
     } else {
         x.to_owned()
     };
-    let sum = b.named(&format!("{prefix}.add")).add(&y, &identity);
-    b.named(&format!("{prefix}.relu_1")).relu(&sum)
+    let sum = b.named(&format!("{prefix}.add")).add(y, &identity);
+    b.named(&format!("{prefix}.{relu}")).relu(&sum)
 }
 
 /// torchvision's `Bottleneck` (v1.5): conv1x1-BN-ReLU-conv3x3(stride)-BN-ReLU-conv1x1(4×)-BN,
@@ -317,17 +334,7 @@ fn bottleneck(
     y = b
         .named(&format!("{prefix}.bn3"))
         .batchnorm_scaled(&y, out_c, RESNET_BRANCH_GAMMA);
-    let identity = if stride != 1 || in_c != out_c {
-        let s = b
-            .named(&format!("{prefix}.downsample.0"))
-            .conv(x, in_c, out_c, 1, stride, 0, 1, false);
-        b.named(&format!("{prefix}.downsample.1"))
-            .batchnorm_scaled(&s, out_c, RESNET_BRANCH_GAMMA)
-    } else {
-        x.to_owned()
-    };
-    let sum = b.named(&format!("{prefix}.add")).add(&y, &identity);
-    b.named(&format!("{prefix}.relu_2")).relu(&sum)
+    residual(b, prefix, x, &y, in_c, out_c, stride, "relu_2")
 }
 
 /// torchvision ResNet-18 (real widths) with seeded He-initialised weights and non-trivial
