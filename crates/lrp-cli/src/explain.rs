@@ -56,13 +56,20 @@ fn parse_targets(s: &str) -> Result<Targets> {
     })
 }
 
-pub fn run(a: ExplainArgs) -> Result<()> {
-    run_with(a, &Registry::with_builtins())
-}
-
 /// `explain` with a registry that may hold a user's rules.
 pub fn run_with(a: ExplainArgs, registry: &Registry) -> Result<()> {
+    let clock = std::time::Instant::now();
+    let mut stages = serde_json::Map::new();
+    let mut lap = |name: &str, since: &mut std::time::Instant| {
+        stages.insert(
+            format!("{name}_seconds"),
+            json!(since.elapsed().as_secs_f64()),
+        );
+        *since = std::time::Instant::now();
+    };
+    let mut since = clock;
     let graph = Graph::load(&a.graph)?;
+    lap("load_graph", &mut since);
     let config = load_config(
         if a.rules.is_some() {
             None
@@ -98,6 +105,7 @@ pub fn run_with(a: ExplainArgs, registry: &Registry) -> Result<()> {
             .map_err(|e| anyhow!("--preprocess: {e}"))?;
     }
     let (batch, sources) = lrp_io::load_input(&a.input, graph.input(), pre.as_ref())?;
+    lap("load_input", &mut since);
     if let Targets::Each(v) = &targets
         && v.len() != batch.shape()[0]
     {
@@ -112,7 +120,10 @@ pub fn run_with(a: ExplainArgs, registry: &Registry) -> Result<()> {
     let labels = graph.labels().map(|l| l.to_vec());
     let layout = graph.input().layout;
     let mut explainer = Explainer::new(graph, config, registry, a.device.into(), a.threads)?;
-    let keep = kept_nodes(explainer.graph(), &a.keep)?;
+    lap("prepare", &mut since);
+    let keep = explainer
+        .nodes_matching(&a.keep)
+        .map_err(|e| anyhow!("--keep {e}"))?;
     let mut kept: Vec<Vec<ArrayD<f32>>> = vec![Vec::new(); keep.len()];
     let n = batch.shape()[0];
     let mut maps: Vec<ArrayD<f32>> = Vec::with_capacity(n.div_ceil(a.batch_size));
@@ -159,6 +170,7 @@ pub fn run_with(a: ExplainArgs, registry: &Registry) -> Result<()> {
         maps.push(ex.relevance);
         start = end;
     }
+    lap("explain", &mut since);
     let views: Vec<_> = maps.iter().map(|m| m.view()).collect();
     let relevance = ndarray::concatenate(Axis(0), &views).expect("chunks share a shape");
     lrp_io::write_npy(&a.out.join("relevance.npy"), &relevance)?;
@@ -187,6 +199,8 @@ pub fn run_with(a: ExplainArgs, registry: &Registry) -> Result<()> {
     for (r, png) in records.iter_mut().zip(&pngs) {
         r["heatmap"] = json!(png);
     }
+    lap("write", &mut since);
+    stages.insert("total_seconds".into(), json!(clock.elapsed().as_secs_f64()));
     let report = json!({
         "graph": a.graph.display().to_string(),
         "method": explainer.config().name,
@@ -194,6 +208,7 @@ pub fn run_with(a: ExplainArgs, registry: &Registry) -> Result<()> {
         "softmax_removed": explainer.softmax_removed(),
         "inputs": records,
         "kept": kept_files,
+        "timings": stages,
     });
     let text = serde_json::to_string_pretty(&report).expect("json");
     lrp_ir::fsutil::write_atomic(&a.out.join("report.json"), text.as_bytes())
@@ -219,39 +234,6 @@ pub fn run_with(a: ExplainArgs, registry: &Registry) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// The nodes of the (canonical) graph that the `--keep` globs select, in graph order; a glob
-/// that selects none is an error that lists the nodes.
-fn kept_nodes(graph: &Graph, globs: &[String]) -> Result<Vec<String>> {
-    let mut keep = Vec::new();
-    for pattern in globs {
-        let glob = globset::Glob::new(pattern)
-            .map_err(|e| anyhow!("--keep '{pattern}': {e}"))?
-            .compile_matcher();
-        let mut any = false;
-        for &id in graph.topo_order() {
-            let name = &graph.nodes()[id].name;
-            if glob.is_match(name) {
-                any = true;
-                if !keep.contains(name) {
-                    keep.push(name.clone());
-                }
-            }
-        }
-        if !any {
-            let names: Vec<&str> = graph
-                .topo_order()
-                .iter()
-                .map(|&i| graph.nodes()[i].name.as_str())
-                .collect();
-            bail!(
-                "--keep '{pattern}' matches no node of the graph explained (BatchNorm layers are folded into their convolutions and a final Softmax is removed); nodes: {}",
-                names.join(", ")
-            );
-        }
-    }
-    Ok(keep)
 }
 
 /// Writes each kept node's relevance, `[N, ...]` (or `[N, maps, ...]` for a two-pass signal:
@@ -353,8 +335,7 @@ fn record(
 }
 
 /// `lrp-graph rules`: registered rules with their parameters, then the methods.
-pub fn list_rules() -> Result<()> {
-    let registry = Registry::with_builtins();
+pub fn list_rules(registry: &Registry) -> Result<()> {
     let mut out = String::from("rules:\n");
     for e in registry.entries() {
         out.push_str(&format!("  {}: {}\n", e.name, e.doc));
@@ -364,7 +345,7 @@ pub fn list_rules() -> Result<()> {
     }
     out.push_str("\nmethods (--method):\n");
     for name in presets::names() {
-        let c = presets::preset(name, &registry).map_err(|e| anyhow!(e))?;
+        let c = presets::preset(name, registry).map_err(|e| anyhow!(e))?;
         out.push_str(&format!("  {name}: {}\n", c.description));
     }
     print!("{out}");

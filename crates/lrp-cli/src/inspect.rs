@@ -5,16 +5,15 @@ use lrp_ir::Graph;
 
 use crate::args::InspectArgs;
 
-pub fn run(a: InspectArgs) -> Result<()> {
+pub fn run(a: InspectArgs, registry: &lrp_rules::Registry) -> Result<()> {
     let graph = Graph::load(&a.graph)?;
     if a.method.is_none() && a.rules.is_none() {
         print!("{}", describe(&graph));
         return Ok(());
     }
-    let registry = lrp_rules::Registry::with_builtins();
-    let config = crate::explain::load_config(a.method.as_deref(), a.rules.as_deref(), &registry)?;
+    let config = crate::explain::load_config(a.method.as_deref(), a.rules.as_deref(), registry)?;
     let (canonical, _) = lrp_engine::canonicalize(graph, &config)?;
-    let assignment = config.assign(&canonical, &registry)?;
+    let assignment = config.assign(&canonical, registry)?;
     println!("method {} signal {:?}", config.name, config.signal);
     print!("{}", assignment.describe(&canonical));
     Ok(())

@@ -1,6 +1,18 @@
 //! The `lrp-graph` command line: argument parsing ([`args`]) and orchestration of the library
 //! crates, nothing more. [`main`] is the whole binary; [`run`] runs one command line and returns
 //! its outcome for embedding and tests.
+//!
+//! A program with its own rules runs the full command line with them registered:
+//!
+//! ```no_run
+//! fn main() -> std::process::ExitCode {
+//!     let mut registry = lrp_rules::Registry::with_builtins();
+//!     // registry.register(...) for each of the program's rules
+//!     lrp_cli::main_with(registry)
+//! }
+//! ```
+//!
+//! `explain --rules FILE.ron`, `inspect --rules` and `rules` then know the added rules by name.
 
 pub mod args;
 mod convert;
@@ -14,6 +26,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 pub use args::{Cli, Command};
+use lrp_rules::Registry;
 
 /// How a failed command exits: 2 for bad usage or bad input, 1 for a runtime failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,30 +58,50 @@ pub fn failure_kind(err: &anyhow::Error) -> Failure {
     Failure::BadInput
 }
 
-/// Parses `args` (the program name first) and runs the command.
+/// Parses `args` (the program name first) and runs the command with the built-in rules.
 pub fn run<I, T>(args: I) -> anyhow::Result<()>
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let cli = Cli::try_parse_from(args)?;
-    execute(cli)
+    run_with(args, &Registry::with_builtins())
 }
 
-/// Runs a parsed command line.
+/// Parses `args` (the program name first) and runs the command with the rules of `registry`.
+pub fn run_with<I, T>(args: I, registry: &Registry) -> anyhow::Result<()>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = Cli::try_parse_from(args)?;
+    execute_with(cli, registry)
+}
+
+/// Runs a parsed command line with the built-in rules.
 pub fn execute(cli: Cli) -> anyhow::Result<()> {
+    execute_with(cli, &Registry::with_builtins())
+}
+
+/// Runs a parsed command line with the rules of `registry`.
+pub fn execute_with(cli: Cli, registry: &Registry) -> anyhow::Result<()> {
     match cli.command {
         Command::Convert(a) => convert::run(a),
-        Command::Inspect(a) => inspect::run(a),
+        Command::Inspect(a) => inspect::run(a, registry),
         Command::Predict(a) => predict::run(a),
-        Command::Explain(a) => explain::run(a),
-        Command::Rules => explain::list_rules(),
+        Command::Explain(a) => explain::run_with(a, registry),
+        Command::Rules => explain::list_rules(registry),
     }
 }
 
 /// The `lrp-graph` binary: runs the process's command line, prints one error line on failure
 /// and returns the exit code (0 success, 1 runtime failure, 2 bad usage or input).
 pub fn main() -> ExitCode {
+    main_with(Registry::with_builtins())
+}
+
+/// The `lrp-graph` command line with the rules of `registry` (the built-ins and a program's own
+/// rules): what a program that adds rules calls from its `main`.
+pub fn main_with(registry: Registry) -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -76,7 +109,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
-    match execute(cli) {
+    match execute_with(cli, &registry) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             if is_broken_pipe(&e) {

@@ -8,6 +8,8 @@
 //! summing relevance where a tensor fans out; all relevance maps of a signal (target and dual
 //! pass) travel through the pass together.
 
+pub mod snapshot;
+
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -161,6 +163,42 @@ impl Explainer {
         &self.config
     }
 
+    /// The names of the nodes of the explained (canonical) graph that match any of the globs
+    /// (`*`, `?`, `[...]`), in topological order, for [`ExplainOptions::keep`]. A glob that
+    /// matches no node is an error listing the nodes.
+    pub fn nodes_matching(&self, globs: &[impl AsRef<str>]) -> Result<Vec<String>, ExplainError> {
+        let graph = &self.graph;
+        let mut keep = Vec::new();
+        for pattern in globs {
+            let pattern = pattern.as_ref();
+            let glob = globset::Glob::new(pattern)
+                .map_err(|e| ExplainError::Input(format!("'{pattern}': {e}")))?
+                .compile_matcher();
+            let mut any = false;
+            for &id in graph.topo_order() {
+                let name = &graph.nodes()[id].name;
+                if glob.is_match(name) {
+                    any = true;
+                    if !keep.contains(name) {
+                        keep.push(name.clone());
+                    }
+                }
+            }
+            if !any {
+                let names: Vec<&str> = graph
+                    .topo_order()
+                    .iter()
+                    .map(|&i| graph.nodes()[i].name.as_str())
+                    .collect();
+                return Err(ExplainError::Input(format!(
+                    "'{pattern}' matches no node of the graph explained (BatchNorm layers are folded into their convolutions and a final Softmax is removed); nodes: {}",
+                    names.join(", ")
+                )));
+            }
+        }
+        Ok(keep)
+    }
+
     /// Whether a final Softmax was removed.
     pub fn softmax_removed(&self) -> bool {
         self.softmax_removed
@@ -175,6 +213,15 @@ impl Explainer {
         if let Some((i, v)) = batch.iter().enumerate().find(|(_, v)| !v.is_finite()) {
             return Err(ExplainError::Input(format!(
                 "the input holds {v} at flat index {i}"
+            )));
+        }
+        if let Some(name) = opts
+            .keep
+            .iter()
+            .find(|k| self.graph.node_id(k.as_str()).is_none())
+        {
+            return Err(ExplainError::Input(format!(
+                "keep: '{name}' is not a node of the graph explained (see Explainer::nodes_matching)"
             )));
         }
         let _backends = use_backends(self.sgemm.clone());

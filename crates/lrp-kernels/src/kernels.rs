@@ -43,9 +43,14 @@ impl KernelError {
     }
 }
 
-/// Upper bound, in f32 elements, on the im2col buffer when several images share one GEMM. One
-/// image always fits, whatever its size.
-const COL_BUDGET: usize = 1 << 24;
+/// Upper bound, in elements, on the im2col buffer of one GEMM: several small images share one
+/// GEMM, a large image is cut into bands of output rows, so the buffer stays in the caches
+/// (col2im and im2col are memory-bound otherwise). A band has at least [`MIN_BAND_COLUMNS`]
+/// output positions, so the GEMM stays wide.
+const COL_BUDGET: usize = 1 << 21;
+
+/// Fewest output positions of a band of rows (see [`COL_BUDGET`]).
+const MIN_BAND_COLUMNS: usize = 512;
 
 /// The strides of a 2-D view as an `Ix2` (for rebuilding it from its pointer); only called on
 /// views with non-negative strides.
@@ -370,8 +375,54 @@ fn taps(len: usize, k: usize, stride: usize, pad: usize, dil: usize, out: usize)
         .collect()
 }
 
-fn images_per_chunk(n: usize, per_image: usize, budget: usize) -> usize {
-    (budget / per_image.max(1)).clamp(1, n.max(1))
+/// One GEMM's share of a convolution: images `n0..n0 + nb`, output rows `r0..r1` of each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Tile {
+    n0: usize,
+    nb: usize,
+    r0: usize,
+    r1: usize,
+}
+
+impl Tile {
+    /// Output positions of one image in the tile.
+    fn positions(&self, ow: usize) -> usize {
+        (self.r1 - self.r0) * ow
+    }
+}
+
+/// Cuts `n` images with `kg` column-matrix rows and `[oh, ow]` output positions into tiles whose
+/// column matrix holds at most `budget` elements: whole images where one fits, else bands of
+/// rows of one image (at least one row, and `MIN_BAND_COLUMNS` positions where the budget
+/// allows).
+fn tiles(n: usize, kg: usize, oh: usize, ow: usize, budget: usize) -> Vec<Tile> {
+    let per_image = (kg * oh * ow).max(1);
+    if per_image <= budget || oh <= 1 {
+        let nb = (budget / per_image).clamp(1, n.max(1));
+        return (0..n)
+            .step_by(nb)
+            .map(|n0| Tile {
+                n0,
+                nb: nb.min(n - n0),
+                r0: 0,
+                r1: oh,
+            })
+            .collect();
+    }
+    let ow = ow.max(1);
+    let rows = (budget / (kg.max(1) * ow))
+        .max(MIN_BAND_COLUMNS.min(budget / kg.max(1)).div_ceil(ow))
+        .clamp(1, oh);
+    (0..n)
+        .flat_map(|ni| {
+            (0..oh).step_by(rows).map(move |r0| Tile {
+                n0: ni,
+                nb: 1,
+                r0,
+                r1: (r0 + rows).min(oh),
+            })
+        })
+        .collect()
 }
 
 /// Sizes shared by im2col and col2im.
@@ -406,41 +457,44 @@ impl<'a> Cols<'a> {
         }
     }
 
-    /// Fills `col` (`[cg·kh·kw, nb·p]`, row-major) with the receptive fields of images
-    /// `n0..n0+nb`, channels `c0..c0+cg` of `xs` (`[N, C, H, W]`, contiguous); padding reads 0.
-    fn im2col<A: LinalgScalar + Send + Sync>(
-        &self,
-        xs: &[A],
-        col: &mut [A],
-        n0: usize,
-        nb: usize,
-        c0: usize,
-    ) {
+    /// The output rows of tap `th` inside `r0..r1`, and the input row the first of them reads.
+    fn rows(&self, th: &Tap, t: &Tile) -> (usize, usize, usize) {
+        let lo = th.lo.max(t.r0);
+        let hi = th.hi.min(t.r1).max(lo);
+        (lo, hi, th.first + (lo - th.lo) * self.g.strides[0])
+    }
+
+    /// Fills `col` (`[cg·kh·kw, nb·q]`, row-major, `q` the tile's positions per image) with the
+    /// receptive fields of the tile's output positions, channels `c0..c0+cg` of `xs`
+    /// (`[N, C, H, W]`, contiguous); padding reads 0.
+    fn im2col<A: LinalgScalar + Send + Sync>(&self, xs: &[A], col: &mut [A], t: &Tile, c0: usize) {
         let [c, h, w] = self.g.input;
         let [_, _, ow] = self.g.output;
         let [kh, kw] = self.g.kernel;
         let [sh, sw] = self.g.strides;
-        let (p, hw) = (self.p, h * w);
-        let cols = nb * p;
+        let (q, hw) = (t.positions(ow), h * w);
+        let cols = t.nb * q;
         // One block of kh·kw rows per input channel, filled in parallel.
         col[..self.cg * kh * kw * cols]
             .par_chunks_mut(kh * kw * cols)
             .enumerate()
             .for_each(|(ci, block)| {
-                for ni in 0..nb {
-                    let base = ((n0 + ni) * c + c0 + ci) * hw;
+                for ni in 0..t.nb {
+                    let base = ((t.n0 + ni) * c + c0 + ci) * hw;
                     let plane = &xs[base..base + hw];
                     for (ki, th) in self.th.iter().enumerate() {
+                        let (lo, hi, ih0) = self.rows(th, t);
                         for (kj, tw) in self.tw.iter().enumerate() {
                             let r = ki * kw + kj;
-                            let dst = &mut block[r * cols + ni * p..][..p];
-                            dst[..th.lo * ow].fill(A::zero());
-                            dst[th.hi * ow..].fill(A::zero());
+                            let dst = &mut block[r * cols + ni * q..][..q];
+                            dst[..(lo - t.r0) * ow].fill(A::zero());
+                            dst[(hi - t.r0) * ow..].fill(A::zero());
                             let n_w = tw.hi - tw.lo;
-                            for (step, drow) in
-                                dst[th.lo * ow..th.hi * ow].chunks_exact_mut(ow).enumerate()
+                            for (step, drow) in dst[(lo - t.r0) * ow..(hi - t.r0) * ow]
+                                .chunks_exact_mut(ow)
+                                .enumerate()
                             {
-                                let ih = th.first + step * sh;
+                                let ih = ih0 + step * sh;
                                 drow[..tw.lo].fill(A::zero());
                                 drow[tw.hi..].fill(A::zero());
                                 let src = &plane[ih * w + tw.first..];
@@ -460,30 +514,32 @@ impl<'a> Cols<'a> {
             });
     }
 
-    /// Adds the columns `col` (`[cg·kh·kw, nb·p]`) back onto images `n0..n0+nb`, channels
-    /// `c0..c0+cg` of `out` (`[N, C, H, W]`, contiguous); entries of padded positions are dropped.
-    fn col2im(&self, col: &[f32], out: &mut [f32], n0: usize, nb: usize, c0: usize) {
+    /// Adds the columns `col` (`[cg·kh·kw, nb·q]`) of the tile back onto channels `c0..c0+cg`
+    /// of `out` (`[N, C, H, W]`, contiguous); entries of padded positions are dropped.
+    fn col2im(&self, col: &[f32], out: &mut [f32], t: &Tile, c0: usize) {
         let [c, h, w] = self.g.input;
         let [_, _, ow] = self.g.output;
         let [kh, kw] = self.g.kernel;
         let [sh, sw] = self.g.strides;
-        let (p, hw) = (self.p, h * w);
-        let cols = nb * p;
-        for ni in 0..nb {
-            let base = ((n0 + ni) * c + c0) * hw;
+        let (q, hw) = (t.positions(ow), h * w);
+        let cols = t.nb * q;
+        for ni in 0..t.nb {
+            let base = ((t.n0 + ni) * c + c0) * hw;
             // The planes of one image's channels, in parallel.
             out[base..base + self.cg * hw]
                 .par_chunks_mut(hw)
                 .enumerate()
                 .for_each(|(ci, plane)| {
                     for (ki, th) in self.th.iter().enumerate() {
+                        let (lo, hi, ih0) = self.rows(th, t);
                         for (kj, tw) in self.tw.iter().enumerate() {
                             let r = (ci * kh + ki) * kw + kj;
-                            let src = &col[r * cols + ni * p..][..p];
-                            for (step, srow) in
-                                src[th.lo * ow..th.hi * ow].chunks_exact(ow).enumerate()
+                            let src = &col[r * cols + ni * q..][..q];
+                            for (step, srow) in src[(lo - t.r0) * ow..(hi - t.r0) * ow]
+                                .chunks_exact(ow)
+                                .enumerate()
                             {
-                                let ih = th.first + step * sh;
+                                let ih = ih0 + step * sh;
                                 let dst = &mut plane[ih * w + tw.first..];
                                 let srow = &srow[tw.lo..tw.hi];
                                 if sw == 1 {
@@ -539,24 +595,30 @@ fn conv2d_forward_budget<A: LinalgScalar + Send + Sync>(
         .view()
         .into_shape_with_order((o, kg))
         .expect("standard layout");
-    let nb = images_per_chunk(n, kg * p, budget);
-    let mut col = vec![A::zero(); kg * nb * p];
-    let mut res = vec![A::zero(); og * nb * p];
+    let [_, _, ow] = g.output;
+    let tiles = tiles(n, kg, oh, ow, budget);
+    let most = tiles
+        .iter()
+        .map(|t| t.nb * t.positions(ow))
+        .max()
+        .unwrap_or(0);
+    let mut col = vec![A::zero(); kg * most];
+    let mut res = vec![A::zero(); og * most];
     let outs = out.as_slice_mut().expect("fresh array");
-    for n0 in (0..n).step_by(nb) {
-        let nbc = nb.min(n - n0);
-        let ncol = nbc * p;
+    for t in &tiles {
+        let q = t.positions(ow);
+        let ncol = t.nb * q;
         for gi in 0..g.groups {
-            cols.im2col(xs, &mut col[..kg * ncol], n0, nbc, gi * cg);
+            cols.im2col(xs, &mut col[..kg * ncol], t, gi * cg);
             let colv = ArrayView2::from_shape((kg, ncol), &col[..kg * ncol]).expect("sized");
             let mut resv =
                 ArrayViewMut2::from_shape((og, ncol), &mut res[..og * ncol]).expect("sized");
             let wg = w2.slice(s![gi * og..(gi + 1) * og, ..]);
             matmul(wg, colv, &mut resv);
             for (oi, row) in res[..og * ncol].chunks_exact(ncol).enumerate() {
-                for (ni, src) in row.chunks_exact(p).enumerate() {
-                    let dst = ((n0 + ni) * o + gi * og + oi) * p;
-                    outs[dst..dst + p].copy_from_slice(src);
+                for (ni, src) in row.chunks_exact(q).enumerate() {
+                    let dst = ((t.n0 + ni) * o + gi * og + oi) * p + t.r0 * ow;
+                    outs[dst..dst + q].copy_from_slice(src);
                 }
             }
         }
@@ -596,18 +658,24 @@ fn conv2d_transpose_budget(
         .view()
         .into_shape_with_order((o, kg))
         .expect("standard layout");
-    let nb = images_per_chunk(m, kg * p, budget);
-    let mut col = vec![0f32; kg * nb * p];
-    let mut sbuf = vec![0f32; og * nb * p];
+    let [_, oh, ow] = g.output;
+    let tiles = tiles(m, kg, oh, ow, budget);
+    let most = tiles
+        .iter()
+        .map(|t| t.nb * t.positions(ow))
+        .max()
+        .unwrap_or(0);
+    let mut col = vec![0f32; kg * most];
+    let mut sbuf = vec![0f32; og * most];
     let outs = out.as_slice_mut().expect("fresh array");
-    for n0 in (0..m).step_by(nb) {
-        let nbc = nb.min(m - n0);
-        let ncol = nbc * p;
+    for t in &tiles {
+        let q = t.positions(ow);
+        let ncol = t.nb * q;
         for gi in 0..g.groups {
             for (oi, row) in sbuf[..og * ncol].chunks_exact_mut(ncol).enumerate() {
-                for (ni, dst) in row.chunks_exact_mut(p).enumerate() {
-                    let src = ((n0 + ni) * o + gi * og + oi) * p;
-                    dst.copy_from_slice(&ss[src..src + p]);
+                for (ni, dst) in row.chunks_exact_mut(q).enumerate() {
+                    let src = ((t.n0 + ni) * o + gi * og + oi) * p + t.r0 * ow;
+                    dst.copy_from_slice(&ss[src..src + q]);
                 }
             }
             let sv = ArrayView2::from_shape((og, ncol), &sbuf[..og * ncol]).expect("sized");
@@ -615,7 +683,7 @@ fn conv2d_transpose_budget(
                 ArrayViewMut2::from_shape((kg, ncol), &mut col[..kg * ncol]).expect("sized");
             let wgt = w2.slice(s![gi * og..(gi + 1) * og, ..]).reversed_axes();
             matmul(wgt, sv, &mut colv);
-            cols.col2im(&col[..kg * ncol], outs, n0, nbc, gi * cg);
+            cols.col2im(&col[..kg * ncol], outs, t, gi * cg);
         }
     }
     out
@@ -1231,6 +1299,24 @@ mod tests {
         let two = conv2d_transpose_budget(s.view(), w.view(), &g, 3 * 12 * oh * ow);
         assert_eq!(whole, one);
         assert_eq!(whole, two);
+        // Bands of 2 rows of one image at a time.
+        assert!(oh > 2);
+        let band = 2 * 12 * ow;
+        assert_eq!(
+            tiles(5, 12, oh, ow, band)[1],
+            Tile {
+                n0: 0,
+                nb: 1,
+                r0: 2,
+                r1: 4
+            }
+        );
+        let fwd = conv2d_forward_budget(x.view(), w.view(), &g, band);
+        assert_eq!(
+            fwd,
+            conv2d_forward_budget(x.view(), w.view(), &g, usize::MAX)
+        );
+        assert_eq!(conv2d_transpose_budget(s.view(), w.view(), &g, band), whole);
     }
 
     #[test]

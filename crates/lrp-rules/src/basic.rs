@@ -91,28 +91,58 @@ pub enum OutputMask {
     Negative,
 }
 
-/// One branch of a term.
+/// One branch of a term. In RON every field may be left out: `(sign: 1.0, input: Identity,
+/// param: Identity)` are the defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Branch {
     /// `c_b`, the branch's sign or weight in both the denominator and the redistribution.
+    #[serde(default = "one")]
     pub sign: f32,
     /// `m_b`.
+    #[serde(default = "identity_input")]
     pub input: InputMod,
     /// `p_b`.
+    #[serde(default = "identity_param")]
     pub param: ParamMod,
 }
 
-/// One term: branches sharing a denominator.
+/// One term: branches sharing a denominator. In RON only `branches` is required: `coef: 1.0`,
+/// `bias: Identity` and `mask: All` are the defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Term {
     /// `coef_t`.
+    #[serde(default = "one")]
     pub coef: f32,
     /// The branches.
     pub branches: Vec<Branch>,
     /// The bias in the denominator.
+    #[serde(default = "identity_bias")]
     pub bias: BiasMod,
     /// Where the term applies.
+    #[serde(default = "all_outputs")]
     pub mask: OutputMask,
+}
+
+fn one() -> f32 {
+    1.0
+}
+
+fn identity_input() -> InputMod {
+    InputMod::Identity
+}
+
+fn identity_param() -> ParamMod {
+    ParamMod::Identity
+}
+
+fn identity_bias() -> BiasMod {
+    BiasMod::Identity
+}
+
+fn all_outputs() -> OutputMask {
+    OutputMask::All
 }
 
 /// A rule for Conv and Dense layers given as terms (see the module docs).
@@ -421,7 +451,8 @@ pub fn num(v: f32) -> String {
     if e.len() < s.len() { e } else { s }
 }
 
-fn nums(v: &[f32]) -> String {
+/// One number as [`num`] writes it, or a list of them in brackets.
+pub fn nums(v: &[f32]) -> String {
     if v.len() == 1 {
         num(v[0])
     } else {
@@ -430,6 +461,47 @@ fn nums(v: &[f32]) -> String {
             v.iter().map(|x| num(*x)).collect::<Vec<_>>().join(", ")
         )
     }
+}
+
+/// Terms as RON text that reads back as the same terms, e.g.
+/// `[(coef: 1, branches: [(sign: 1, input: Positive, param: Positive)], bias: Positive, mask: All)]`.
+pub fn terms_text(terms: &[Term]) -> String {
+    let gamma = |name: &str, gamma: f32, positive: bool| {
+        format!("{name}(gamma: {}, positive: {positive})", num(gamma))
+    };
+    let param = |p: ParamMod| match p {
+        ParamMod::Gamma { gamma: g, positive } => gamma("Gamma", g, positive),
+        other => format!("{other:?}"),
+    };
+    let bias = |b: BiasMod| match b {
+        BiasMod::Gamma { gamma: g, positive } => gamma("Gamma", g, positive),
+        other => format!("{other:?}"),
+    };
+    let terms: Vec<String> = terms
+        .iter()
+        .map(|t| {
+            let branches: Vec<String> = t
+                .branches
+                .iter()
+                .map(|b| {
+                    format!(
+                        "(sign: {}, input: {:?}, param: {})",
+                        num(b.sign),
+                        b.input,
+                        param(b.param)
+                    )
+                })
+                .collect();
+            format!(
+                "(coef: {}, branches: [{}], bias: {}, mask: {:?})",
+                num(t.coef),
+                branches.join(", "),
+                bias(t.bias),
+                t.mask
+            )
+        })
+        .collect();
+    format!("[{}]", terms.join(", "))
 }
 
 /// A stabiliser as text: `SignEpsilon(1e-6)`, `ZeroGuard(1e-7)`.
@@ -717,6 +789,29 @@ impl Rule for BasicRule {
 mod tests {
     use super::*;
     use ndarray::{IxDyn, array};
+
+    /// The text of every built-in's terms reads back as the same terms.
+    #[test]
+    fn terms_text_round_trips() {
+        let rules = [
+            BasicRule::z(Stabilizer::SignEpsilon(1e-6)),
+            BasicRule::alpha_beta(2.0, 1.0, BiasMode::Split, Stabilizer::ZeroGuard(1e-7)),
+            BasicRule::gamma(0.25, true, Stabilizer::ZeroGuard(1e-7)),
+            BasicRule::flat(Stabilizer::ZeroGuard(1e-7)),
+            BasicRule::z_box(
+                Bounds {
+                    low: vec![-1.0],
+                    high: vec![1.0],
+                },
+                Stabilizer::ZeroGuard(1e-7),
+            ),
+        ];
+        for r in rules {
+            let text = terms_text(&r.terms);
+            let back: Vec<Term> = ron::from_str(&text).unwrap();
+            assert_eq!(back, r.terms, "{text}");
+        }
+    }
 
     #[test]
     fn modified_weights_are_made_once_per_tensor_and_modifier() {

@@ -311,6 +311,8 @@ impl<'de> DeserializeSeed<'de> for ValueSeed {
             })),
             ParamKind::Bool => bool::deserialize(d).map(ParamValue::Bool),
             ParamKind::Stabilizer => Stabilizer::deserialize(d).map(ParamValue::Stabilizer),
+            ParamKind::Ron => <&ron::value::RawValue>::deserialize(d)
+                .map(|raw| ParamValue::Ron(raw.get_ron().trim().to_string())),
             ParamKind::Name(allowed) => {
                 struct Ident(&'static [&'static str]);
                 impl Visitor<'_> for Ident {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use lrp_kernels::Stabilizer;
 
-use crate::basic::{BasicRule, BiasMode};
+use crate::basic::{BasicRule, BiasMod, BiasMode, ParamMod, Term};
 use crate::rule::{Bounds, Rule};
 use crate::structural::{
     AddRule, AvgPoolRule, BatchNormRule, MaxPoolRouting, MaxPoolRule, Move, Pass, Split,
@@ -26,6 +26,9 @@ pub enum ParamKind {
     Name(&'static [&'static str]),
     /// A stabiliser: `SignEpsilon(1e-6)` or `ZeroGuard(1e-7)`.
     Stabilizer,
+    /// Any RON value, kept as text for the constructor to read with serde (e.g. the terms of
+    /// a `Basic` rule).
+    Ron,
 }
 
 /// A declared parameter of a rule.
@@ -59,6 +62,8 @@ pub enum ParamValue {
     Name(String),
     /// A stabiliser.
     Stabilizer(Stabilizer),
+    /// RON text of a [`ParamKind::Ron`] parameter.
+    Ron(String),
 }
 
 /// The parameters given to a rule, checked against its declarations.
@@ -119,6 +124,14 @@ impl Params {
         match self.values.get(name) {
             Some(ParamValue::Stabilizer(s)) => *s,
             _ => default,
+        }
+    }
+
+    /// RON text of parameter `name` (a [`ParamKind::Ron`] parameter), if given.
+    pub fn ron(&self, name: &str) -> Option<&str> {
+        match self.values.get(name) {
+            Some(ParamValue::Ron(s)) => Some(s),
+            _ => None,
         }
     }
 
@@ -389,6 +402,34 @@ impl Registry {
             },
         ));
         ok(self.register(
+            "Basic",
+            "a rule written as data (Zennit's BasicHook): terms of branches, each branch a sign, an input modifier and a weight modifier; see docs/rules.md",
+            vec![
+                ParamDecl::new(
+                    "terms",
+                    ParamKind::Ron,
+                    "the terms (required): [(coef: 1.0, branches: [(sign: 1.0, input: Positive, param: Positive)], bias: Positive, mask: All)]; input Identity|Positive|Negative|Ones|Low|High, param Identity|Positive|Negative|Squared|Ones|Gamma(gamma: G, positive: B), bias None|Identity|Positive|Negative|Gamma(..), mask All|Positive|Negative",
+                ),
+                ParamDecl::new(
+                    "low",
+                    ParamKind::Floats,
+                    "lowest input value for Low branches, scalar or per channel",
+                ),
+                ParamDecl::new(
+                    "high",
+                    ParamKind::Floats,
+                    "highest input value for High branches, scalar or per channel",
+                ),
+                ParamDecl::new(
+                    "f64_denominators",
+                    ParamKind::Bool,
+                    "recomputed denominators that can cancel are summed in f64 (default true)",
+                ),
+                STAB,
+            ],
+            basic_from_params,
+        ));
+        ok(self.register(
             "Pass",
             "R_in = R_out (element-wise layers)",
             vec![],
@@ -468,6 +509,80 @@ impl Registry {
             },
         ));
     }
+}
+
+/// Builds a `Basic` rule from its RON parameters.
+fn basic_from_params(p: &Params, d: &Defaults) -> Result<Arc<dyn Rule>, String> {
+    let text = p
+        .ron("terms")
+        .ok_or("the parameter 'terms' is required, e.g. terms: [(branches: [(input: Positive, param: Positive)])]")?;
+    let terms: Vec<Term> = ron::from_str(text).map_err(|e| format!("terms: {}", e.code))?;
+    check_terms(&terms)?;
+    let bounds = match (p.get("low"), p.get("high")) {
+        (None, None) => None,
+        (Some(_), Some(_)) => {
+            let b = Bounds {
+                low: p.floats("low", &[]),
+                high: p.floats("high", &[]),
+            };
+            check_bounds(&b)?;
+            Some(b)
+        }
+        _ => return Err("low and high go together".into()),
+    };
+    let stabilizer = p.stabilizer("stabilizer", d.stabilizer);
+    let mut description = format!(
+        "Basic(terms: {}, stabilizer: {}",
+        crate::basic::terms_text(&terms),
+        crate::basic::stab_text(stabilizer)
+    );
+    if let Some(b) = &bounds {
+        description.push_str(&format!(
+            ", low: {}, high: {}",
+            crate::basic::nums(&b.low),
+            crate::basic::nums(&b.high)
+        ));
+    }
+    let f64_denominators = p.bool("f64_denominators", true);
+    if !f64_denominators {
+        description.push_str(", f64_denominators: false");
+    }
+    description.push(')');
+    let mut rule = BasicRule::new(description, terms, stabilizer);
+    rule.bounds = bounds;
+    rule.f64_denominators = f64_denominators;
+    Ok(Arc::new(rule))
+}
+
+/// The checks of a `Basic` rule's terms: at least one term, each with at least one branch, and
+/// finite coefficients.
+fn check_terms(terms: &[Term]) -> Result<(), String> {
+    if terms.is_empty() {
+        return Err("terms: at least one term is needed".into());
+    }
+    for (k, t) in terms.iter().enumerate() {
+        if t.branches.is_empty() {
+            return Err(format!("terms[{k}]: at least one branch is needed"));
+        }
+        let gammas = t
+            .branches
+            .iter()
+            .filter_map(|b| match b.param {
+                ParamMod::Gamma { gamma, .. } => Some(gamma),
+                _ => None,
+            })
+            .chain(match t.bias {
+                BiasMod::Gamma { gamma, .. } => Some(gamma),
+                _ => None,
+            });
+        let values = std::iter::once(t.coef)
+            .chain(t.branches.iter().map(|b| b.sign))
+            .chain(gammas);
+        if let Some(v) = values.into_iter().find(|v| !v.is_finite()) {
+            return Err(format!("terms[{k}]: {v} is not a finite number"));
+        }
+    }
+    Ok(())
 }
 
 fn bias_mode(p: &Params) -> Result<BiasMode, String> {
