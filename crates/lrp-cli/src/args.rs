@@ -41,7 +41,8 @@ pub struct ConvertArgs {
     /// scale=S,mean=M,std=D,order=RGB|BGR,resize=HxW (per-channel values separated by '/').
     #[arg(long, value_name = "P")]
     pub preprocess: Option<String>,
-    /// Class labels to record in the graph: a text file with one label per line.
+    /// Class labels to record in the graph: a text file with one label per line, or `imagenet`
+    /// for the bundled ImageNet-1k class names.
     #[arg(long, value_name = "FILE")]
     pub labels: Option<PathBuf>,
     /// Name of the graph (default: the model file's stem).

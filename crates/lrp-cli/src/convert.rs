@@ -159,9 +159,17 @@ fn fixed_batch(model: &ModelProto, name: &str) -> Option<usize> {
 
 /// Reads a labels file: one label per line, surrounding whitespace trimmed, trailing empty
 /// lines dropped.
+/// The 1000 ImageNet-1k class names in the usual class-index order (torchvision's and
+/// keras.applications' order), bundled for `--labels imagenet`.
+pub const IMAGENET_LABELS: &str = include_str!("../../../graphs/imagenet1k_labels.txt");
+
 pub fn read_labels(path: &PathBuf) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("--labels {}: cannot read", path.display()))?;
+    let text = if path.as_os_str() == "imagenet" && !path.exists() {
+        IMAGENET_LABELS.to_string()
+    } else {
+        std::fs::read_to_string(path)
+            .with_context(|| format!("--labels {}: cannot read", path.display()))?
+    };
     let mut labels: Vec<String> = text.lines().map(|l| l.trim().to_string()).collect();
     while labels.last().is_some_and(|l| l.is_empty()) {
         labels.pop();

@@ -5,7 +5,7 @@ use std::path::Path;
 use image::imageops::FilterType;
 use image::{DynamicImage, GrayImage, ImageBuffer, Pixel, RgbImage};
 use lrp_ir::preprocess::image_dims;
-use lrp_ir::{ChannelOrder, InputDef, Layout, Preprocess};
+use lrp_ir::{ChannelOrder, Filter, Fit, InputDef, Layout, Preprocess};
 use ndarray::{ArrayD, IxDyn};
 
 use crate::error::{IoError, Result, one_line};
@@ -20,38 +20,71 @@ const MAX_PIXELS: u64 = 1 << 28;
 /// The image is decoded (PNG or JPEG, found by content; 16-bit images are reduced to 8 bits and
 /// alpha is dropped) and turned into grey (ITU-R BT.601 luma, `0.299 R + 0.587 G + 0.114 B`,
 /// rounded, as PIL's `convert("L")`) for 1-channel inputs or RGB for 3-channel inputs. It is
-/// then resized with bilinear filtering ([`FilterType::Triangle`]) to `preprocess.resize`
-/// (height × width) and centre-cropped to the input's height × width (the crop offset is
-/// rounded down), or, when `resize` is `None`, resized straight to the input's size; an image
-/// that already has the target size is not resampled. Channels are ordered per
-/// `preprocess.order` and each value is `(pixel · scale − mean[c]) / std[c]`, `c` counting in
-/// the model's channel order.
+/// then brought to the size `T` = `preprocess.resize` (height × width), or the input's size when
+/// that is `None`, as `preprocess.fit` says: `Stretch` resizes to `T`, `Shorter` scales it
+/// (aspect ratio kept) until it covers `T` and centre-crops, `Crop` centre-crops at the image's
+/// own resolution. Resizes use `preprocess.filter` (bilinear: [`FilterType::Triangle`]); an image
+/// that already has the size is not resampled. `T` is then centre-cropped to the input's
+/// height × width (crop offsets rounded down). Channels are ordered per `preprocess.order` and
+/// each value is `(pixel · scale − mean[c]) / std[c]`, `c` counting in the model's channel
+/// order.
 pub fn load_image(path: &Path, input: &InputDef, preprocess: &Preprocess) -> Result<ArrayD<f32>> {
     let (c, h, w) = check_image_input(path, input, preprocess)?;
     let (rh, rw) = preprocess.resize.map_or((h, w), |[rh, rw]| (rh, rw));
-    let (y0, x0) = ((rh - h) / 2, (rw - w) / 2);
+    let too_large = |what: String| IoError::NotImageInput {
+        path: path.to_path_buf(),
+        reason: format!("the {what} is too large"),
+    };
     // Resampling allocates the whole target image: refuse absurd sizes rather than abort.
     let (rh32, rw32) = match (u32::try_from(rh), u32::try_from(rw)) {
         (Ok(a), Ok(b)) if (a as u64) * (b as u64) <= MAX_PIXELS => (a, b),
-        _ => {
-            return Err(IoError::NotImageInput {
-                path: path.to_path_buf(),
-                reason: format!("the target size {rh}x{rw} is too large"),
-            });
-        }
+        _ => return Err(too_large(format!("target size {rh}x{rw}"))),
     };
     let img = decode(path)?;
+    let (iw, ih) = (img.width(), img.height());
+    // The size the image is resized to, and the offset of the T-sized window in it.
+    let (sw, sh) = match preprocess.fit {
+        Fit::Stretch => (rw32, rh32),
+        Fit::Crop => {
+            if iw < rw32 || ih < rh32 {
+                return Err(IoError::NotImageInput {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "the image is {ih}x{iw} (height x width), smaller than the {rh}x{rw} that fit=crop cuts out; use fit=shorter or fit=stretch"
+                    ),
+                });
+            }
+            (iw, ih)
+        }
+        Fit::Shorter => {
+            let k = (rw as f64 / iw as f64).max(rh as f64 / ih as f64);
+            let sw = ((iw as f64 * k).round() as u64).max(rw as u64);
+            let sh = ((ih as f64 * k).round() as u64).max(rh as u64);
+            if sw * sh > MAX_PIXELS {
+                return Err(too_large(format!("scaled image ({sh}x{sw})")));
+            }
+            (sw as u32, sh as u32)
+        }
+    };
+    let (y0, x0) = (
+        (sh as usize - rh) / 2 + (rh - h) / 2,
+        (sw as usize - rw) / 2 + (rw - w) / 2,
+    );
+    let filter = match preprocess.filter {
+        Filter::Bilinear => FilterType::Triangle,
+        Filter::Nearest => FilterType::Nearest,
+    };
     // (p · scale − mean[c]) / std[c], c in the model's channel order.
     let norm = |p: u8, ch: usize| {
         (p as f32 * preprocess.scale - preprocess.mean_of(ch)) / preprocess.std_of(ch)
     };
     let data = if c == 1 {
-        let g = fit(to_grey(&img), rw32, rh32);
+        let g = fit(to_grey(&img), sw, sh, filter);
         sample_values(h, w, 1, input.layout, |y, x, ch| {
             norm(g.get_pixel((x + x0) as u32, (y + y0) as u32)[0], ch)
         })
     } else {
-        let rgb = fit(img.to_rgb8(), rw32, rh32);
+        let rgb = fit(img.to_rgb8(), sw, sh, filter);
         let src = |ch: usize| match preprocess.order {
             ChannelOrder::RGB => ch,
             ChannelOrder::BGR => 2 - ch,
@@ -61,6 +94,14 @@ pub fn load_image(path: &Path, input: &InputDef, preprocess: &Preprocess) -> Res
         })
     };
     Ok(ArrayD::from_shape_vec(IxDyn(&input.shape), data).expect("shape of an image input"))
+}
+
+/// An image file as 8-bit RGB pixels (row-major, 3 bytes each) with its width and height, for
+/// overlays and galleries.
+pub fn load_rgb(path: &Path) -> Result<(Vec<u8>, usize, usize)> {
+    let img = decode(path)?.to_rgb8();
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    Ok((img.into_raw(), w, h))
 }
 
 /// Channels, height and width of `input`, once it and `preprocess` are known to fit images.
@@ -113,15 +154,20 @@ fn sample_values(
     out
 }
 
-/// `img` resized to `w × h` with bilinear filtering, unless it already has that size.
-fn fit<P>(img: ImageBuffer<P, Vec<u8>>, w: u32, h: u32) -> ImageBuffer<P, Vec<u8>>
+/// `img` resized to `w × h` with `filter`, unless it already has that size.
+fn fit<P>(
+    img: ImageBuffer<P, Vec<u8>>,
+    w: u32,
+    h: u32,
+    filter: FilterType,
+) -> ImageBuffer<P, Vec<u8>>
 where
     P: Pixel<Subpixel = u8> + 'static,
 {
     if img.dimensions() == (w, h) {
         img
     } else {
-        image::imageops::resize(&img, w, h, FilterType::Triangle)
+        image::imageops::resize(&img, w, h, filter)
     }
 }
 

@@ -639,6 +639,7 @@ fn image_bgr_mean_std_nchw() {
         mean: vec![1.0, 2.0, 3.0],
         std: vec![2.0, 4.0, 8.0],
         resize: None,
+        ..Preprocess::none()
     };
     let x = load_image(&p, &input(Layout::NCHW, &[3, 1, 2]), &pre).unwrap();
     // Model channel 0 is blue, 1 green, 2 red; mean/std in that order.
@@ -914,4 +915,43 @@ fn mangled_files_never_panic() {
             msg(e, &p);
         }
     }
+}
+
+/// `fit` and `filter`: a 2×4 grey ramp (values 0, 10, 20, 30 per row) into a 2×2 input.
+#[test]
+fn image_fit_and_filter() {
+    let dir = tempfile::tempdir().unwrap();
+    let px = |v: u8| [v, v, v];
+    let row: Vec<[u8; 3]> = [0, 10, 20, 30].into_iter().map(px).collect();
+    let p = rgb_png(dir.path(), "ramp.png", &[&row, &row]);
+    let inp = input(Layout::NCHW, &[1, 2, 2]);
+    let load = |pre: &str| {
+        let pre: Preprocess = pre.parse().unwrap();
+        load_image(&p, &inp, &pre)
+            .unwrap()
+            .into_raw_vec_and_offset()
+            .0
+    };
+    // Centre crop at the image's resolution: the middle columns.
+    assert_eq!(load("fit=crop"), vec![10.0, 20.0, 10.0, 20.0]);
+    // Shorter side 2 already matches: no scaling, then the centre crop.
+    assert_eq!(load("fit=shorter"), vec![10.0, 20.0, 10.0, 20.0]);
+    // Stretch 4 → 2 columns with nearest sampling: target centres 0.5 and 1.5 map to source
+    // positions 1.0 and 3.0, which fall on pixels 1 and 3 (the image crate's convention).
+    assert_eq!(
+        load("fit=stretch,filter=nearest"),
+        vec![10.0, 30.0, 10.0, 30.0]
+    );
+    // Bilinear averages neighbours instead.
+    assert_ne!(load("fit=stretch"), load("fit=stretch,filter=nearest"));
+    // A mode first, then keys.
+    let pre: Preprocess = "torch,fit=shorter,filter=nearest".parse().unwrap();
+    assert_eq!(pre.scale, Preprocess::torch().scale);
+    assert_eq!(pre.fit, lrp_ir::Fit::Shorter);
+    assert!("fit=shorter,torch".parse::<Preprocess>().is_err());
+    assert!("fit=sideways".parse::<Preprocess>().is_err());
+    // An image smaller than the crop is refused with a hint.
+    let big = input(Layout::NCHW, &[1, 4, 4]);
+    let e = load_image(&p, &big, &"fit=crop".parse().unwrap()).unwrap_err();
+    assert!(msg(e, &p).contains("fit=shorter"));
 }

@@ -21,5 +21,5 @@ pub use graph::{
     FORMAT_VERSION, Graph, GraphDef, InputDef, Layout, NodeDef, NodeId, parse_ron, to_ron,
 };
 pub use op::{Op, ParamSpec, Shape};
-pub use preprocess::{ChannelOrder, Preprocess};
+pub use preprocess::{ChannelOrder, Filter, Fit, Preprocess};
 pub use weights::Weights;

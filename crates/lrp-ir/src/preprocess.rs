@@ -14,10 +14,34 @@ pub enum ChannelOrder {
     BGR,
 }
 
+/// How an image becomes a sample of the size `T` (`resize` if given, else the input's size).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Fit {
+    /// Resized to `T`, the aspect ratio not kept.
+    #[default]
+    Stretch,
+    /// Scaled, keeping the aspect ratio, until it covers `T`, then centre-cropped to `T`
+    /// (the usual ImageNet evaluation crop).
+    Shorter,
+    /// Centre-cropped to `T` at its own resolution (an image smaller than `T` is an error).
+    Crop,
+}
+
+/// The resampling filter of resizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Filter {
+    /// Bilinear (PIL's and Keras' default for resizing).
+    #[default]
+    Bilinear,
+    /// Nearest neighbour.
+    Nearest,
+}
+
 /// How an image file becomes one input sample: decode to 8-bit RGB (or grey for 1-channel
-/// inputs), resize to `resize` (height × width) if given and centre-crop to the input size,
-/// else resize straight to the input size; order the channels; then each value is
-/// `(pixel · scale − mean[c]) / std[c]`, with `mean` and `std` in the model's channel order.
+/// inputs); bring it to the size `T` = `resize` (height × width) if given, else the input's
+/// size, as `fit` says (with `filter`); centre-crop `T` to the input size; order the channels;
+/// then each value is `(pixel · scale − mean[c]) / std[c]`, with `mean` and `std` in the
+/// model's channel order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Preprocess {
@@ -32,6 +56,16 @@ pub struct Preprocess {
     /// Resize to this height × width before centre-cropping to the input size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resize: Option<[usize; 2]>,
+    /// How the image is brought to the resize (or input) size.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub fit: Fit,
+    /// The resampling filter.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub filter: Filter,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 impl Preprocess {
@@ -43,6 +77,8 @@ impl Preprocess {
             mean: vec![103.939, 116.779, 123.68],
             std: vec![1.0],
             resize: None,
+            fit: Fit::Stretch,
+            filter: Filter::Bilinear,
         }
     }
 
@@ -54,6 +90,8 @@ impl Preprocess {
             mean: vec![0.485, 0.456, 0.406],
             std: vec![0.229, 0.224, 0.225],
             resize: None,
+            fit: Fit::Stretch,
+            filter: Filter::Bilinear,
         }
     }
 
@@ -65,6 +103,8 @@ impl Preprocess {
             mean: vec![1.0],
             std: vec![1.0],
             resize: None,
+            fit: Fit::Stretch,
+            filter: Filter::Bilinear,
         }
     }
 
@@ -76,6 +116,8 @@ impl Preprocess {
             mean: vec![0.0],
             std: vec![1.0],
             resize: None,
+            fit: Fit::Stretch,
+            filter: Filter::Bilinear,
         }
     }
 
@@ -151,23 +193,36 @@ pub fn image_dims(input: &InputDef) -> Result<(usize, usize, usize), String> {
 impl std::str::FromStr for Preprocess {
     type Err = String;
 
-    /// Parses `caffe`, `torch`, `tf`, `none`, or `key=value` pairs separated by commas:
-    /// `scale=S` (a number or a fraction such as `1/255`), `mean=M` and `std=D` (per-channel values
-    /// separated by `/`), `order=RGB|BGR`,
-    /// `resize=HxW`; keys not given keep the values of `none`.
+    /// Parses an optional mode first (`caffe`, `torch`, `tf`, `none`), then `key=value` pairs,
+    /// all separated by commas: `scale=S` (a number or a fraction such as `1/255`), `mean=M`
+    /// and `std=D` (per-channel values separated by `/`), `order=RGB|BGR`, `resize=HxW`,
+    /// `fit=stretch|shorter|crop`, `filter=bilinear|nearest`; keys not given keep the mode's
+    /// values (`none` without a mode).
     fn from_str(s: &str) -> Result<Self, String> {
-        match s.trim() {
-            "caffe" => return Ok(Self::caffe()),
-            "torch" => return Ok(Self::torch()),
-            "tf" => return Ok(Self::tf()),
-            "none" => return Ok(Self::none()),
-            _ => {}
-        }
         let mut p = Self::none();
-        for part in s.split(',').map(str::trim).filter(|x| !x.is_empty()) {
+        for (i, part) in s
+            .split(',')
+            .map(str::trim)
+            .filter(|x| !x.is_empty())
+            .enumerate()
+        {
+            let mode = match part {
+                "caffe" => Some(Self::caffe()),
+                "torch" => Some(Self::torch()),
+                "tf" => Some(Self::tf()),
+                "none" => Some(Self::none()),
+                _ => None,
+            };
+            if let Some(m) = mode {
+                if i > 0 {
+                    return Err(format!("the mode '{part}' must come first"));
+                }
+                p = m;
+                continue;
+            }
             let Some((k, v)) = part.split_once('=') else {
                 return Err(format!(
-                    "'{part}' is not key=value (expected caffe, torch, tf, none or scale=S,mean=M,std=D,order=RGB|BGR,resize=HxW)"
+                    "'{part}' is not key=value (expected caffe, torch, tf or none, then scale=S,mean=M,std=D,order=RGB|BGR,resize=HxW,fit=stretch|shorter|crop,filter=bilinear|nearest)"
                 ));
             };
             let floats = |v: &str| -> Result<Vec<f32>, String> {
@@ -210,9 +265,24 @@ impl std::str::FromStr for Preprocess {
                     };
                     p.resize = Some([parse(h)?, parse(w)?]);
                 }
+                "fit" => {
+                    p.fit = match v.trim().to_ascii_lowercase().as_str() {
+                        "stretch" => Fit::Stretch,
+                        "shorter" => Fit::Shorter,
+                        "crop" => Fit::Crop,
+                        _ => return Err(format!("fit: '{v}' is not stretch, shorter or crop")),
+                    }
+                }
+                "filter" => {
+                    p.filter = match v.trim().to_ascii_lowercase().as_str() {
+                        "bilinear" => Filter::Bilinear,
+                        "nearest" => Filter::Nearest,
+                        _ => return Err(format!("filter: '{v}' is not bilinear or nearest")),
+                    }
+                }
                 other => {
                     return Err(format!(
-                        "unknown preprocessing key '{other}' (scale, mean, std, order, resize)"
+                        "unknown preprocessing key '{other}' (scale, mean, std, order, resize, fit, filter)"
                     ));
                 }
             }
