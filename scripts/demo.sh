@@ -14,9 +14,9 @@ mkdir -p "$out"
 "$bin" inspect "$out/mnist_cnn.ron"
 "$bin" predict "$out/mnist_cnn.ron" --input graphs/mnist/examples --top 2 --logits "$out/logits.npy"
 "$bin" inspect "$out/mnist_cnn.ron" --method sglrp
-for method in sglrp lrp clrp; do
-  # Pixels are scaled to [0, 1]: the bounds of the first layer's z^B rule.
-  "$bin" explain "$out/mnist_cnn.ron" --input graphs/mnist/examples --method "$method" \
-    --low 0 --high 1 --out "$out/$method"
-done
-echo "demo: outputs in $out/ (heatmaps: $out/sglrp/*.png, $out/lrp/*.png, $out/clrp/*.png)"
+# Three methods in one run, each in its own folder; pixels are scaled to [0, 1]: the bounds of
+# the first layer's z^B rule. Heatmaps, overlays, one captioned grid per method, a gallery.
+"$bin" explain "$out/mnist_cnn.ron" --input graphs/mnist/examples --method sglrp,lrp,clrp \
+  --low 0 --high 1 --overlay --grid 5 --batch-size 10 --html --out "$out"
+echo "demo: outputs in $out/ (heatmaps: $out/sglrp/*.png, $out/lrp/*.png, $out/clrp/*.png;"
+echo "      grids: $out/*/grid-000000.png; gallery: $out/index.html)"

@@ -93,6 +93,7 @@ fn explain_writes_relevance_heatmaps_and_report() {
         [
             "heatmap_0.png",
             "heatmap_1.png",
+            "manifest.jsonl",
             "relevance.npy",
             "report.json"
         ]

@@ -67,12 +67,12 @@ def main() -> int:
             out = tmp / method
             run([str(args.bin), "explain", str(graph), "--input", str(inputs), "--method", method,
                  "--low", "0", "--high", "1", "--zoom", "1", "-o", str(out)])
-            report = json.loads((out / "report.json").read_text())
-            for rec in report["inputs"]:
+            lines = (out / "manifest.jsonl").read_text().splitlines()
+            for rec in map(json.loads, lines):
                 name = Path(rec["source"]).name
                 t = int(rec["target"])
                 assert targets.setdefault(name, t) == t, (name, method)
-                img = Image.open(out / rec["heatmap"]).convert("RGB")
+                img = Image.open(out / rec["methods"][method]["heatmap"]).convert("RGB")
                 maps.setdefault(name, {})[method] = img
         for name in IMAGES:
             grey = Image.open(ex_dir / name).convert("RGB")

@@ -23,7 +23,7 @@ pub enum Command {
     /// Run a graph on inputs and print the top classes.
     Predict(PredictArgs),
     /// Relevance maps (.npy), heatmaps (PNG) and a report (JSON) for inputs.
-    Explain(ExplainArgs),
+    Explain(Box<ExplainArgs>),
     /// List the registered rules with their parameters, and the methods (presets).
     Rules,
 }
@@ -37,8 +37,9 @@ pub struct ConvertArgs {
     /// with the extension .ron.
     #[arg(short, long, value_name = "OUT.ron")]
     pub output: Option<PathBuf>,
-    /// Image preprocessing to record in the graph: caffe, torch, tf, none, or
-    /// scale=S,mean=M,std=D,order=RGB|BGR,resize=HxW (per-channel values separated by '/').
+    /// Image preprocessing to record in the graph: a mode (caffe, torch, tf, none) and/or
+    /// scale=S,mean=M,std=D,order=RGB|BGR,resize=HxW,fit=stretch|shorter|crop,
+    /// filter=bilinear|nearest (per-channel values separated by '/'), e.g. torch,fit=shorter.
     #[arg(long, value_name = "P")]
     pub preprocess: Option<String>,
     /// Class labels to record in the graph: a text file with one label per line, or `imagenet`
@@ -72,10 +73,12 @@ pub struct InspectArgs {
 pub struct ExplainArgs {
     /// The graph (.ron).
     pub graph: PathBuf,
-    /// A .npy batch in the model's layout, an image file, or a folder of images.
+    /// A .npy batch in the model's layout, an image file, or a folder of images (searched
+    /// recursively; the outputs mirror its tree).
     #[arg(short, long, value_name = "INPUT")]
     pub input: PathBuf,
-    /// The method: a preset name (see `lrp-graph rules`).
+    /// The method: a preset name (see `lrp-graph rules`), or several separated by commas
+    /// (each gets a sub-folder of the output folder).
     #[arg(
         short,
         long,
@@ -112,6 +115,41 @@ pub struct ExplainArgs {
     /// Heatmap enlargement (nearest neighbour); 0: enough for the shorter side to reach 112 px.
     #[arg(long, value_name = "K", default_value_t = 0)]
     pub zoom: usize,
+    /// Heatmap colormap: seismic, bwr, coldnhot, hot, gray, wred, wblue.
+    #[arg(long, value_name = "NAME", default_value = "seismic")]
+    pub cmap: lrp_render::Colormap,
+    /// Heatmap normalisation: symmetric (±max|h|), absolute (|h|/max|h|), positive (h⁺/max h).
+    #[arg(long, value_name = "N", default_value = "symmetric")]
+    pub norm: lrp_render::Normalization,
+    /// Scale heatmaps to this percentile of |h| instead of the maximum (e.g. 99.5); larger
+    /// values saturate.
+    #[arg(long, value_name = "P")]
+    pub clip: Option<lrp_render::Percentile>,
+    /// How a heatmap reduces the channels: sum, absmax (largest |h|), l2.
+    #[arg(long, value_name = "R", default_value = "sum")]
+    pub reduce: lrp_render::Reduction,
+    /// Also write each heatmap blended over the grey-scaled input (NAME.overlay.png), with
+    /// this weight of the heatmap (default 0.6).
+    #[arg(long, value_name = "ALPHA", num_args = 0..=1, default_missing_value = "0.6")]
+    pub overlay: Option<f32>,
+    /// Also write a montage of each batch's heatmaps (overlays with --overlay) with captions
+    /// (input, class and probability, method), COLS per row (default: about square), as
+    /// grid-<index of the batch's first input>.png.
+    #[arg(long, value_name = "COLS", num_args = 0..=1, default_missing_value = "0")]
+    pub grid: Option<usize>,
+    /// Also write OUT/index.html: each input with its heatmap(s) and classes, for a browser.
+    #[arg(long)]
+    pub html: bool,
+    /// Folder input: skip inputs whose outputs exist and are recorded in the manifest.
+    #[arg(long)]
+    pub resume: bool,
+    /// Folder input: process only shard K of N (0 ≤ K < N), a fixed share of the files chosen
+    /// by their paths, so that N jobs split a folder without coordination.
+    #[arg(long, value_name = "K/N")]
+    pub shard: Option<String>,
+    /// Progress report on stderr: auto (a bar on a terminal, lines otherwise), bar, lines, none.
+    #[arg(long, value_enum, default_value_t = ProgressArg::Auto)]
+    pub progress: ProgressArg,
     /// Where the forward pass runs.
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     pub device: DeviceArg,
@@ -119,9 +157,22 @@ pub struct ExplainArgs {
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
     /// Also write the relevance at the nodes whose names match this glob (`*`, `?`, `[...]`;
-    /// repeatable) to `OUT/nodes/NAME.npy`.
+    /// repeatable) to `OUT/nodes/NAME.npy` (folder input: `OUT/nodes/NAME/<input>.npy`).
     #[arg(long, value_name = "GLOB")]
     pub keep: Vec<String>,
+}
+
+/// How progress is reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProgressArg {
+    /// A bar on a terminal, plain lines otherwise.
+    Auto,
+    /// A progress bar.
+    Bar,
+    /// A plain line per batch.
+    Lines,
+    /// Nothing.
+    None,
 }
 
 /// Where the forward pass runs.
@@ -147,7 +198,8 @@ impl From<DeviceArg> for lrp_runtime::Device {
 pub struct PredictArgs {
     /// The graph (.ron).
     pub graph: PathBuf,
-    /// A .npy batch in the model's layout, an image file, or a folder of images.
+    /// A .npy batch in the model's layout, an image file, or a folder of images (searched
+    /// recursively, read as one batch).
     #[arg(short, long, value_name = "INPUT")]
     pub input: PathBuf,
     /// How many classes to print per input.

@@ -17,6 +17,8 @@
 pub mod args;
 mod convert;
 mod explain;
+mod folder;
+mod gallery;
 mod inspect;
 mod predict;
 
@@ -33,8 +35,11 @@ use lrp_rules::Registry;
 pub enum Failure {
     /// The user's input or arguments are at fault (exit code 2).
     BadInput,
-    /// Something failed at run time, e.g. ONNX Runtime could not be loaded (exit code 1).
+    /// Something failed at run time, e.g. ONNX Runtime could not be loaded, or some inputs of
+    /// a folder could not be explained (exit code 1).
     Runtime,
+    /// Stopped by Ctrl-C (exit code 130).
+    Interrupted,
 }
 
 /// Classifies an error by the library error it wraps.
@@ -46,6 +51,12 @@ pub fn failure_kind(err: &anyhow::Error) -> Failure {
         _ => Failure::Runtime,
     };
     for cause in err.chain() {
+        if cause.downcast_ref::<explain::Interrupted>().is_some() {
+            return Failure::Interrupted;
+        }
+        if cause.downcast_ref::<explain::InputsFailed>().is_some() {
+            return Failure::Runtime;
+        }
         if let Some(lrp_engine::ExplainError::Runtime(e)) =
             cause.downcast_ref::<lrp_engine::ExplainError>()
         {
@@ -88,7 +99,7 @@ pub fn execute_with(cli: Cli, registry: &Registry) -> anyhow::Result<()> {
         Command::Convert(a) => convert::run(a),
         Command::Inspect(a) => inspect::run(a, registry),
         Command::Predict(a) => predict::run(a),
-        Command::Explain(a) => explain::run_with(a, registry),
+        Command::Explain(a) => explain::run_with(*a, registry),
         Command::Rules => explain::list_rules(registry),
     }
 }
@@ -119,6 +130,7 @@ pub fn main_with(registry: Registry) -> ExitCode {
             ExitCode::from(match failure_kind(&e) {
                 Failure::BadInput => 2,
                 Failure::Runtime => 1,
+                Failure::Interrupted => 130,
             })
         }
     }

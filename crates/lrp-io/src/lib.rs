@@ -67,19 +67,29 @@ pub fn load_input(
     }
 }
 
-/// The image files (`.png`, `.jpg`, `.jpeg`, any case) directly in `dir`, sorted by file name.
-/// Subdirectories and hidden files (names starting with `.`) are skipped; no image at all is an
-/// error.
+/// The image files (`.png`, `.jpg`, `.jpeg`, any case) under `dir`, in its sub-folders too,
+/// sorted by their path relative to `dir` (so the order is the same on every machine). Hidden
+/// files and folders (names starting with `.`) are skipped, and symbolic links to folders are
+/// not followed; no image at all is an error.
 pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
-    let entries = std::fs::read_dir(dir).map_err(|e| npy::read_error(dir, e))?;
     let mut files = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| npy::read_error(dir, e))?;
-        let p = entry.path();
-        let hidden = entry.file_name().to_string_lossy().starts_with('.');
-        let is_image = extension(&p).is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.as_str()));
-        if !hidden && is_image && p.is_file() {
-            files.push(p);
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        let entries = std::fs::read_dir(&d).map_err(|e| npy::read_error(&d, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| npy::read_error(&d, e))?;
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let p = entry.path();
+            let kind = entry.file_type().map_err(|e| npy::read_error(&p, e))?;
+            if kind.is_dir() {
+                pending.push(p);
+            } else if extension(&p).is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.as_str()))
+                && p.is_file()
+            {
+                files.push(p);
+            }
         }
     }
     if files.is_empty() {
@@ -87,7 +97,12 @@ pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
             path: dir.to_path_buf(),
         });
     }
-    files.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+    let rel = |p: &PathBuf| {
+        p.strip_prefix(dir)
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+    };
+    files.sort_by_cached_key(rel);
     Ok(files)
 }
 
