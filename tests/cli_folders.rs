@@ -544,3 +544,29 @@ fn html_gallery_renders_in_a_browser() {
     let dom = String::from_utf8_lossy(&o.stdout);
     assert_eq!(dom.matches("<tr>").count(), 11, "header + 10 inputs");
 }
+
+/// A folder for a graph whose input is not an image is bad usage, found before any work.
+#[test]
+fn a_folder_needs_an_image_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let ron = dir.path().join("mlp.ron");
+    let o = lrp(&[
+        "convert",
+        fixture("mlp.onnx").to_str().unwrap(),
+        "-o",
+        ron.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let data = image_tree(dir.path(), 1);
+    let out = dir.path().join("out");
+    let o = lrp(&[
+        "explain",
+        ron.to_str().unwrap(),
+        "--input",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_fails(&o, 2, &["--input", "data"]);
+    assert!(!out.join("manifest.jsonl").exists());
+}

@@ -185,6 +185,14 @@ pub fn run_with(a: ExplainArgs, registry: &Registry) -> Result<()> {
     folder::check_folder_options(is_dir, &a.shard, a.resume)?;
     let shard = a.shard.as_deref().map(folder::Shard::parse).transpose()?;
     let (inputs, total_inputs) = if is_dir {
+        let pre = plan
+            .pre
+            .clone()
+            .or_else(|| graph.input().preprocess.clone())
+            .unwrap_or_else(Preprocess::none);
+        lrp_ir::preprocess::image_dims(graph.input())
+            .and_then(|_| pre.check_for(graph.input()))
+            .map_err(|e| anyhow!("--input {}: {e}", a.input.display()))?;
         let files = lrp_io::list_images(&a.input)?;
         let total = files.len();
         let items: Vec<Item> = files
@@ -345,6 +353,10 @@ fn plan(a: &ExplainArgs, graph: &Graph) -> Result<Plan> {
     })
 }
 
+/// A method's explanation of a batch with, per input, its report.json record and its
+/// manifest line.
+type BatchOutput = (Explanation, Vec<(serde_json::Value, serde_json::Value)>);
+
 /// Per-batch records of every method, and the kept nodes' files, of a batch input.
 type BatchReport = Option<(
     Vec<Vec<serde_json::Value>>,
@@ -426,18 +438,17 @@ impl Writer<'_> {
                 .to_owned();
             let refs: Vec<&Item> = chunk_items.iter().collect();
             let outs = self.explain_batch(methods, &refs, &chunk, keep, false)?;
+            for line in manifest_lines(methods, &outs) {
+                manifest.write(&line)?;
+            }
             for (mi, (ex, recs)) in outs.into_iter().enumerate() {
-                for (k, name) in keep.iter().enumerate().filter(|_| mi == 0) {
-                    kept[k].push(kept_or_zeros(&methods[0].explainer, &ex, name));
-                }
-                maps[mi].push(ex.relevance);
-                records[mi].extend(recs.iter().map(|r| r.0.clone()));
                 if mi == 0 {
-                    for (item, (_, line)) in chunk_items.iter().zip(&recs) {
-                        let _ = item;
-                        manifest.write(line)?;
+                    for (k, name) in keep.iter().enumerate() {
+                        kept[k].push(kept_or_zeros(&methods[0].explainer, &ex, name));
                     }
                 }
+                maps[mi].push(ex.relevance);
+                records[mi].extend(recs.into_iter().map(|r| r.0));
             }
             progress.advance(chunk_items.len(), 0);
             if INTERRUPTED.load(Ordering::SeqCst) {
@@ -547,17 +558,8 @@ impl Writer<'_> {
                 drop(samples);
                 match self.explain_batch(methods, &ok, &batch, keep, true) {
                     Ok(outs) => {
-                        let (_, first) = &outs[0];
-                        for (k, item) in ok.iter().enumerate() {
-                            let mut line = first[k].1.clone();
-                            // Every method's outputs under "methods".
-                            let mut per = serde_json::Map::new();
-                            for (m, (_, recs)) in methods.iter().zip(&outs) {
-                                per.insert(m.name.clone(), recs[k].1["methods"][&m.name].clone());
-                            }
-                            line["methods"] = serde_json::Value::Object(per);
+                        for mut line in manifest_lines(methods, &outs) {
                             line["timings"]["load_seconds"] = json!(load_seconds / ok.len() as f64);
-                            let _ = item;
                             manifest.write(&line)?;
                         }
                         tally.done += ok.len();
@@ -628,7 +630,6 @@ impl Writer<'_> {
 
     /// Explains one batch with every method and writes the per-input outputs; returns per
     /// method the explanation and per input its report.json record and manifest line.
-    #[allow(clippy::type_complexity)]
     fn explain_batch(
         &self,
         methods: &mut [Method],
@@ -636,7 +637,7 @@ impl Writer<'_> {
         batch: &ArrayD<f32>,
         keep: &[String],
         per_input_npy: bool,
-    ) -> Result<Vec<(Explanation, Vec<(serde_json::Value, serde_json::Value)>)>> {
+    ) -> Result<Vec<BatchOutput>> {
         let a = self.a;
         let opts = self.options(items, keep);
         let mut out = Vec::with_capacity(methods.len());
@@ -793,6 +794,22 @@ impl Writer<'_> {
         }
         Ok(out)
     }
+}
+
+/// One manifest line per input of a batch, with every method's outputs under `methods`.
+fn manifest_lines(methods: &[Method], outs: &[BatchOutput]) -> Vec<serde_json::Value> {
+    let (_, first) = &outs[0];
+    (0..first.len())
+        .map(|k| {
+            let mut line = first[k].1.clone();
+            let mut per = serde_json::Map::new();
+            for (m, (_, recs)) in methods.iter().zip(outs) {
+                per.insert(m.name.clone(), recs[k].1["methods"][&m.name].clone());
+            }
+            line["methods"] = serde_json::Value::Object(per);
+            line
+        })
+        .collect()
 }
 
 /// Enlarges an image by `zoom` (0: enough for the shorter side to reach 112 pixels).
