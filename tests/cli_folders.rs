@@ -570,3 +570,35 @@ fn a_folder_needs_an_image_input() {
     assert_fails(&o, 2, &["--input", "data"]);
     assert!(!out.join("manifest.jsonl").exists());
 }
+
+/// Output names keep dots inside file names, and files that differ only in their extension
+/// keep it, so no output overwrites another.
+#[test]
+fn output_names_never_collide() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = mnist(dir.path());
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let src = root().join("graphs/mnist/examples/digit_3.png");
+    std::fs::copy(&src, data.join("scan.2024.png")).unwrap();
+    std::fs::copy(&src, data.join("dup.png")).unwrap();
+    image::open(&src)
+        .unwrap()
+        .to_rgb8()
+        .save(data.join("dup.jpg"))
+        .unwrap();
+    let out = dir.path().join("out");
+    let o = explain(&g, &data, &out, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let files = tree(&out);
+    for f in [
+        "scan.2024.png",
+        "scan.2024.npy",
+        "dup.png.png",
+        "dup.png.npy",
+        "dup.jpg.png",
+        "dup.jpg.npy",
+    ] {
+        assert!(files.contains(&f.to_string()), "{f}: {files:?}");
+    }
+}

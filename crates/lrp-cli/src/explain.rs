@@ -195,18 +195,30 @@ pub fn run_with(a: ExplainArgs, registry: &Registry) -> Result<()> {
             .map_err(|e| anyhow!("--input {}: {e}", a.input.display()))?;
         let files = lrp_io::list_images(&a.input)?;
         let total = files.len();
+        let rels: Vec<PathBuf> = files
+            .iter()
+            .map(|f| f.strip_prefix(&a.input).unwrap_or(f).to_path_buf())
+            .collect();
+        // Outputs are named by the file without its extension, unless two files differ only
+        // in their extensions (a.jpg, a.png): those keep it (a.jpg.png, a.png.png).
+        let mut stems = std::collections::HashMap::<PathBuf, usize>::new();
+        for r in &rels {
+            *stems.entry(r.with_extension("")).or_default() += 1;
+        }
         let items: Vec<Item> = files
             .into_iter()
+            .zip(rels)
             .enumerate()
-            .filter_map(|(index, file)| {
-                let rel = file.strip_prefix(&a.input).unwrap_or(&file).to_path_buf();
+            .filter_map(|(index, (file, rel))| {
                 if shard.is_some_and(|s| !s.owns(&rel)) {
                     return None;
                 }
+                let bare = rel.with_extension("");
+                let stem = if stems[&bare] > 1 { rel.clone() } else { bare };
                 Some(Item {
                     index,
                     source: folder::slash_path(&rel),
-                    stem: rel.with_extension(""),
+                    stem,
                     file: Some(file),
                 })
             })
@@ -663,7 +675,7 @@ impl Writer<'_> {
         let mut input_images: Vec<Option<String>> = vec![None; items.len()];
         if a.html {
             for (k, item) in items.iter().enumerate() {
-                let rel = Path::new("inputs").join(&item.stem).with_extension("png");
+                let rel = Path::new("inputs").join(suffixed(&item.stem, ".png"));
                 let img = images[k].as_ref().expect("made for --html");
                 let zoomed = zoom(img, a.zoom);
                 write_png(&a.out.join(&rel), &zoomed)?;
@@ -686,7 +698,7 @@ impl Writer<'_> {
                 let map = ex.relevance.index_axis(Axis(0), k);
                 let heat = lrp_render::render(map.view(), self.axis(), &self.plan.render);
                 let heat_z = zoom(&heat, a.zoom);
-                let heat_rel = item.stem.with_extension("png");
+                let heat_rel = suffixed(&item.stem, ".png");
                 write_png(&m.dir.join(&heat_rel), &heat_z)?;
                 let mut outputs = serde_json::Map::new();
                 outputs.insert(
@@ -697,7 +709,7 @@ impl Writer<'_> {
                 if let (Some(alpha), Some(img)) = (a.overlay, images[k].as_ref()) {
                     let over = lrp_render::overlay(&heat, img, alpha)?;
                     let over_z = zoom(&over, a.zoom);
-                    let rel = PathBuf::from(format!("{}.overlay.png", item.stem.display()));
+                    let rel = suffixed(&item.stem, ".overlay.png");
                     write_png(&m.dir.join(&rel), &over_z)?;
                     outputs.insert(
                         "overlay".into(),
@@ -706,7 +718,7 @@ impl Writer<'_> {
                     tile_img = over_z;
                 }
                 if per_input_npy {
-                    let rel = item.stem.with_extension("npy");
+                    let rel = suffixed(&item.stem, ".npy");
                     let path = m.dir.join(&rel);
                     if let Some(parent) = path.parent() {
                         std::fs::create_dir_all(parent).with_context(|| {
@@ -724,7 +736,7 @@ impl Writer<'_> {
                         let rows = r.slice_axis(Axis(0), (k * maps..(k + 1) * maps).into());
                         let rel = Path::new("nodes")
                             .join(safe_name(name))
-                            .join(item.stem.with_extension("npy"));
+                            .join(suffixed(&item.stem, ".npy"));
                         let path = m.dir.join(&rel);
                         if let Some(parent) = path.parent() {
                             std::fs::create_dir_all(parent).with_context(|| {
@@ -810,6 +822,13 @@ fn manifest_lines(methods: &[Method], outs: &[BatchOutput]) -> Vec<serde_json::V
             line
         })
         .collect()
+}
+
+/// `stem` with `suffix` appended to its file name (`a.b` + `.png` = `a.b.png`).
+fn suffixed(stem: &Path, suffix: &str) -> PathBuf {
+    let mut name = stem.as_os_str().to_os_string();
+    name.push(suffix);
+    PathBuf::from(name)
 }
 
 /// Enlarges an image by `zoom` (0: enough for the shorter side to reach 112 pixels).
