@@ -112,10 +112,20 @@ fn a_folder_tree_is_mirrored_and_recorded() {
         &g,
         &data,
         &out,
-        &["--batch-size", "3", "--progress", "lines"],
+        &[
+            "--batch-size",
+            "3",
+            "--progress",
+            "lines",
+            "--keep",
+            "/conv1/*",
+        ],
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let files = tree(&out);
+    // The kept node's relevance per input: [maps, ...node shape] (SGLRP: target, dual).
+    let kept = read_npy(&out.join("nodes/_conv1_Conv/set0/deep/digit_5.npy"));
+    assert_eq!(kept.shape()[0], 2);
     for f in tree(&data) {
         let stem = f.trim_end_matches(".png");
         assert!(files.contains(&format!("{stem}.png")), "{f}: {files:?}");
