@@ -250,7 +250,10 @@ pub fn run_with(a: ExplainArgs, registry: &Registry) -> Result<()> {
         .unwrap_or_else(|| graph.input().preprocess.clone());
     let single = configs.len() == 1;
     let mut methods = Vec::with_capacity(configs.len());
-    for config in configs {
+    // The last method takes the graph itself: one copy of the weights fewer.
+    let mut graph = Some(graph);
+    let count = configs.len();
+    for (i, config) in configs.into_iter().enumerate() {
         let name = config.name.clone();
         let dir = if single {
             a.out.clone()
@@ -259,15 +262,18 @@ pub fn run_with(a: ExplainArgs, registry: &Registry) -> Result<()> {
         };
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("{}: cannot create the folder", dir.display()))?;
-        let explainer =
-            Explainer::new(graph.clone(), config, registry, a.device.into(), a.threads)?;
+        let g = if i + 1 == count {
+            graph.take().expect("taken once")
+        } else {
+            graph.as_ref().expect("not taken yet").clone()
+        };
+        let explainer = Explainer::new(g, config, registry, a.device.into(), a.threads)?;
         methods.push(Method {
             explainer,
             dir,
             name,
         });
     }
-    drop(graph);
     let keep = methods[0]
         .explainer
         .nodes_matching(&a.keep)

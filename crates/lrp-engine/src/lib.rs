@@ -20,7 +20,7 @@ use lrp_kernels::kernels::{Sgemm, use_backends};
 use lrp_rules::{
     Assignment, BatchNormMode, Bounds, NodeContext, Registry, RuleConfig, Signal, SignalNote,
 };
-use lrp_runtime::{Device, ExportOutputs, Forward, RuntimeError};
+use lrp_runtime::{ActivationViews, Device, ExportOutputs, Forward, RuntimeError};
 use ndarray::{Array2, ArrayD, Ix2, IxDyn};
 
 /// Errors of the relevance pass.
@@ -226,146 +226,174 @@ impl Explainer {
         }
         let _backends = use_backends(self.sgemm.clone());
         let t0 = Instant::now();
-        let acts = self.forward.run(batch.view())?;
-        let forward_seconds = t0.elapsed().as_secs_f64();
-        let t1 = Instant::now();
-        let g = &self.graph;
-        let out_id = g.output_id();
-        let out = acts.get(out_id).expect("every node is exported");
-        let n = out.shape()[0];
-        let classes = out.len() / n;
-        let logits: Array2<f32> = out
-            .as_standard_layout()
-            .into_owned()
-            .into_shape_with_order((n, classes))
-            .expect("output values")
-            .into_dimensionality::<Ix2>()
-            .expect("2-D");
-        let targets = resolve_targets(&opts.targets, &logits)?;
-        let signal: Signal = self.config.signal;
-        let maps = signal.maps();
-        let (r0, mut notes) = signal.initial(logits.view(), &targets);
-        let initial_sums = row_sums(&r0.clone().into_dyn(), n, maps);
-        let mut shape = vec![n * maps];
-        shape.extend_from_slice(g.shape(out_id));
-        let mut pending: HashMap<String, ArrayD<f32>> = HashMap::new();
-        pending.insert(
-            g.nodes()[out_id].name.clone(),
-            r0.into_shape_with_order(IxDyn(&shape))
-                .expect("logit relevance"),
-        );
-        let input_name = g.input().name.clone();
-        let mut node_sums = vec![(String::new(), Vec::new()); g.nodes().len()];
-        let mut kept = Vec::new();
-        let mut node_seconds = Vec::with_capacity(g.nodes().len());
-        for &id in g.topo_order().iter().rev() {
-            let node = &g.nodes()[id];
-            let t_node = Instant::now();
-            let Some(r) = pending.remove(&node.name) else {
-                node_sums[id] = (node.name.clone(), vec![vec![0.0; maps]; n]);
-                continue;
-            };
-            node_sums[id] = (node.name.clone(), row_sums(&r, n, maps));
-            if opts.keep.contains(&node.name) {
-                kept.push((node.name.clone(), r.clone()));
-            }
-            let inputs: Vec<_> = node
-                .inputs
-                .iter()
-                .map(|s| {
-                    if *s == input_name {
-                        batch.view()
-                    } else {
-                        acts_view(&acts, g, s)
-                    }
-                })
-                .collect();
-            let ctx = NodeContext {
-                graph: g,
-                id,
-                inputs,
-                output: acts.get(id).expect("exported").view(),
-                maps,
-                bounds: opts.bounds.as_ref(),
-            };
-            let rule = self.assignment.rule(id);
-            let fail = |message: String| ExplainError::Rule {
-                node: node.name.clone(),
-                op: node.op.kind(),
-                rule: rule.describe(),
-                message,
-            };
-            let outs =
-                std::panic::catch_unwind(AssertUnwindSafe(|| rule.relevance(&ctx, r.view())))
-                    .map_err(|p| fail(format!("the rule panicked: {}", panic_text(&p))))?
-                    .map_err(fail)?;
-            if outs.len() != node.inputs.len() {
-                return Err(fail(format!(
-                    "returned {} relevance arrays for {} inputs",
-                    outs.len(),
-                    node.inputs.len()
-                )));
-            }
-            for (k, (src, rin)) in node.inputs.iter().zip(outs).enumerate() {
-                let mut want = vec![n * maps];
-                want.extend_from_slice(g.tensor_shape(src).expect("validated"));
-                if rin.shape() != want.as_slice() {
-                    return Err(fail(format!(
-                        "returned shape {:?} for input {k} ('{src}'), expected {want:?}",
-                        rin.shape()
-                    )));
-                }
-                if let Some(v) = rin.iter().find(|v| !v.is_finite()) {
-                    return Err(fail(format!(
-                        "produced {v} in the relevance of input {k} ('{src}')"
-                    )));
-                }
-                match pending.get_mut(src) {
-                    Some(acc) => *acc += &rin,
-                    None => {
-                        pending.insert(src.clone(), rin);
-                    }
-                }
-            }
-            node_seconds.push((node.name.clone(), t_node.elapsed().as_secs_f64()));
-        }
-        let r_input = pending.remove(&input_name).unwrap_or_else(|| {
-            let mut s = vec![n * maps];
-            s.extend_from_slice(&g.input().shape);
-            ArrayD::zeros(IxDyn(&s))
-        });
-        let input_sums = row_sums(&r_input, n, maps);
-        let conservation_gap = input_sums
-            .iter()
-            .zip(&initial_sums)
-            .map(|(a, b)| a.iter().zip(b).map(|(x, y)| x - y).collect())
-            .collect();
-        let relu = opts.relu.unwrap_or(self.config.relu);
-        let passes = r_input.clone();
-        let relevance = signal.combine(r_input, relu, &mut notes);
-        Ok(Explanation {
-            relevance,
-            passes,
-            logits,
-            targets,
-            node_sums: g
-                .topo_order()
-                .iter()
-                .map(|&i| node_sums[i].clone())
-                .collect(),
-            initial_sums,
-            conservation_gap,
-            notes,
-            kept,
-            forward_seconds,
-            relevance_seconds: t1.elapsed().as_secs_f64(),
-            node_seconds,
-        })
+        let Explainer {
+            forward,
+            graph,
+            assignment,
+            config,
+            ..
+        } = self;
+        // The pass reads the activations in ONNX Runtime's own buffers, without a copy.
+        forward.run_view(batch.view(), |acts| {
+            let forward_seconds = t0.elapsed().as_secs_f64();
+            relevance_pass(
+                graph,
+                assignment,
+                config,
+                acts,
+                batch,
+                opts,
+                forward_seconds,
+            )
+        })?
     }
 }
 
+/// The relevance pass over a forward pass's activations.
+fn relevance_pass(
+    g: &Graph,
+    assignment: &Assignment,
+    config: &RuleConfig,
+    acts: &ActivationViews<'_>,
+    batch: &ArrayD<f32>,
+    opts: &ExplainOptions,
+    forward_seconds: f64,
+) -> Result<Explanation, ExplainError> {
+    let t1 = Instant::now();
+    let out_id = g.output_id();
+    let out = acts.get(out_id).expect("every node is exported");
+    let n = out.shape()[0];
+    let classes = out.len() / n;
+    let logits: Array2<f32> = out
+        .as_standard_layout()
+        .into_owned()
+        .into_shape_with_order((n, classes))
+        .expect("output values")
+        .into_dimensionality::<Ix2>()
+        .expect("2-D");
+    let targets = resolve_targets(&opts.targets, &logits)?;
+    let signal: Signal = config.signal;
+    let maps = signal.maps();
+    let (r0, mut notes) = signal.initial(logits.view(), &targets);
+    let initial_sums = row_sums(&r0.clone().into_dyn(), n, maps);
+    let mut shape = vec![n * maps];
+    shape.extend_from_slice(g.shape(out_id));
+    let mut pending: HashMap<String, ArrayD<f32>> = HashMap::new();
+    pending.insert(
+        g.nodes()[out_id].name.clone(),
+        r0.into_shape_with_order(IxDyn(&shape))
+            .expect("logit relevance"),
+    );
+    let input_name = g.input().name.clone();
+    let mut node_sums = vec![(String::new(), Vec::new()); g.nodes().len()];
+    let mut kept = Vec::new();
+    let mut node_seconds = Vec::with_capacity(g.nodes().len());
+    for &id in g.topo_order().iter().rev() {
+        let node = &g.nodes()[id];
+        let t_node = Instant::now();
+        let Some(r) = pending.remove(&node.name) else {
+            node_sums[id] = (node.name.clone(), vec![vec![0.0; maps]; n]);
+            continue;
+        };
+        node_sums[id] = (node.name.clone(), row_sums(&r, n, maps));
+        if opts.keep.contains(&node.name) {
+            kept.push((node.name.clone(), r.clone()));
+        }
+        let inputs: Vec<_> = node
+            .inputs
+            .iter()
+            .map(|s| {
+                if *s == input_name {
+                    batch.view()
+                } else {
+                    acts_view(acts, g, s)
+                }
+            })
+            .collect();
+        let ctx = NodeContext {
+            graph: g,
+            id,
+            inputs,
+            output: acts.get(id).expect("exported").view(),
+            maps,
+            bounds: opts.bounds.as_ref(),
+        };
+        let rule = assignment.rule(id);
+        let fail = |message: String| ExplainError::Rule {
+            node: node.name.clone(),
+            op: node.op.kind(),
+            rule: rule.describe(),
+            message,
+        };
+        let outs = std::panic::catch_unwind(AssertUnwindSafe(|| rule.relevance(&ctx, r.view())))
+            .map_err(|p| fail(format!("the rule panicked: {}", panic_text(&p))))?
+            .map_err(fail)?;
+        if outs.len() != node.inputs.len() {
+            return Err(fail(format!(
+                "returned {} relevance arrays for {} inputs",
+                outs.len(),
+                node.inputs.len()
+            )));
+        }
+        for (k, (src, rin)) in node.inputs.iter().zip(outs).enumerate() {
+            let mut want = vec![n * maps];
+            want.extend_from_slice(g.tensor_shape(src).expect("validated"));
+            if rin.shape() != want.as_slice() {
+                return Err(fail(format!(
+                    "returned shape {:?} for input {k} ('{src}'), expected {want:?}",
+                    rin.shape()
+                )));
+            }
+            if let Some(v) = rin.iter().find(|v| !v.is_finite()) {
+                return Err(fail(format!(
+                    "produced {v} in the relevance of input {k} ('{src}')"
+                )));
+            }
+            match pending.get_mut(src) {
+                Some(acc) => *acc += &rin,
+                None => {
+                    pending.insert(src.clone(), rin);
+                }
+            }
+        }
+        node_seconds.push((node.name.clone(), t_node.elapsed().as_secs_f64()));
+    }
+    let r_input = pending.remove(&input_name).unwrap_or_else(|| {
+        let mut s = vec![n * maps];
+        s.extend_from_slice(&g.input().shape);
+        ArrayD::zeros(IxDyn(&s))
+    });
+    let input_sums = row_sums(&r_input, n, maps);
+    let conservation_gap = input_sums
+        .iter()
+        .zip(&initial_sums)
+        .map(|(a, b)| a.iter().zip(b).map(|(x, y)| x - y).collect())
+        .collect();
+    let relu = opts.relu.unwrap_or(config.relu);
+    let passes = r_input.clone();
+    let relevance = signal.combine(r_input, relu, &mut notes);
+    Ok(Explanation {
+        relevance,
+        passes,
+        logits,
+        targets,
+        node_sums: g
+            .topo_order()
+            .iter()
+            .map(|&i| node_sums[i].clone())
+            .collect(),
+        initial_sums,
+        conservation_gap,
+        notes,
+        kept,
+        forward_seconds,
+        relevance_seconds: t1.elapsed().as_secs_f64(),
+        node_seconds,
+    })
+}
+
 fn acts_view<'a>(
-    acts: &'a lrp_runtime::Activations,
+    acts: &'a ActivationViews<'_>,
     g: &Graph,
     name: &str,
 ) -> ndarray::ArrayViewD<'a, f32> {

@@ -12,5 +12,6 @@ mod session;
 pub use export::{ExportOutputs, to_onnx};
 pub use gemm::OrtSgemm;
 pub use session::{
-    Activations, Device, Forward, ORT_LIBRARY_FILE, RuntimeError, ort_library, run_onnx_bytes,
+    ActivationViews, Activations, Device, Forward, ORT_LIBRARY_FILE, RuntimeError, ort_library,
+    run_onnx_bytes,
 };

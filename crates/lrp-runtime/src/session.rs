@@ -164,6 +164,19 @@ impl Forward {
         let env = environment()?;
         let model = to_onnx(graph, &outputs);
         let bytes = lrp_onnx::encode_model(&model);
+        let outs: Vec<(NodeId, String)> = model
+            .graph
+            .as_ref()
+            .expect("exported")
+            .output
+            .iter()
+            .map(|o| {
+                let n = o.name().to_string();
+                (graph.node_id(&n).expect("outputs are nodes"), n)
+            })
+            .collect();
+        // The weights are in `bytes` now: one copy fewer while ONNX Runtime makes its own.
+        drop(model);
         let name = graph.def().name.clone();
         let ort_err = |e: ort::Error| RuntimeError::Ort {
             graph: name.clone(),
@@ -183,17 +196,7 @@ impl Forward {
             Device::Cuda => builder = with_cuda(builder)?,
         }
         let session = builder.commit_from_memory(&bytes).map_err(ort_err)?;
-        let outs = model
-            .graph
-            .as_ref()
-            .expect("exported")
-            .output
-            .iter()
-            .map(|o| {
-                let n = o.name().to_string();
-                (graph.node_id(&n).expect("outputs are nodes"), n)
-            })
-            .collect();
+        drop(bytes);
         Ok(Forward {
             session,
             graph_name: graph.def().name.clone(),
@@ -204,8 +207,26 @@ impl Forward {
         })
     }
 
-    /// Runs a batch `[N, ...input shape]` and returns the exposed activations.
+    /// Runs a batch `[N, ...input shape]` and returns the exposed activations (copied out of
+    /// ONNX Runtime).
     pub fn run(&mut self, input: ArrayViewD<'_, f32>) -> Result<Activations, RuntimeError> {
+        self.run_view(input, |v| Activations {
+            batch: v.batch,
+            values: v
+                .values
+                .iter()
+                .map(|a| a.as_ref().map(|a| a.to_owned()))
+                .collect(),
+        })
+    }
+
+    /// Runs a batch `[N, ...input shape]` and hands `f` views of the exposed activations in
+    /// ONNX Runtime's own output buffers: no copy, valid while `f` runs.
+    pub fn run_view<R>(
+        &mut self,
+        input: ArrayViewD<'_, f32>,
+        f: impl FnOnce(&ActivationViews<'_>) -> R,
+    ) -> Result<R, RuntimeError> {
         if input.ndim() != self.input_shape.len() + 1
             || input.shape()[1..] != self.input_shape[..]
             || input.shape()[0] == 0
@@ -220,8 +241,9 @@ impl Forward {
                     .join(", ")
             )));
         }
+        let graph_name = self.graph_name.clone();
         let ort_err = |e: ort::Error| RuntimeError::Ort {
-            graph: self.graph_name.clone(),
+            graph: graph_name.clone(),
             message: e.to_string(),
         };
         let batch = input.shape()[0];
@@ -234,18 +256,38 @@ impl Forward {
         let mut values = vec![None; self.node_count];
         for (id, name) in &self.outputs {
             let v = results.get(name).ok_or_else(|| RuntimeError::Ort {
-                graph: self.graph_name.clone(),
+                graph: graph_name.clone(),
                 message: format!("output '{name}' is missing"),
             })?;
             let arr = v
                 .try_extract_array::<f32>()
                 .map_err(|e| RuntimeError::Ort {
-                    graph: self.graph_name.clone(),
+                    graph: graph_name.clone(),
                     message: format!("output '{name}': {e}"),
                 })?;
-            values[*id] = Some(arr.to_owned());
+            values[*id] = Some(arr);
         }
-        Ok(Activations { batch, values })
+        Ok(f(&ActivationViews { batch, values }))
+    }
+}
+
+/// Activations of one forward pass, per node, as views of ONNX Runtime's output buffers (see
+/// [`Forward::run_view`]).
+#[derive(Debug)]
+pub struct ActivationViews<'a> {
+    batch: usize,
+    values: Vec<Option<ArrayViewD<'a, f32>>>,
+}
+
+impl<'a> ActivationViews<'a> {
+    /// The batch size.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Node `id`'s output `[N, ...]`, if it was computed.
+    pub fn get(&self, id: NodeId) -> Option<&ArrayViewD<'a, f32>> {
+        self.values.get(id).and_then(|v| v.as_ref())
     }
 }
 
