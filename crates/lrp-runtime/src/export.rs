@@ -27,20 +27,108 @@ fn init_name(key: &str) -> String {
     format!("param:{key}")
 }
 
-/// Exports `graph` as an ONNX model whose tensors are named after the IR nodes.
+/// Exports `graph` as an ONNX model whose tensors are named after the IR nodes, with the
+/// weights inside the model.
 pub fn to_onnx(graph: &Graph, outputs: &ExportOutputs) -> ModelProto {
-    let mut nodes = Vec::with_capacity(graph.nodes().len());
-    let mut inits: Vec<TensorProto> = graph
+    export(graph, outputs, None).0
+}
+
+/// Byte alignment of each tensor in the weights blob of [`to_onnx_external`].
+const BLOB_ALIGN: usize = 64;
+
+/// Exports `graph` as [`to_onnx`] does, with the weights not in the model but in one blob
+/// (little-endian f32, each tensor at a multiple of 64 bytes) that the model's initializers
+/// reference as the external data file `location`: the model stays small, and ONNX Runtime
+/// reads the weights from the blob (`SessionBuilder::with_external_initializer_file_in_memory`).
+pub fn to_onnx_external(
+    graph: &Graph,
+    outputs: &ExportOutputs,
+    location: &str,
+) -> (ModelProto, std::sync::Arc<[u8]>) {
+    let (model, blob) = export(graph, outputs, Some(location));
+    (model, blob.expect("external export"))
+}
+
+/// The weight tensors the nodes use, in name order.
+fn used_weights(graph: &Graph) -> Vec<(&str, &ndarray::ArrayD<f32>)> {
+    let used: std::collections::HashSet<&str> = graph
+        .nodes()
+        .iter()
+        .flat_map(|n| n.params.values().map(String::as_str))
+        .collect();
+    graph
         .weights()
         .iter()
-        .filter(|(k, _)| {
-            graph
-                .nodes()
-                .iter()
-                .any(|n| n.params.values().any(|v| v == k))
+        .filter(|(k, _)| used.contains(k))
+        .collect()
+}
+
+/// The initializers of the weights: inline, or referencing a blob that is returned with them.
+fn weight_initializers(
+    graph: &Graph,
+    location: Option<&str>,
+) -> (Vec<TensorProto>, Option<std::sync::Arc<[u8]>>) {
+    let weights = used_weights(graph);
+    let Some(location) = location else {
+        let inits = weights
+            .iter()
+            .map(|(k, a)| f32_tensor(&init_name(k), a.shape(), a.iter().copied()))
+            .collect();
+        return (inits, None);
+    };
+    let mut offsets = Vec::with_capacity(weights.len());
+    let mut total = 0usize;
+    for (_, a) in &weights {
+        offsets.push(total);
+        total = (total + a.len() * 4).next_multiple_of(BLOB_ALIGN);
+    }
+    let mut blob = std::sync::Arc::<[u8]>::new_uninit_slice(total);
+    {
+        let bytes = std::sync::Arc::get_mut(&mut blob).expect("just made");
+        // Padding first, then every tensor's bytes: all of the blob is written.
+        bytes.fill(std::mem::MaybeUninit::new(0));
+        for ((_, a), &off) in weights.iter().zip(&offsets) {
+            let a = a.as_standard_layout();
+            let dst = &mut bytes[off..off + a.len() * 4];
+            for (d, v) in dst.chunks_exact_mut(4).zip(a.iter()) {
+                for (d, b) in d.iter_mut().zip(v.to_le_bytes()) {
+                    d.write(b);
+                }
+            }
+        }
+    }
+    // SAFETY: every byte was written above.
+    let blob = unsafe { blob.assume_init() };
+    let entry = |k: &str, v: String| proto::StringStringEntryProto {
+        key: Some(k.into()),
+        value: Some(v),
+    };
+    let inits = weights
+        .iter()
+        .zip(&offsets)
+        .map(|((k, a), &off)| TensorProto {
+            name: Some(init_name(k)),
+            dims: a.shape().iter().map(|&d| d as i64).collect(),
+            data_type: Some(dtype::FLOAT),
+            data_location: Some(proto::tensor_proto::DataLocation::External as i32),
+            external_data: vec![
+                entry("location", location.to_string()),
+                entry("offset", off.to_string()),
+                entry("length", (a.len() * 4).to_string()),
+            ],
+            ..Default::default()
         })
-        .map(|(k, a)| f32_tensor(&init_name(k), a.shape(), a.iter().copied()))
         .collect();
+    (inits, Some(blob))
+}
+
+fn export(
+    graph: &Graph,
+    outputs: &ExportOutputs,
+    location: Option<&str>,
+) -> (ModelProto, Option<std::sync::Arc<[u8]>>) {
+    let mut nodes = Vec::with_capacity(graph.nodes().len());
+    let (mut inits, blob) = weight_initializers(graph, location);
     for &id in graph.topo_order() {
         let n = &graph.nodes()[id];
         let mut inputs = n.inputs.clone();
@@ -207,7 +295,7 @@ pub fn to_onnx(graph: &Graph, outputs: &ExportOutputs) -> ModelProto {
         .map(|&i| value_info(&graph.nodes()[i].name, graph.shape(i)))
         .collect();
     let input = graph.input();
-    ModelProto {
+    let model = ModelProto {
         ir_version: Some(8),
         opset_import: vec![OperatorSetIdProto {
             domain: Some(String::new()),
@@ -224,7 +312,8 @@ pub fn to_onnx(graph: &Graph, outputs: &ExportOutputs) -> ModelProto {
             ..Default::default()
         }),
         ..Default::default()
-    }
+    };
+    (model, blob)
 }
 
 fn value_info(name: &str, per_sample: &[usize]) -> ValueInfoProto {
@@ -269,11 +358,16 @@ pub(crate) fn f32_value_info(name: &str, dims: &[Dim<'_>]) -> ValueInfoProto {
 }
 
 fn f32_tensor(name: &str, shape: &[usize], values: impl IntoIterator<Item = f32>) -> TensorProto {
+    let values = values.into_iter();
+    let mut raw = Vec::with_capacity(values.size_hint().0 * 4);
+    for v in values {
+        raw.extend_from_slice(&v.to_le_bytes());
+    }
     TensorProto {
         name: Some(name.into()),
         dims: shape.iter().map(|&d| d as i64).collect(),
         data_type: Some(dtype::FLOAT),
-        raw_data: Some(values.into_iter().flat_map(f32::to_le_bytes).collect()),
+        raw_data: Some(raw),
         ..Default::default()
     }
 }

@@ -10,7 +10,10 @@ use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::TensorRef;
 
-use crate::export::{ExportOutputs, to_onnx};
+use crate::export::{ExportOutputs, to_onnx_external};
+
+/// The name under which the weights of an exported graph are given to ONNX Runtime.
+const WEIGHTS_FILE: &str = "lrp-graph-weights.bin";
 
 /// Errors of running a graph.
 #[derive(Debug, thiserror::Error)]
@@ -162,7 +165,9 @@ impl Forward {
         threads: Option<usize>,
     ) -> Result<Self, RuntimeError> {
         let env = environment()?;
-        let model = to_onnx(graph, &outputs);
+        // The weights go to ONNX Runtime as an in-memory external data file: one copy of them
+        // instead of a model proto and its encoding.
+        let (model, blob) = to_onnx_external(graph, &outputs, WEIGHTS_FILE);
         let bytes = lrp_onnx::encode_model(&model);
         let outs: Vec<(NodeId, String)> = model
             .graph
@@ -195,6 +200,9 @@ impl Forward {
             Device::Cpu => {}
             Device::Cuda => builder = with_cuda(builder)?,
         }
+        builder = builder
+            .with_external_initializer_file_in_memory(WEIGHTS_FILE, blob)
+            .map_err(|e| ort_err(e.into()))?;
         let session = builder.commit_from_memory(&bytes).map_err(ort_err)?;
         drop(bytes);
         Ok(Forward {
