@@ -459,9 +459,14 @@ impl<'a> Cols<'a> {
 
     /// The output rows of tap `th` inside `r0..r1`, and the input row the first of them reads.
     fn rows(&self, th: &Tap, t: &Tile) -> (usize, usize, usize) {
-        let lo = th.lo.max(t.r0);
-        let hi = th.hi.min(t.r1).max(lo);
-        (lo, hi, th.first + (lo - th.lo) * self.g.strides[0])
+        // A tap whose rows start after the band (large padding, thin bands) has none in it.
+        let lo = th.lo.clamp(t.r0, t.r1);
+        let hi = th.hi.clamp(lo, t.r1);
+        (
+            lo,
+            hi,
+            th.first + lo.saturating_sub(th.lo) * self.g.strides[0],
+        )
     }
 
     /// Fills `col` (`[cg·kh·kw, nb·q]`, row-major, `q` the tile's positions per image) with the
@@ -1317,6 +1322,37 @@ mod tests {
             conv2d_forward_budget(x.view(), w.view(), &g, usize::MAX)
         );
         assert_eq!(conv2d_transpose_budget(s.view(), w.view(), &g, band), whole);
+    }
+
+    /// Bands of one row with taps whose first real row comes after the band (padding 2 and 3).
+    #[test]
+    fn thin_bands_with_large_padding() {
+        for (k, pad, stride) in [(5, 2, 1), (7, 3, 2), (3, 2, 1)] {
+            let op = Op::Conv {
+                kernel: [k, k],
+                strides: [stride, stride],
+                pads: [pad, pad, pad, pad],
+                dilations: [1, 1],
+                groups: 1,
+            };
+            let g = ConvGeometry::new(&op, &[2, 9, 8], &[3, 2, k, k]).unwrap();
+            let x = ramp((2, 2, 9, 8), 0.41);
+            let w = ramp((3, 2, k, k), 0.77);
+            let [o, oh, ow] = g.output_shape();
+            let s = ramp((2, o, oh, ow), 0.29);
+            let whole = conv2d_forward_budget(x.view(), w.view(), &g, usize::MAX);
+            assert_eq!(
+                conv2d_forward_budget(x.view(), w.view(), &g, 1),
+                whole,
+                "k {k}"
+            );
+            let whole = conv2d_transpose_budget(s.view(), w.view(), &g, usize::MAX);
+            assert_eq!(
+                conv2d_transpose_budget(s.view(), w.view(), &g, 1),
+                whole,
+                "k {k}"
+            );
+        }
     }
 
     #[test]
