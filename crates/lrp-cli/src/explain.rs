@@ -102,13 +102,16 @@ struct Tally {
 /// The run stopped early on Ctrl-C.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "interrupted after {done} of {total} input(s); every output written is complete, and --resume continues where this run stopped"
+    "interrupted after {done} of {total} input(s); every output written is complete{}",
+    if *.folder { ", and --resume continues where this run stopped" } else { "" }
 )]
 pub struct Interrupted {
     /// Inputs done.
     pub done: usize,
     /// Inputs of the run.
     pub total: usize,
+    /// Whether the input is a folder (which `--resume` can continue).
+    pub folder: bool,
 }
 
 /// Some inputs of a folder could not be explained.
@@ -184,15 +187,14 @@ pub fn run_with(a: ExplainArgs, registry: &Registry) -> Result<()> {
     let is_dir = a.input.is_dir();
     folder::check_folder_options(is_dir, &a.shard, a.resume)?;
     let shard = a.shard.as_deref().map(folder::Shard::parse).transpose()?;
+    // How image files become samples: --preprocess, else the graph's, else none.
+    let image_pre = plan
+        .pre
+        .clone()
+        .or_else(|| graph.input().preprocess.clone())
+        .unwrap_or_else(Preprocess::none);
     let (inputs, total_inputs) = if is_dir {
-        let pre = plan
-            .pre
-            .clone()
-            .or_else(|| graph.input().preprocess.clone())
-            .unwrap_or_else(Preprocess::none);
-        lrp_ir::preprocess::image_dims(graph.input())
-            .and_then(|_| pre.check_for(graph.input()))
-            .map_err(|e| anyhow!("--input {}: {e}", a.input.display()))?;
+        lrp_io::check_image_input(&a.input, graph.input(), &image_pre).context("--input")?;
         let files = lrp_io::list_images(&a.input)?;
         let total = files.len();
         let rels: Vec<PathBuf> = files
@@ -243,11 +245,6 @@ pub fn run_with(a: ExplainArgs, registry: &Registry) -> Result<()> {
         .with_context(|| format!("--out {}: cannot create the folder", a.out.display()))?;
     let labels = graph.labels().map(|l| l.to_vec());
     let layout = graph.input().layout;
-    let image_pre = a
-        .preprocess
-        .as_deref()
-        .map(|_| plan.pre.clone())
-        .unwrap_or_else(|| graph.input().preprocess.clone());
     let single = configs.len() == 1;
     let mut methods = Vec::with_capacity(configs.len());
     // The last method takes the graph itself: one copy of the weights fewer.
@@ -285,7 +282,7 @@ pub fn run_with(a: ExplainArgs, registry: &Registry) -> Result<()> {
         layout,
         labels: labels.as_deref(),
         plan: &plan,
-        image_pre: image_pre.as_ref(),
+        image_pre: &image_pre,
         single,
     };
     let result = match inputs {
@@ -387,8 +384,9 @@ struct Writer<'a> {
     layout: Layout,
     labels: Option<&'a [String]>,
     plan: &'a Plan,
-    /// The preprocessing images were loaded with (to show them as the model saw them).
-    image_pre: Option<&'a Preprocess>,
+    /// The preprocessing image files are loaded with (also to show them as the model saw
+    /// them).
+    image_pre: &'a Preprocess,
     single: bool,
 }
 
@@ -474,6 +472,7 @@ impl Writer<'_> {
                 return Err(Interrupted {
                     done: start + chunk_items.len(),
                     total: n,
+                    folder: false,
                 }
                 .into());
             }
@@ -546,11 +545,8 @@ impl Writer<'_> {
             let mut samples = Vec::with_capacity(chunk.len());
             for item in chunk {
                 let file = item.file.as_ref().expect("folder items are files");
-                let loaded = lrp_io::load_image(
-                    file,
-                    methods[0].explainer.graph().input(),
-                    self.image_pre.unwrap_or(&Preprocess::none()),
-                );
+                let loaded =
+                    lrp_io::load_image(file, methods[0].explainer.graph().input(), self.image_pre);
                 match loaded {
                     Ok(x) => {
                         ok.push(item);
@@ -609,6 +605,7 @@ impl Writer<'_> {
                 return Err(Interrupted {
                     done: tally.done + tally.skipped,
                     total: items.len(),
+                    folder: true,
                 }
                 .into());
             }
@@ -663,19 +660,10 @@ impl Writer<'_> {
         let need_images = a.overlay.is_some() || a.html;
         let images: Vec<Option<lrp_render::Rgb>> = items
             .iter()
-            .enumerate()
-            .map(|(k, _)| {
-                need_images.then(|| {
-                    input_rgb(
-                        batch.index_axis(Axis(0), k),
-                        self.layout,
-                        if items[k].file.is_some() {
-                            self.image_pre
-                        } else {
-                            None
-                        },
-                    )
-                })
+            .zip(batch.outer_iter())
+            .map(|(item, x)| {
+                let pre = item.file.as_ref().map(|_| self.image_pre);
+                need_images.then(|| input_rgb(x, self.layout, pre))
             })
             .collect();
         let mut input_images: Vec<Option<String>> = vec![None; items.len()];
@@ -699,6 +687,15 @@ impl Writer<'_> {
             };
             let mut recs = Vec::with_capacity(items.len());
             let mut tiles = Vec::new();
+            // The kept nodes' relevance of the batch, split per input below (folders).
+            let kept: Vec<(String, ArrayD<f32>)> = if per_input_npy {
+                keep.iter()
+                    .map(|name| (safe_name(name), kept_or_zeros(&m.explainer, &ex, name)))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let maps = m.explainer.config().signal.maps();
             for (k, item) in items.iter().enumerate() {
                 let t_write = std::time::Instant::now();
                 let map = ex.relevance.index_axis(Axis(0), k);
@@ -725,31 +722,17 @@ impl Writer<'_> {
                 }
                 if per_input_npy {
                     let rel = suffixed(&item.stem, ".npy");
-                    let path = m.dir.join(&rel);
-                    if let Some(parent) = path.parent() {
-                        std::fs::create_dir_all(parent).with_context(|| {
-                            format!("{}: cannot create the folder", parent.display())
-                        })?;
-                    }
-                    lrp_io::write_npy(&path, &map.to_owned())?;
+                    write_npy(&m.dir.join(&rel), &map.to_owned())?;
                     outputs.insert(
                         "relevance".into(),
                         json!(folder::slash_path(&prefix.join(&rel))),
                     );
-                    for name in keep {
-                        let r = kept_or_zeros(&m.explainer, &ex, name);
-                        let maps = m.explainer.config().signal.maps();
+                    for (file, r) in &kept {
                         let rows = r.slice_axis(Axis(0), (k * maps..(k + 1) * maps).into());
                         let rel = Path::new("nodes")
-                            .join(safe_name(name))
+                            .join(file)
                             .join(suffixed(&item.stem, ".npy"));
-                        let path = m.dir.join(&rel);
-                        if let Some(parent) = path.parent() {
-                            std::fs::create_dir_all(parent).with_context(|| {
-                                format!("{}: cannot create the folder", parent.display())
-                            })?;
-                        }
-                        lrp_io::write_npy(&path, &rows.to_owned())?;
+                        write_npy(&m.dir.join(rel), &rows.to_owned())?;
                     }
                 }
                 for note in &ex.notes[k] {
@@ -761,17 +744,16 @@ impl Writer<'_> {
                     rec["overlay"] = o.clone();
                 }
                 let t = ex.targets[k];
-                let probs = softmax_f64(ex.logits.row(k).as_slice().expect("standard layout"));
+                let p = rec["target_probability"].as_f64().unwrap_or_default();
                 if a.grid.is_some() {
-                    let label = self
-                        .labels
-                        .map(|l| l[t].clone())
-                        .unwrap_or_else(|| format!("class {t}"));
+                    let label = rec["target_label"]
+                        .as_str()
+                        .map_or_else(|| format!("class {t}"), str::to_string);
                     tiles.push(lrp_render::Tile::new(
                         tile_img,
                         [
                             item.source.clone(),
-                            format!("{label} {:.3}", probs[t]),
+                            format!("{label} {p:.3}"),
                             m.name.clone(),
                         ],
                     ));
@@ -785,7 +767,7 @@ impl Writer<'_> {
                     "status": "ok",
                     "target": t,
                     "target_label": rec["target_label"],
-                    "target_probability": probs[t],
+                    "target_probability": p,
                     "top5": rec["top5"],
                     "methods": {m.name.clone(): per_method},
                     "timings": {
@@ -852,12 +834,24 @@ fn zoom(img: &lrp_render::Rgb, zoom: usize) -> lrp_render::Rgb {
     lrp_render::Rgb::new(zw, zh, px).expect("zoomed sizes match")
 }
 
-/// Writes an image as PNG, creating its folder.
-fn write_png(path: &Path, img: &lrp_render::Rgb) -> Result<()> {
+/// Creates the folder of `path` (an output mirroring a sub-folder of the input).
+fn create_parent(path: &Path) -> Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("{}: cannot create the folder", parent.display()))?;
     }
+    Ok(())
+}
+
+/// Writes a relevance array as `.npy`, creating its folder.
+fn write_npy(path: &Path, array: &ArrayD<f32>) -> Result<()> {
+    create_parent(path)?;
+    Ok(lrp_io::write_npy(path, array)?)
+}
+
+/// Writes an image as PNG, creating its folder.
+fn write_png(path: &Path, img: &lrp_render::Rgb) -> Result<()> {
+    create_parent(path)?;
     lrp_io::write_png_rgb(path, img.width() as u32, img.height() as u32, img.pixels())?;
     Ok(())
 }
@@ -895,7 +889,7 @@ fn input_rgb(
     let pixel = |ch: usize, y: usize, xx: usize| -> u8 {
         let v = at(ch, y, xx);
         let p = match pre {
-            Some(p) => (v * p.std_of(ch) + p.mean_of(ch)) / p.scale,
+            Some(p) => p.pixel(v, ch),
             None if hi > lo => (v - lo) / (hi - lo) * 255.0,
             None => 0.0,
         };

@@ -74,10 +74,8 @@ pub fn load_image(path: &Path, input: &InputDef, preprocess: &Preprocess) -> Res
         Filter::Bilinear => FilterType::Triangle,
         Filter::Nearest => FilterType::Nearest,
     };
-    // (p · scale − mean[c]) / std[c], c in the model's channel order.
-    let norm = |p: u8, ch: usize| {
-        (p as f32 * preprocess.scale - preprocess.mean_of(ch)) / preprocess.std_of(ch)
-    };
+    // c in the model's channel order.
+    let norm = |p: u8, ch: usize| preprocess.normalize(f32::from(p), ch);
     let data = if c == 1 {
         let g = fit(to_grey(&img), sw, sh, filter);
         sample_values(h, w, 1, input.layout, |y, x, ch| {
@@ -104,8 +102,9 @@ pub fn load_rgb(path: &Path) -> Result<(Vec<u8>, usize, usize)> {
     Ok((img.into_raw(), w, h))
 }
 
-/// Channels, height and width of `input`, once it and `preprocess` are known to fit images.
-pub(crate) fn check_image_input(
+/// Channels, height and width of `input`, once it and `preprocess` are known to fit images;
+/// else an error naming `path` (the image or folder about to be read).
+pub fn check_image_input(
     path: &Path,
     input: &InputDef,
     preprocess: &Preprocess,

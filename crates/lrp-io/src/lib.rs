@@ -21,7 +21,7 @@ use lrp_ir::{InputDef, Preprocess};
 use ndarray::{ArrayD, Axis};
 
 pub use error::{IoError, Result};
-pub use img::{load_image, load_rgb, write_png_gray, write_png_rgb};
+pub use img::{check_image_input, load_image, load_rgb, write_png_gray, write_png_rgb};
 pub use npy::{read_npy, read_npy_input, write_npy_to};
 
 /// Extensions of image files, lower case.

@@ -139,6 +139,17 @@ impl Preprocess {
         }
     }
 
+    /// The input value of pixel value `p` (0–255) in model channel `c`:
+    /// `(p · scale − mean[c]) / std[c]`.
+    pub fn normalize(&self, p: f32, c: usize) -> f32 {
+        (p * self.scale - self.mean_of(c)) / self.std_of(c)
+    }
+
+    /// The pixel value (0–255, not rounded) that [`normalize`](Self::normalize) maps to `v`.
+    pub fn pixel(&self, v: f32, c: usize) -> f32 {
+        (v * self.std_of(c) + self.mean_of(c)) / self.scale
+    }
+
     /// Checks that this preprocessing fits `input`: an image layout with 1 or 3 channels, and
     /// `mean`/`std` with 1 value or one per channel, `std` nonzero.
     pub fn check_for(&self, input: &InputDef) -> Result<(), String> {
@@ -299,6 +310,19 @@ fn parse_num(s: &str) -> Result<f32, std::num::ParseFloatError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn normalize_and_back() {
+        // caffe: BGR, mean per channel, scale 1, std 1.
+        let p = Preprocess::caffe();
+        assert_eq!(p.normalize(200.0, 2), 200.0 - 123.68);
+        assert_eq!(p.pixel(200.0 - 123.68, 2), 200.0);
+        // torch: (p/255 − 0.485)/0.229 for channel 0.
+        let t = Preprocess::torch();
+        let v = t.normalize(255.0, 0);
+        assert!((v - (1.0 - 0.485) / 0.229).abs() < 1e-6);
+        assert!((t.pixel(v, 0) - 255.0).abs() < 1e-3);
+    }
 
     #[test]
     fn parse_modes_and_pairs() {
