@@ -15,7 +15,9 @@ import argparse
 import importlib.metadata
 import json
 import os
+import statistics
 import time
+import timeit
 
 T0 = time.perf_counter()
 
@@ -41,12 +43,7 @@ def main():
     setup = time.perf_counter() - T0
 
     def median(f):
-        ts = []
-        for _ in range(args.reps):
-            t = time.perf_counter()
-            f()
-            ts.append(time.perf_counter() - t)
-        return sorted(ts)[len(ts) // 2]
+        return statistics.median(timeit.repeat(f, number=1, repeat=args.reps))
 
     model.predict(x, verbose=0)
     forward = median(lambda: model.predict(x, verbose=0))

@@ -11,7 +11,9 @@ Prints one JSON line: the seconds of the imports and model set-up, of a plain fo
 import argparse
 import importlib.metadata
 import json
+import statistics
 import time
+import timeit
 
 T0 = time.perf_counter()
 
@@ -35,12 +37,7 @@ def main():
     setup = time.perf_counter() - T0
 
     def median(f):
-        ts = []
-        for _ in range(args.reps):
-            t = time.perf_counter()
-            f()
-            ts.append(time.perf_counter() - t)
-        return sorted(ts)[len(ts) // 2]
+        return statistics.median(timeit.repeat(f, number=1, repeat=args.reps))
 
     with torch.no_grad():
         model(x)
