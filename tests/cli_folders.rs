@@ -85,6 +85,35 @@ fn records(dir: &Path) -> BTreeMap<String, serde_json::Value> {
     out
 }
 
+/// A temporary folder (kept alive by `_dir`) with the MNIST graph `g`, a tree `data` of
+/// `copies` × 10 images and an output folder `out` not yet made.
+struct Setup {
+    _dir: tempfile::TempDir,
+    g: PathBuf,
+    data: PathBuf,
+    out: PathBuf,
+}
+
+fn setup(copies: usize) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let g = mnist(dir.path());
+    let data = image_tree(dir.path(), copies);
+    let out = dir.path().join("out");
+    Setup {
+        _dir: dir,
+        g,
+        data,
+        out,
+    }
+}
+
+/// `explain`, which must succeed.
+fn explain_ok(graph: &Path, input: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    let o = explain(graph, input, out, extra);
+    assert!(o.status.success(), "{}", stderr(&o));
+    o
+}
+
 fn explain(graph: &Path, input: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
     let mut args = vec![
         "explain",
@@ -104,11 +133,8 @@ fn explain(graph: &Path, input: &Path, out: &Path, extra: &[&str]) -> std::proce
 
 #[test]
 fn a_folder_tree_is_mirrored_and_recorded() {
-    let dir = tempfile::tempdir().unwrap();
-    let g = mnist(dir.path());
-    let data = image_tree(dir.path(), 1);
-    let out = dir.path().join("out");
-    let o = explain(
+    let Setup { _dir, g, data, out } = setup(1);
+    let o = explain_ok(
         &g,
         &data,
         &out,
@@ -121,7 +147,6 @@ fn a_folder_tree_is_mirrored_and_recorded() {
             "/conv1/*",
         ],
     );
-    assert!(o.status.success(), "{}", stderr(&o));
     let files = tree(&out);
     // The kept node's relevance per input: [maps, ...node shape] (SGLRP: target, dual).
     let kept = read_npy(&out.join("nodes/_conv1_Conv/set0/deep/digit_5.npy"));
@@ -234,19 +259,17 @@ fn shards_add_up_to_the_unsharded_run() {
     let g = mnist(dir.path());
     let data = image_tree(dir.path(), 2);
     let whole = dir.path().join("whole");
-    let o = explain(&g, &data, &whole, &["--batch-size", "5"]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    explain_ok(&g, &data, &whole, &["--batch-size", "5"]);
     let sharded = dir.path().join("sharded");
     let mut counts = Vec::new();
     for k in 0..3 {
         let shard = format!("{k}/3");
-        let o = explain(
+        explain_ok(
             &g,
             &data,
             &sharded,
             &["--batch-size", "5", "--shard", &shard],
         );
-        assert!(o.status.success(), "{}", stderr(&o));
         counts.push(records(&sharded).len());
     }
     // Every shard did some, together all of it, each into its own manifest.
@@ -276,8 +299,7 @@ fn docs_cluster_commands_split_a_folder() {
     let g = mnist(dir.path());
     let data = image_tree(dir.path(), 1);
     let whole = dir.path().join("whole");
-    let o = explain(&g, &data, &whole, &["--batch-size", "16"]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    explain_ok(&g, &data, &whole, &["--batch-size", "16"]);
     for (c, cmd) in commands.iter().enumerate() {
         let out = dir.path().join(format!("cluster{c}"));
         let n = 4;
@@ -318,12 +340,8 @@ fn docs_cluster_commands_split_a_folder() {
 
 #[test]
 fn resume_skips_what_is_done_and_redoes_what_is_missing() {
-    let dir = tempfile::tempdir().unwrap();
-    let g = mnist(dir.path());
-    let data = image_tree(dir.path(), 1);
-    let out = dir.path().join("out");
-    let o = explain(&g, &data, &out, &["--batch-size", "4"]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let Setup { _dir, g, data, out } = setup(1);
+    explain_ok(&g, &data, &out, &["--batch-size", "4"]);
     // An output deleted, and the manifest's last line cut short as by a crash.
     std::fs::remove_file(out.join("set0/digit_3.png")).unwrap();
     let manifest = out.join("manifest.jsonl");
@@ -331,8 +349,7 @@ fn resume_skips_what_is_done_and_redoes_what_is_missing() {
     let cut = text.trim_end().rfind('\n').unwrap() + 20;
     std::fs::write(&manifest, &text[..cut]).unwrap();
     std::fs::write(out.join("set0/.lrp-tmp-leftover"), b"half").unwrap();
-    let o = explain(&g, &data, &out, &["--batch-size", "4", "--resume"]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let o = explain_ok(&g, &data, &out, &["--batch-size", "4", "--resume"]);
     assert!(
         stdout(&o).contains("explained 2 of 10 input(s), 8 already done"),
         "{}",
@@ -362,10 +379,7 @@ fn resume_skips_what_is_done_and_redoes_what_is_missing() {
 /// --resume finishes the job.
 #[test]
 fn ctrl_c_leaves_complete_files_and_resume_finishes() {
-    let dir = tempfile::tempdir().unwrap();
-    let g = mnist(dir.path());
-    let data = image_tree(dir.path(), 3);
-    let out = dir.path().join("out");
+    let Setup { _dir, g, data, out } = setup(3);
     let mut child = Command::new(env!("CARGO_BIN_EXE_lrp-graph"))
         .args([
             "explain",
@@ -406,18 +420,14 @@ fn ctrl_c_leaves_complete_files_and_resume_finishes() {
     for f in files.iter().filter(|f| f.ends_with(".png")) {
         image::open(out.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
     }
-    let o = explain(&g, &data, &out, &["--resume", "--overlay"]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    explain_ok(&g, &data, &out, &["--resume", "--overlay"]);
     assert_eq!(records(&out).len(), 30);
 }
 
 #[test]
 fn rendering_options_and_grid() {
-    let dir = tempfile::tempdir().unwrap();
-    let g = mnist(dir.path());
-    let data = image_tree(dir.path(), 1);
-    let out = dir.path().join("out");
-    let o = explain(
+    let Setup { _dir, g, data, out } = setup(1);
+    explain_ok(
         &g,
         &data,
         &out,
@@ -442,7 +452,6 @@ fn rendering_options_and_grid() {
             "6",
         ],
     );
-    assert!(o.status.success(), "{}", stderr(&o));
     let files = tree(&out);
     for m in ["sglrp", "lrp"] {
         assert!(files.contains(&format!("{m}/set0/digit_3.png")));
@@ -480,17 +489,18 @@ fn rendering_options_and_grid() {
 /// is installed.
 #[test]
 fn html_gallery_renders_in_a_browser() {
-    let dir = tempfile::tempdir().unwrap();
-    let g = mnist(dir.path());
-    let data = image_tree(dir.path(), 1);
-    let out = dir.path().join("out");
-    let o = explain(
+    let Setup {
+        _dir: dir,
+        g,
+        data,
+        out,
+    } = setup(1);
+    explain_ok(
         &g,
         &data,
         &out,
         &["--method", "sglrp,clrp", "--html", "--overlay"],
     );
-    assert!(o.status.success(), "{}", stderr(&o));
     let html = std::fs::read_to_string(out.join("index.html")).unwrap();
     // Every image the page shows exists, relative to the page.
     let mut shown = 0;
@@ -598,8 +608,7 @@ fn output_names_never_collide() {
         .save(data.join("dup.jpg"))
         .unwrap();
     let out = dir.path().join("out");
-    let o = explain(&g, &data, &out, &[]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    explain_ok(&g, &data, &out, &[]);
     let files = tree(&out);
     for f in [
         "scan.2024.png",
