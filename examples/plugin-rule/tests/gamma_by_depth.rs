@@ -107,58 +107,59 @@ fn bad_parameters_are_refused_with_the_rule_name() {
     }
 }
 
+/// Runs `lrp-graph-plus` with `args`; it must succeed. Returns its stdout.
+fn plus(args: &[&std::ffi::OsStr]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_lrp-graph-plus"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// The full command line with the plugin registered: `rules` lists it, `explain --rules` uses
 /// it from a RON file.
 #[test]
 fn the_command_line_knows_the_plugin() {
-    let bin = env!("CARGO_BIN_EXE_lrp-graph-plus");
-    let out = Command::new(bin).arg("rules").output().unwrap();
-    assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("GammaByDepth"));
+    assert!(plus(&["rules".as_ref()]).contains("GammaByDepth"));
 
     let dir = tempfile::tempdir().unwrap();
     let graph = dir.path().join("vgg_small.ron");
-    let out = Command::new(bin)
-        .args(["convert", fixture("vgg_small.onnx").to_str().unwrap(), "-o"])
-        .arg(&graph)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let model = fixture("vgg_small.onnx");
+    plus(&[
+        "convert".as_ref(),
+        model.as_ref(),
+        "-o".as_ref(),
+        graph.as_ref(),
+    ]);
     let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/gamma-by-depth.ron");
     let out_dir = dir.path().join("out");
-    let out = Command::new(bin)
-        .arg("explain")
-        .arg(&graph)
-        .arg("--input")
-        .arg(fixture("vgg_small.input.npy"))
-        .arg("--rules")
-        .arg(&rules)
-        .arg("--out")
-        .arg(&out_dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let input = fixture("vgg_small.input.npy");
+    plus(&[
+        "explain".as_ref(),
+        graph.as_ref(),
+        "--input".as_ref(),
+        input.as_ref(),
+        "--rules".as_ref(),
+        rules.as_ref(),
+        "--out".as_ref(),
+        out_dir.as_ref(),
+    ]);
     let r = lrp_graph::io::read_npy(&out_dir.join("relevance.npy")).unwrap();
     assert!(r.iter().any(|&v| v != 0.0) && r.iter().all(|v| v.is_finite()));
     let report = std::fs::read_to_string(out_dir.join("report.json")).unwrap();
     assert!(report.contains("gamma-by-depth"));
 
     // inspect shows the rule with its parameters.
-    let out = Command::new(bin)
-        .arg("inspect")
-        .arg(&graph)
-        .arg("--rules")
-        .arg(&rules)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("GammaByDepth(gamma: 0.05, growth: 2"));
+    let text = plus(&[
+        "inspect".as_ref(),
+        graph.as_ref(),
+        "--rules".as_ref(),
+        rules.as_ref(),
+    ]);
+    assert!(text.contains("GammaByDepth(gamma: 0.05, growth: 2"));
 }
