@@ -1,5 +1,7 @@
 //! IR → ONNX (opset 17).
 
+use std::sync::Arc;
+
 use lrp_ir::{Graph, Op};
 use lrp_onnx::proto::{
     self, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
@@ -27,27 +29,8 @@ fn init_name(key: &str) -> String {
     format!("param:{key}")
 }
 
-/// Exports `graph` as an ONNX model whose tensors are named after the IR nodes, with the
-/// weights inside the model.
-pub fn to_onnx(graph: &Graph, outputs: &ExportOutputs) -> ModelProto {
-    export(graph, outputs, None).0
-}
-
-/// Byte alignment of each tensor in the weights blob of [`to_onnx_external`].
+/// Byte alignment of each tensor in the weights blob of [`to_onnx`].
 const BLOB_ALIGN: usize = 64;
-
-/// Exports `graph` as [`to_onnx`] does, with the weights not in the model but in one blob
-/// (little-endian f32, each tensor at a multiple of 64 bytes) that the model's initializers
-/// reference as the external data file `location`: the model stays small, and ONNX Runtime
-/// reads the weights from the blob (`SessionBuilder::with_external_initializer_file_in_memory`).
-pub fn to_onnx_external(
-    graph: &Graph,
-    outputs: &ExportOutputs,
-    location: &str,
-) -> (ModelProto, std::sync::Arc<[u8]>) {
-    let (model, blob) = export(graph, outputs, Some(location));
-    (model, blob.expect("external export"))
-}
 
 /// The weight tensors the nodes use, in name order.
 fn used_weights(graph: &Graph) -> Vec<(&str, &ndarray::ArrayD<f32>)> {
@@ -63,41 +46,32 @@ fn used_weights(graph: &Graph) -> Vec<(&str, &ndarray::ArrayD<f32>)> {
         .collect()
 }
 
-/// The initializers of the weights: inline, or referencing a blob that is returned with them.
-fn weight_initializers(
-    graph: &Graph,
-    location: Option<&str>,
-) -> (Vec<TensorProto>, Option<std::sync::Arc<[u8]>>) {
+/// The weights in one blob (little-endian f32, each tensor at a multiple of [`BLOB_ALIGN`]
+/// bytes, zero padding), and their initializers referencing it as external data `location`.
+fn weight_initializers(graph: &Graph, location: &str) -> (Vec<TensorProto>, Arc<[u8]>) {
     let weights = used_weights(graph);
-    let Some(location) = location else {
-        let inits = weights
-            .iter()
-            .map(|(k, a)| f32_tensor(&init_name(k), a.shape(), a.iter().copied()))
-            .collect();
-        return (inits, None);
-    };
-    let mut offsets = Vec::with_capacity(weights.len());
+    let mut offsets = Vec::with_capacity(weights.len() + 1);
     let mut total = 0usize;
     for (_, a) in &weights {
         offsets.push(total);
         total = (total + a.len() * 4).next_multiple_of(BLOB_ALIGN);
     }
-    let mut blob = std::sync::Arc::<[u8]>::new_uninit_slice(total);
+    offsets.push(total);
+    let mut blob = Arc::<[u8]>::new_uninit_slice(total);
     {
-        let bytes = std::sync::Arc::get_mut(&mut blob).expect("just made");
-        // Padding first, then every tensor's bytes: all of the blob is written.
-        bytes.fill(std::mem::MaybeUninit::new(0));
-        for ((_, a), &off) in weights.iter().zip(&offsets) {
+        let bytes = Arc::get_mut(&mut blob).expect("just made");
+        for ((_, a), span) in weights.iter().zip(offsets.windows(2)) {
             let a = a.as_standard_layout();
-            let dst = &mut bytes[off..off + a.len() * 4];
-            for (d, v) in dst.chunks_exact_mut(4).zip(a.iter()) {
+            let (data, padding) = bytes[span[0]..span[1]].split_at_mut(a.len() * 4);
+            for (d, v) in data.chunks_exact_mut(4).zip(a.iter()) {
                 for (d, b) in d.iter_mut().zip(v.to_le_bytes()) {
                     d.write(b);
                 }
             }
+            padding.fill(std::mem::MaybeUninit::new(0));
         }
     }
-    // SAFETY: every byte was written above.
+    // SAFETY: every byte was written above: each tensor's data and the padding after it.
     let blob = unsafe { blob.assume_init() };
     let entry = |k: &str, v: String| proto::StringStringEntryProto {
         key: Some(k.into()),
@@ -119,14 +93,14 @@ fn weight_initializers(
             ..Default::default()
         })
         .collect();
-    (inits, Some(blob))
+    (inits, blob)
 }
 
-fn export(
-    graph: &Graph,
-    outputs: &ExportOutputs,
-    location: Option<&str>,
-) -> (ModelProto, Option<std::sync::Arc<[u8]>>) {
+/// Exports `graph` as an ONNX model whose tensors are named after the IR nodes. The weights
+/// are not in the model but in the returned blob, which the model's initializers reference as
+/// the external data file `location`: the model stays small, and ONNX Runtime reads the
+/// weights from the blob (`SessionBuilder::with_external_initializer_file_in_memory`).
+pub fn to_onnx(graph: &Graph, outputs: &ExportOutputs, location: &str) -> (ModelProto, Arc<[u8]>) {
     let mut nodes = Vec::with_capacity(graph.nodes().len());
     let (mut inits, blob) = weight_initializers(graph, location);
     for &id in graph.topo_order() {

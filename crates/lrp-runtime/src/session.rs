@@ -10,7 +10,7 @@ use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::TensorRef;
 
-use crate::export::{ExportOutputs, to_onnx_external};
+use crate::export::{ExportOutputs, to_onnx};
 
 /// The name under which the weights of an exported graph are given to ONNX Runtime.
 const WEIGHTS_FILE: &str = "lrp-graph-weights.bin";
@@ -167,7 +167,7 @@ impl Forward {
         let env = environment()?;
         // The weights go to ONNX Runtime as an in-memory external data file: one copy of them
         // instead of a model proto and its encoding.
-        let (model, blob) = to_onnx_external(graph, &outputs, WEIGHTS_FILE);
+        let (model, blob) = to_onnx(graph, &outputs, WEIGHTS_FILE);
         let bytes = lrp_onnx::encode_model(&model);
         let outs: Vec<(NodeId, String)> = model
             .graph
