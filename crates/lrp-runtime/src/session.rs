@@ -169,19 +169,6 @@ impl Forward {
         // instead of a model proto and its encoding.
         let (model, blob) = to_onnx(graph, &outputs, WEIGHTS_FILE);
         let bytes = lrp_onnx::encode_model(&model);
-        let outs: Vec<(NodeId, String)> = model
-            .graph
-            .as_ref()
-            .expect("exported")
-            .output
-            .iter()
-            .map(|o| {
-                let n = o.name().to_string();
-                (graph.node_id(&n).expect("outputs are nodes"), n)
-            })
-            .collect();
-        // The weights are in `bytes` now: one copy fewer while ONNX Runtime makes its own.
-        drop(model);
         let name = graph.def().name.clone();
         let ort_err = |e: ort::Error| RuntimeError::Ort {
             graph: name.clone(),
@@ -204,7 +191,17 @@ impl Forward {
             .with_external_initializer_file_in_memory(WEIGHTS_FILE, blob)
             .map_err(|e| ort_err(e.into()))?;
         let session = builder.commit_from_memory(&bytes).map_err(ort_err)?;
-        drop(bytes);
+        let outs = model
+            .graph
+            .as_ref()
+            .expect("exported")
+            .output
+            .iter()
+            .map(|o| {
+                let n = o.name().to_string();
+                (graph.node_id(&n).expect("outputs are nodes"), n)
+            })
+            .collect();
         Ok(Forward {
             session,
             graph_name: graph.def().name.clone(),
