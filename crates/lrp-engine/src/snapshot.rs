@@ -175,16 +175,13 @@ fn coarse_map(r: &ArrayViewD<'_, f32>, layout: Layout, opts: &DigestOptions) -> 
     .expect("2-D");
     let (h, w) = plane.dim();
     let (gh, gw) = (opts.grid.clamp(1, h.max(1)), opts.grid.clamp(1, w.max(1)));
-    let mut cells = Array2::<f64>::zeros((gh, gw));
-    for ((y, x), &v) in plane.indexed_iter() {
-        cells[(y * gh / h, x * gw / w)] += v;
-    }
     // Means: cells hold ⌊·⌋ or ⌈·⌉ pixels.
+    let mut cells = Array2::<f64>::zeros((gh, gw));
     let mut counts = Array2::<f64>::zeros((gh, gw));
-    for y in 0..h {
-        for x in 0..w {
-            counts[(y * gh / h, x * gw / w)] += 1.0;
-        }
+    for ((y, x), &v) in plane.indexed_iter() {
+        let cell = (y * gh / h, x * gw / w);
+        cells[cell] += v;
+        counts[cell] += 1.0;
     }
     cells.zip_mut_with(&counts, |c, &n| *c /= n.max(1.0));
     let m = cells.iter().fold(0f64, |m, v| m.max(v.abs()));
