@@ -67,9 +67,12 @@ impl Manifest {
     pub fn open(dir: &Path, name: &str, resume: bool) -> Result<(Self, HashSet<String>)> {
         let path = dir.join(name);
         let mut done = HashSet::new();
+        // Whether the earlier run's last line was cut short by a crash.
+        let mut cut = false;
         if resume && path.exists() {
             let text = std::fs::read_to_string(&path)
                 .with_context(|| format!("{}: cannot read", path.display()))?;
+            cut = !text.is_empty() && !text.ends_with('\n');
             for line in text.lines().filter(|l| !l.trim().is_empty()) {
                 // A line cut short by a crash is not an error: its input is done again.
                 let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
@@ -90,14 +93,10 @@ impl Manifest {
             .truncate(!resume)
             .open(&path)
             .with_context(|| format!("{}: cannot write", path.display()))?;
-        // A line cut short by a crash gets its end, so the next record starts a line.
-        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-        if resume && len > 0 {
-            let text = std::fs::read(&path).unwrap_or_default();
-            if text.last() != Some(&b'\n') {
-                file.write_all(b"\n")
-                    .with_context(|| format!("{}: cannot write", path.display()))?;
-            }
+        // A line cut short gets its end, so the next record starts a line.
+        if cut {
+            file.write_all(b"\n")
+                .with_context(|| format!("{}: cannot write", path.display()))?;
         }
         Ok((Manifest { path, file }, done))
     }
