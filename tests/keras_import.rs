@@ -120,7 +120,7 @@ fn new_layers_map_to_ir_ops() {
         let g = import_keras(&keras_fixture(&format!("misc_layers.{flavour}")))
             .unwrap()
             .graph;
-        let node = |n: &str| &g.nodes()[g.node_id(n).unwrap_or_else(|| panic!("{flavour}: {n}"))];
+        let node = |n: &str| node(&g, n, flavour);
         // SeparableConv2D: depthwise (no bias) then pointwise 1×1 (with the bias).
         let dw = node("sep_depthwise");
         match &dw.op {
@@ -171,6 +171,13 @@ fn new_layers_map_to_ir_ops() {
     }
 }
 
+/// Node `name` of `g`; a missing node fails the test naming the fixture flavour.
+fn node<'a>(g: &'a lrp_ir::Graph, name: &str, flavour: &str) -> &'a lrp_ir::NodeDef {
+    &g.nodes()[g
+        .node_id(name)
+        .unwrap_or_else(|| panic!("{flavour}: {name}"))]
+}
+
 #[test]
 fn crop_elu_normalization_and_nested_models_map_to_ir_ops() {
     use lrp_ir::Op;
@@ -178,11 +185,7 @@ fn crop_elu_normalization_and_nested_models_map_to_ir_ops() {
         let g = import_keras(&keras_fixture(&format!("norm_crop_elu.{flavour}")))
             .unwrap()
             .graph;
-        let op = |n: &str| {
-            g.nodes()[g.node_id(n).unwrap_or_else(|| panic!("{flavour}: {n}"))]
-                .op
-                .clone()
-        };
+        let op = |n: &str| node(&g, n, flavour).op.clone();
         // Before a 'same' convolution the normalisation cannot fold: an affine BatchNorm.
         assert_eq!(op("norm"), Op::BatchNorm { epsilon: 0.0 }, "{flavour}");
         assert_eq!(op("conv1_elu"), Op::Elu { alpha: 1.0 });
@@ -203,11 +206,7 @@ fn crop_elu_normalization_and_nested_models_map_to_ir_ops() {
         let g = import_keras(&keras_fixture(&format!("relu_variants.{flavour}")))
             .unwrap()
             .graph;
-        let op = |n: &str| {
-            g.nodes()[g.node_id(n).unwrap_or_else(|| panic!("{flavour}: {n}"))]
-                .op
-                .clone()
-        };
+        let op = |n: &str| node(&g, n, flavour).op.clone();
         assert_eq!(op("thresholded"), Op::ThresholdedRelu { alpha: 0.3 });
         assert_eq!(op("leaky_capped_leakyrelu"), Op::LeakyRelu { alpha: 0.1 });
         assert_eq!(
