@@ -266,18 +266,35 @@ fn basic_block(
     planes: usize,
     stride: usize,
 ) -> String {
-    let mut y = b
-        .named(&format!("{prefix}.conv1"))
-        .conv(x, in_c, planes, 3, stride, 1, 1, false);
-    y = b.named(&format!("{prefix}.bn1")).batchnorm(&y, planes);
-    y = b.named(&format!("{prefix}.relu")).relu(&y);
-    y = b
-        .named(&format!("{prefix}.conv2"))
-        .conv(&y, planes, planes, 3, 1, 1, 1, false);
-    y = b
-        .named(&format!("{prefix}.bn2"))
-        .batchnorm_scaled(&y, planes, RESNET_BRANCH_GAMMA);
+    let y = conv_bn(b, prefix, 1, x, in_c, planes, 3, stride, false);
+    let y = b.named(&format!("{prefix}.relu")).relu(&y);
+    let y = conv_bn(b, prefix, 2, &y, planes, planes, 3, 1, true);
     residual(b, prefix, x, &y, in_c, planes, stride, "relu_1")
+}
+
+/// `{prefix}.conv{i}` (k×k, padding k/2, no bias) then `{prefix}.bn{i}`; the last BN of a
+/// residual branch (`last`) starts with a small scale, as torchvision's zero-init would.
+#[allow(clippy::too_many_arguments)]
+fn conv_bn(
+    b: &mut OnnxBuilder,
+    prefix: &str,
+    i: usize,
+    x: &str,
+    in_c: usize,
+    out_c: usize,
+    k: usize,
+    stride: usize,
+    last: bool,
+) -> String {
+    let y = b
+        .named(&format!("{prefix}.conv{i}"))
+        .conv(x, in_c, out_c, k, stride, k / 2, 1, false);
+    let bn = b.named(&format!("{prefix}.bn{i}"));
+    if last {
+        bn.batchnorm_scaled(&y, out_c, RESNET_BRANCH_GAMMA)
+    } else {
+        bn.batchnorm(&y, out_c)
+    }
 }
 
 /// The end of a residual block: `relu(y + shortcut)`, the shortcut being `x` or, when the shape
@@ -318,22 +335,11 @@ fn bottleneck(
     stride: usize,
 ) -> String {
     let out_c = planes * 4;
-    let mut y = b
-        .named(&format!("{prefix}.conv1"))
-        .conv(x, in_c, planes, 1, 1, 0, 1, false);
-    y = b.named(&format!("{prefix}.bn1")).batchnorm(&y, planes);
-    y = b.named(&format!("{prefix}.relu")).relu(&y);
-    y = b
-        .named(&format!("{prefix}.conv2"))
-        .conv(&y, planes, planes, 3, stride, 1, 1, false);
-    y = b.named(&format!("{prefix}.bn2")).batchnorm(&y, planes);
-    y = b.named(&format!("{prefix}.relu_1")).relu(&y);
-    y = b
-        .named(&format!("{prefix}.conv3"))
-        .conv(&y, planes, out_c, 1, 1, 0, 1, false);
-    y = b
-        .named(&format!("{prefix}.bn3"))
-        .batchnorm_scaled(&y, out_c, RESNET_BRANCH_GAMMA);
+    let y = conv_bn(b, prefix, 1, x, in_c, planes, 1, 1, false);
+    let y = b.named(&format!("{prefix}.relu")).relu(&y);
+    let y = conv_bn(b, prefix, 2, &y, planes, planes, 3, stride, false);
+    let y = b.named(&format!("{prefix}.relu_1")).relu(&y);
+    let y = conv_bn(b, prefix, 3, &y, planes, out_c, 1, 1, true);
     residual(b, prefix, x, &y, in_c, out_c, stride, "relu_2")
 }
 
