@@ -354,12 +354,4 @@ mod tests {
              wred, wblue)"
         );
     }
-
-    #[test]
-    fn agrees_with_the_seed_seismic() {
-        for i in 0..=10_000 {
-            let t = i as f32 / 10_000.0;
-            assert_eq!(Colormap::Seismic.rgb(t), crate::seismic(t), "t = {t}");
-        }
-    }
 }

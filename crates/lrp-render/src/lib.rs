@@ -20,8 +20,8 @@
 //! captions in an 8×8 bitmap font). Options parse from their lowercase names (`FromStr`, case-insensitive), and every
 //! failure is a [`RenderError`].
 //!
-//! The first heatmap functions, [`channel_sum`], [`seismic`], [`heatmap_rgb`], [`zoom_rgb`] and
-//! [`auto_zoom`], remain: they are the default path (sum, symmetric, `seismic`) on raw pixels.
+//! [`zoom_rgb`] enlarges raw RGB pixels by an integer factor, and [`auto_zoom`] picks the
+//! factor that makes a small map at least 112 pixels on its shorter side.
 //!
 //! ```
 //! use lrp_render::{render, ChannelAxis, Colormap, RenderOptions};
@@ -51,7 +51,7 @@ pub use normalize::{Normalization, Percentile, normalize, scale};
 pub use reduce::{Reduction, reduce_channels};
 pub use rgb::{Filter, Rgb, grayscale, overlay, resize};
 
-use ndarray::{Array2, ArrayView2, ArrayViewD, Axis};
+use ndarray::{ArrayView2, ArrayViewD};
 
 /// How [`render`] turns a relevance map into a heatmap. The default is the SGLRP paper's: the
 /// channel sum, scaled symmetrically to ±max|h|, in `seismic`.
@@ -93,54 +93,6 @@ pub enum ChannelAxis {
     Last,
 }
 
-/// Sums a per-sample map over its channel axis: `[C, H, W]` or `[H, W, C]` → `[H, W]`. A
-/// 2-D map is returned as it is; a 1-D map becomes one row.
-pub fn channel_sum(map: ArrayViewD<'_, f32>, channels: ChannelAxis) -> Array2<f32> {
-    match map.ndim() {
-        3 => {
-            let axis = if channels == ChannelAxis::First { 0 } else { 2 };
-            map.sum_axis(Axis(axis)).into_dimensionality().expect("2-D")
-        }
-        2 => map.to_owned().into_dimensionality().expect("2-D"),
-        _ => {
-            let flat: Vec<f32> = map.iter().copied().collect();
-            Array2::from_shape_vec((1, flat.len()), flat).expect("one row")
-        }
-    }
-}
-
-/// matplotlib's `seismic`: dark blue, blue, white, red, dark red at 0, ¼, ½, ¾, 1.
-const SEISMIC: [[f32; 3]; 5] = [
-    [0.0, 0.0, 0.3],
-    [0.0, 0.0, 1.0],
-    [1.0, 1.0, 1.0],
-    [1.0, 0.0, 0.0],
-    [0.5, 0.0, 0.0],
-];
-
-/// The `seismic` colour at `t ∈ [0, 1]` (clamped), as 8-bit RGB.
-pub fn seismic(t: f32) -> [u8; 3] {
-    let t = if t.is_nan() { 0.5 } else { t.clamp(0.0, 1.0) };
-    let x = t * 4.0;
-    let i = (x.floor() as usize).min(3);
-    let f = x - i as f32;
-    let (a, b) = (SEISMIC[i], SEISMIC[i + 1]);
-    let mut out = [0u8; 3];
-    for c in 0..3 {
-        out[c] = ((a[c] + (b[c] - a[c]) * f) * 255.0).round() as u8;
-    }
-    out
-}
-
-/// RGB pixels (row-major, 3 bytes each) of a `[H, W]` heatmap scaled to ±max|h|.
-pub fn heatmap_rgb(h: &Array2<f32>) -> Vec<u8> {
-    let m = h.iter().fold(0f32, |m, &v| m.max(v.abs()));
-    let m = if m > 0.0 { m } else { 1.0 };
-    h.iter()
-        .flat_map(|&v| seismic((v / m + 1.0) / 2.0))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,6 +101,7 @@ mod tests {
     #[test]
     fn seismic_reference_colours() {
         // matplotlib: seismic(0) = (0, 0, 0.3), seismic(0.5) ≈ white, seismic(1) = (0.5, 0, 0).
+        let seismic = |t| Colormap::Seismic.rgb(t);
         assert_eq!(seismic(0.0), [0, 0, 77]);
         assert_eq!(seismic(0.25), [0, 0, 255]);
         assert_eq!(seismic(0.5), [255, 255, 255]);
@@ -157,27 +110,23 @@ mod tests {
         assert_eq!(seismic(0.625), [255, 128, 128]);
     }
 
+    /// The default rendering is the seed's heatmap: channel sum, ±max|h|, seismic.
     #[test]
     fn symmetric_scaling() {
-        let h = array![[-2.0f32, 0.0], [1.0, 2.0]];
-        let px = heatmap_rgb(&h);
+        let h = array![[-2.0f32, 0.0], [1.0, 2.0]].into_dyn();
+        let img = render(h.view(), ChannelAxis::First, &RenderOptions::default());
+        let px = img.pixels();
         assert_eq!(&px[0..3], &[0, 0, 77]);
         assert_eq!(&px[3..6], &[255, 255, 255]);
         assert_eq!(&px[9..12], &[128, 0, 0]);
         // All zero: white, no division by zero.
-        assert_eq!(heatmap_rgb(&Array2::zeros((1, 1))), vec![255, 255, 255]);
-    }
-
-    #[test]
-    fn default_render_is_the_seed_heatmap() {
-        let m = ndarray::Array3::from_shape_fn((2, 3, 4), |(c, y, x)| {
-            (c as f32 - 0.5) * (y as f32 * 4.0 + x as f32 - 5.0)
-        })
-        .into_dyn();
+        let z = ndarray::ArrayD::<f32>::zeros(ndarray::IxDyn(&[1, 1]));
+        let img = render(z.view(), ChannelAxis::First, &RenderOptions::default());
+        assert_eq!(img.pixels(), &[255, 255, 255]);
+        // Channels are summed first: [C=2, H=1, W=2] with sums −2 and 2.
+        let m = array![[[-1.0f32, 3.0]], [[-1.0, -1.0]]].into_dyn();
         let img = render(m.view(), ChannelAxis::First, &RenderOptions::default());
-        let h = channel_sum(m.view(), ChannelAxis::First);
-        assert_eq!((img.width(), img.height()), (4, 3));
-        assert_eq!(img.pixels(), heatmap_rgb(&h).as_slice());
+        assert_eq!(img.pixels(), &[0, 0, 77, 128, 0, 0]);
     }
 
     #[test]
@@ -219,11 +168,11 @@ mod tests {
         let m =
             ndarray::Array3::from_shape_fn((2, 1, 2), |(c, _, w)| (c * 10 + w) as f32).into_dyn();
         assert_eq!(
-            channel_sum(m.view(), ChannelAxis::First),
+            reduce_channels(m.view(), ChannelAxis::First, Reduction::Sum),
             array![[10.0, 12.0]]
         );
         assert_eq!(
-            channel_sum(m.view(), ChannelAxis::Last),
+            reduce_channels(m.view(), ChannelAxis::Last, Reduction::Sum),
             array![[1.0], [21.0]]
         );
     }

@@ -2,8 +2,8 @@
 
 use ndarray::{Array2, ArrayView1, ArrayViewD, Axis};
 
+use crate::ChannelAxis;
 use crate::names::named_enum;
-use crate::{ChannelAxis, channel_sum};
 
 /// How the channels of one pixel become one value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -31,8 +31,12 @@ pub fn reduce_channels(
     channels: ChannelAxis,
     reduction: Reduction,
 ) -> Array2<f32> {
-    if map.ndim() != 3 || reduction == Reduction::Sum {
-        return channel_sum(map, channels);
+    if map.ndim() == 2 {
+        return map.to_owned().into_dimensionality().expect("2-D");
+    }
+    if map.ndim() != 3 {
+        let flat: Vec<f32> = map.iter().copied().collect();
+        return Array2::from_shape_vec((1, flat.len()), flat).expect("one row");
     }
     let axis = Axis(if channels == ChannelAxis::First { 0 } else { 2 });
     let reduced = map.map_axis(axis, |lane: ArrayView1<'_, f32>| match reduction {
