@@ -671,7 +671,7 @@ impl Writer<'_> {
             for (k, item) in items.iter().enumerate() {
                 let rel = Path::new("inputs").join(suffixed(&item.stem, ".png"));
                 let img = images[k].as_ref().expect("made for --html");
-                let zoomed = zoom(img, a.zoom);
+                let zoomed = zoom(img, a.zoom)?;
                 write_png(&a.out.join(&rel), &zoomed)?;
                 input_images[k] = Some(folder::slash_path(&rel));
             }
@@ -700,7 +700,7 @@ impl Writer<'_> {
                 let t_write = std::time::Instant::now();
                 let map = ex.relevance.index_axis(Axis(0), k);
                 let heat = lrp_render::render(map.view(), self.axis(), &self.plan.render);
-                let heat_z = zoom(&heat, a.zoom);
+                let heat_z = zoom(&heat, a.zoom)?;
                 let heat_rel = suffixed(&item.stem, ".png");
                 write_png(&m.dir.join(&heat_rel), &heat_z)?;
                 let mut outputs = serde_json::Map::new();
@@ -711,7 +711,7 @@ impl Writer<'_> {
                 let mut tile_img = heat_z.clone();
                 if let (Some(alpha), Some(img)) = (a.overlay, images[k].as_ref()) {
                     let over = lrp_render::overlay(&heat, img, alpha)?;
-                    let over_z = zoom(&over, a.zoom);
+                    let over_z = zoom(&over, a.zoom)?;
                     let rel = suffixed(&item.stem, ".overlay.png");
                     write_png(&m.dir.join(&rel), &over_z)?;
                     outputs.insert(
@@ -819,19 +819,21 @@ fn suffixed(stem: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Enlarges an image by `zoom` (0: enough for the shorter side to reach 112 pixels).
-fn zoom(img: &lrp_render::Rgb, zoom: usize) -> lrp_render::Rgb {
+/// Enlarges an image by `zoom` with nearest sampling (0: enough for the shorter side to reach
+/// 112 pixels).
+fn zoom(img: &lrp_render::Rgb, zoom: usize) -> Result<lrp_render::Rgb> {
     let (w, h) = (img.width(), img.height());
     let f = if zoom == 0 {
         lrp_render::auto_zoom(h, w)
     } else {
         zoom
     };
-    if f == 1 {
-        return img.clone();
-    }
-    let (px, zw, zh) = lrp_render::zoom_rgb(img.pixels(), w, h, f);
-    lrp_render::Rgb::new(zw, zh, px).expect("zoomed sizes match")
+    Ok(lrp_render::resize(
+        img,
+        w * f,
+        h * f,
+        lrp_render::Filter::Nearest,
+    )?)
 }
 
 /// Creates the folder of `path` (an output mirroring a sub-folder of the input).

@@ -20,8 +20,8 @@
 //! captions in an 8×8 bitmap font). Options parse from their lowercase names (`FromStr`, case-insensitive), and every
 //! failure is a [`RenderError`].
 //!
-//! [`zoom_rgb`] enlarges raw RGB pixels by an integer factor, and [`auto_zoom`] picks the
-//! factor that makes a small map at least 112 pixels on its shorter side.
+//! [`auto_zoom`] picks the integer factor that makes a small map at least 112 pixels on its
+//! shorter side (enlarge with [`resize`] and [`Filter::Nearest`] to keep it crisp).
 //!
 //! ```
 //! use lrp_render::{render, ChannelAxis, Colormap, RenderOptions};
@@ -178,21 +178,6 @@ mod tests {
     }
 }
 
-/// Enlarges RGB pixels (`w × h`, 3 bytes each) by an integer factor with nearest-neighbour
-/// sampling, so small maps stay crisp; returns the pixels and the new size.
-pub fn zoom_rgb(px: &[u8], w: usize, h: usize, factor: usize) -> (Vec<u8>, usize, usize) {
-    let f = factor.max(1);
-    let (zw, zh) = (w * f, h * f);
-    let mut out = Vec::with_capacity(zw * zh * 3);
-    for y in 0..zh {
-        for x in 0..zw {
-            let k = ((y / f) * w + x / f) * 3;
-            out.extend_from_slice(&px[k..k + 3]);
-        }
-    }
-    (out, zw, zh)
-}
-
 /// The zoom factor that makes the shorter side of an `h × w` map at least 112 pixels.
 pub fn auto_zoom(h: usize, w: usize) -> usize {
     112usize.div_ceil(h.min(w).max(1)).max(1)
@@ -204,15 +189,29 @@ mod zoom_tests {
 
     #[test]
     fn nearest_zoom() {
-        let px = [1, 2, 3, 4, 5, 6];
-        let (z, w, h) = zoom_rgb(&px, 2, 1, 2);
-        assert_eq!((w, h), (4, 2));
+        // Enlarging by an integer factor with nearest sampling repeats each pixel.
+        let img = Rgb::new(2, 1, vec![1, 2, 3, 4, 5, 6]).unwrap();
+        let z = resize(&img, 4, 2, Filter::Nearest).unwrap();
+        assert_eq!((z.width(), z.height()), (4, 2));
         assert_eq!(
-            z,
+            z.pixels(),
             [
                 1, 2, 3, 1, 2, 3, 4, 5, 6, 4, 5, 6, 1, 2, 3, 1, 2, 3, 4, 5, 6, 4, 5, 6
             ]
         );
+        // For every size and factor: each pixel repeated f × f times.
+        for (w, h) in [(1, 1), (3, 2), (28, 56), (7, 13)] {
+            let px: Vec<u8> = (0..w * h * 3).map(|i| (i * 7 % 251) as u8).collect();
+            let img = Rgb::new(w, h, px).unwrap();
+            for f in 1..=6 {
+                let z = resize(&img, w * f, h * f, Filter::Nearest).unwrap();
+                for y in 0..h * f {
+                    for x in 0..w * f {
+                        assert_eq!(z.pixel(x, y), img.pixel(x / f, y / f), "{w}x{h} ×{f}");
+                    }
+                }
+            }
+        }
         assert_eq!(auto_zoom(28, 56), 4);
         assert_eq!(auto_zoom(224, 224), 1);
     }
