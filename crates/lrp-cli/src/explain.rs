@@ -459,8 +459,8 @@ impl Writer<'_> {
             }
             for (mi, (ex, recs)) in outs.into_iter().enumerate() {
                 if mi == 0 {
-                    for (k, name) in keep.iter().enumerate() {
-                        kept[k].push(kept_or_zeros(&methods[0].explainer, &ex, name));
+                    for (k, (_, r)) in ex.kept.iter().enumerate() {
+                        kept[k].push(r.clone());
                     }
                 }
                 maps[mi].push(ex.relevance);
@@ -687,14 +687,6 @@ impl Writer<'_> {
             };
             let mut recs = Vec::with_capacity(items.len());
             let mut tiles = Vec::new();
-            // The kept nodes' relevance of the batch, split per input below (folders).
-            let kept: Vec<(String, ArrayD<f32>)> = if per_input_npy {
-                keep.iter()
-                    .map(|name| (safe_name(name), kept_or_zeros(&m.explainer, &ex, name)))
-                    .collect()
-            } else {
-                Vec::new()
-            };
             let maps = m.explainer.config().signal.maps();
             for (k, item) in items.iter().enumerate() {
                 let t_write = std::time::Instant::now();
@@ -727,10 +719,10 @@ impl Writer<'_> {
                         "relevance".into(),
                         json!(folder::slash_path(&prefix.join(&rel))),
                     );
-                    for (file, r) in &kept {
+                    for (name, r) in &ex.kept {
                         let rows = r.slice_axis(Axis(0), (k * maps..(k + 1) * maps).into());
                         let rel = Path::new("nodes")
-                            .join(file)
+                            .join(safe_name(name))
                             .join(suffixed(&item.stem, ".npy"));
                         write_npy(&m.dir.join(rel), &rows.to_owned())?;
                     }
@@ -913,19 +905,6 @@ fn input_rgb(
         }
     }
     lrp_render::Rgb::new(w, h, px).expect("sized")
-}
-
-/// The kept relevance of node `name`, or zeros of its shape where the relevance did not
-/// reach it.
-fn kept_or_zeros(explainer: &Explainer, ex: &Explanation, name: &str) -> ArrayD<f32> {
-    match ex.kept.iter().find(|(n, _)| n == name) {
-        Some((_, r)) => r.clone(),
-        None => {
-            let mut shape = vec![ex.passes.shape()[0]];
-            shape.extend_from_slice(explainer.graph().tensor_shape(name).expect("a node"));
-            ArrayD::zeros(ndarray::IxDyn(&shape))
-        }
-    }
 }
 
 /// A node name made file-safe.

@@ -99,7 +99,8 @@ pub struct Explanation {
     pub conservation_gap: Vec<Vec<f64>>,
     /// Notes per input (e.g. ΣO = 0).
     pub notes: Vec<Vec<SignalNote>>,
-    /// Relevance maps kept at the requested nodes: name → `[N·maps, ...]`.
+    /// Relevance maps kept at the requested nodes, in the order of [`ExplainOptions::keep`]:
+    /// name → `[N·maps, ...]`; zeros at a node no relevance reached.
     pub kept: Vec<(String, ArrayD<f32>)>,
     /// Seconds spent in the forward pass.
     pub forward_seconds: f64,
@@ -358,6 +359,22 @@ fn relevance_pass(
         }
         node_seconds.push((node.name.clone(), t_node.elapsed().as_secs_f64()));
     }
+    // In the requested order, with zeros where the relevance did not arrive.
+    let kept = opts
+        .keep
+        .iter()
+        .map(|name| {
+            let r = match kept.iter().position(|(k, _)| k == name) {
+                Some(i) => kept.swap_remove(i).1,
+                None => {
+                    let mut s = vec![n * maps];
+                    s.extend_from_slice(g.tensor_shape(name).expect("checked to be a node"));
+                    ArrayD::zeros(IxDyn(&s))
+                }
+            };
+            (name.clone(), r)
+        })
+        .collect();
     let r_input = pending.remove(&input_name).unwrap_or_else(|| {
         let mut s = vec![n * maps];
         s.extend_from_slice(&g.input().shape);
