@@ -617,6 +617,27 @@ fn signs(x: ArrayViewD<'_, f32>) -> (bool, bool) {
         .reduce(|| (false, false), |a, b| (a.0 | b.0, a.1 | b.1))
 }
 
+/// What `x⁺` (or `x⁻`) of an `x` with the given [`signs`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    /// All zero: the branch adds nothing.
+    Zero,
+    /// `x` itself.
+    Whole,
+    /// Neither: it has to be computed.
+    Some,
+}
+
+/// [`Part`] of `x⁺` (`positive`) or `x⁻` for `x` with `(has positive, has negative)` values.
+fn part_of(positive: bool, (pos, neg): (bool, bool)) -> Part {
+    let (wanted, other) = if positive { (pos, neg) } else { (neg, pos) };
+    match (wanted, other) {
+        (false, _) => Part::Zero,
+        (true, false) => Part::Whole,
+        (true, true) => Part::Some,
+    }
+}
+
 /// Fills every position of `x`'s shape with `values` (one value or one per channel, axis 1).
 fn filled(x: ArrayViewD<'_, f32>, values: &[f32]) -> Result<ArrayD<f32>, String> {
     let mut out = ArrayD::zeros(x.raw_dim());
@@ -669,10 +690,16 @@ impl Rule for BasicRule {
                 // with an all-zero input adds exactly nothing: skip its forward and transpose.
                 let (xi, dead) = match b.input {
                     InputMod::Identity => (None, false),
-                    InputMod::Positive if !x_signs().1 => (None, !x_signs().0),
-                    InputMod::Negative if !x_signs().0 => (None, !x_signs().1),
-                    InputMod::Positive => (Some(x.mapv(|v| v.max(0.0))), false),
-                    InputMod::Negative => (Some(x.mapv(|v| v.min(0.0))), false),
+                    InputMod::Positive | InputMod::Negative => {
+                        match part_of(b.input == InputMod::Positive, x_signs()) {
+                            Part::Zero => (None, true),
+                            Part::Whole => (None, false),
+                            Part::Some if b.input == InputMod::Positive => {
+                                (Some(x.mapv(|v| v.max(0.0))), false)
+                            }
+                            Part::Some => (Some(x.mapv(|v| v.min(0.0))), false),
+                        }
+                    }
                     InputMod::Ones => (Some(x.mapv(|_| 1.0)), false),
                     InputMod::Low | InputMod::High => {
                         let bd = bounds.ok_or("a bounded rule needs low/high bounds")?;
@@ -829,6 +856,22 @@ mod tests {
         let c = cache.get(&w2, ParamMod::Positive).unwrap();
         assert_eq!(*c, array![[5.0f32, 6.0], [7.0, 0.0]].into_dyn());
         assert_eq!(cache.0.lock().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn positive_and_negative_parts_by_sign() {
+        // (has positive, has negative) → x⁺, x⁻. After a ReLU x⁻ is all zero: that branch
+        // must be left out (it was once computed as a zero forward and a zero transpose).
+        let cases = [
+            ((true, false), Part::Whole, Part::Zero),
+            ((false, true), Part::Zero, Part::Whole),
+            ((true, true), Part::Some, Part::Some),
+            ((false, false), Part::Zero, Part::Zero),
+        ];
+        for (signs, plus, minus) in cases {
+            assert_eq!(part_of(true, signs), plus, "x⁺ of {signs:?}");
+            assert_eq!(part_of(false, signs), minus, "x⁻ of {signs:?}");
+        }
     }
 
     #[test]
