@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use lrp_ir::Graph;
-use lrp_kernels::kernels::{Sgemm, use_backends};
+use lrp_kernels::kernels::{Backends, use_backends};
 use lrp_rules::{
     Assignment, BatchNormMode, Bounds, NodeContext, Registry, RuleConfig, Signal, SignalNote,
 };
@@ -119,7 +119,7 @@ pub struct Explainer {
     assignment: Assignment,
     forward: Forward,
     softmax_removed: bool,
-    sgemm: Option<Arc<dyn Sgemm>>,
+    backends: Backends,
 }
 
 impl Explainer {
@@ -134,10 +134,14 @@ impl Explainer {
         let (graph, softmax_removed) = canonicalize(graph, &config)?;
         let assignment = config.assign(&graph, registry)?;
         let forward = Forward::new(&graph, device, ExportOutputs::All, threads)?;
-        // The relevance pass's large f32 products run on ONNX Runtime's CPU kernels.
-        let sgemm = match device {
-            Device::Cpu => Some(Arc::new(lrp_runtime::OrtSgemm::new(threads)?) as Arc<dyn Sgemm>),
-            Device::Cuda => None,
+        // The relevance pass's large f32 products and convolutions run on ONNX Runtime's CPU
+        // kernels.
+        let backends = match device {
+            Device::Cpu => Backends {
+                sgemm: Some(Arc::new(lrp_runtime::OrtSgemm::new(threads)?)),
+                conv: Some(Arc::new(lrp_runtime::OrtConv::new(threads)?)),
+            },
+            Device::Cuda => Backends::default(),
         };
         Ok(Explainer {
             graph,
@@ -145,7 +149,7 @@ impl Explainer {
             assignment,
             forward,
             softmax_removed,
-            sgemm,
+            backends,
         })
     }
 
@@ -225,7 +229,7 @@ impl Explainer {
                 "keep: '{name}' is not a node of the graph explained (see Explainer::nodes_matching)"
             )));
         }
-        let _backends = use_backends(self.sgemm.clone());
+        let _backends = use_backends(self.backends.clone());
         let t0 = Instant::now();
         let Explainer {
             forward,

@@ -71,30 +71,75 @@ pub trait Sgemm: Send + Sync + std::fmt::Debug {
     fn sgemm(&self, a: ArrayView2<f32>, b: ArrayView2<f32>, out: ArrayViewMut2<f32>) -> bool;
 }
 
-thread_local! {
-    static SGEMM: std::cell::RefCell<Option<std::sync::Arc<dyn Sgemm>>> =
-        const { std::cell::RefCell::new(None) };
+/// Single-precision convolutions from outside this crate (ONNX Runtime's, say) that
+/// [`conv2d_forward`] and [`conv2d_transpose`] prefer for large f32 work; see [`use_backends`].
+pub trait Sconv: Send + Sync + std::fmt::Debug {
+    /// `out = ` [`conv2d_forward`]`(x, w, g)`; `x` and `w` are in standard layout. Returns
+    /// false, leaving `out` alone, when it cannot take these operands (the kernel then
+    /// computes it itself).
+    fn forward(
+        &self,
+        x: ArrayView4<f32>,
+        w: ArrayView4<f32>,
+        g: &ConvGeometry,
+        out: ArrayViewMut4<f32>,
+    ) -> bool;
+
+    /// `out = ` [`conv2d_transpose`]`(s, w, g)`; `s` and `w` are in standard layout. Returns
+    /// false, leaving `out` alone, when it cannot take these operands.
+    fn transpose(
+        &self,
+        s: ArrayView4<f32>,
+        w: ArrayView4<f32>,
+        g: &ConvGeometry,
+        out: ArrayViewMut4<f32>,
+    ) -> bool;
 }
 
-/// The [`Sgemm`] in use on this thread until the guard is dropped (then the previous one is
-/// restored); see [`use_backends`].
-#[must_use = "the backend is in use only while the guard lives"]
+/// The kernels from outside this crate in use on a thread (see [`use_backends`]); `None`: the
+/// crate's own code.
+#[derive(Debug, Clone, Default)]
+pub struct Backends {
+    /// Large f32 matrix products ([`matmul`]).
+    pub sgemm: Option<std::sync::Arc<dyn Sgemm>>,
+    /// Large f32 convolutions and their transposes.
+    pub conv: Option<std::sync::Arc<dyn Sconv>>,
+}
+
+thread_local! {
+    static BACKENDS: std::cell::RefCell<Backends> =
+        std::cell::RefCell::new(Backends::default());
+}
+
+/// The [`Backends`] in use on this thread until the guard is dropped (then the previous ones
+/// are restored); see [`use_backends`].
+#[must_use = "the backends are in use only while the guard lives"]
 pub struct BackendGuard {
-    sgemm: Option<std::sync::Arc<dyn Sgemm>>,
+    previous: Option<Backends>,
 }
 
 impl Drop for BackendGuard {
     fn drop(&mut self) {
-        SGEMM.with(|c| *c.borrow_mut() = self.sgemm.take());
+        if let Some(b) = self.previous.take() {
+            BACKENDS.with(|c| *c.borrow_mut() = b);
+        }
     }
 }
 
-/// Makes [`matmul`] on this thread use `sgemm` for large f32 products (`None`: its own code)
-/// until the returned guard is dropped.
-pub fn use_backends(sgemm: Option<std::sync::Arc<dyn Sgemm>>) -> BackendGuard {
+/// Makes the kernels on this thread use `backends` for large f32 work until the returned guard
+/// is dropped.
+pub fn use_backends(backends: Backends) -> BackendGuard {
     BackendGuard {
-        sgemm: SGEMM.with(|c| std::mem::replace(&mut *c.borrow_mut(), sgemm)),
+        previous: Some(BACKENDS.with(|c| std::mem::replace(&mut *c.borrow_mut(), backends))),
     }
+}
+
+fn sgemm_backend() -> Option<std::sync::Arc<dyn Sgemm>> {
+    BACKENDS.with(|c| c.borrow().sgemm.clone())
+}
+
+fn conv_backend() -> Option<std::sync::Arc<dyn Sconv>> {
+    BACKENDS.with(|c| c.borrow().conv.clone())
 }
 
 /// `out = lhs · rhs` for any strides (f32 or f64). Large f32 products go to the [`Sgemm`] in
@@ -120,7 +165,7 @@ pub fn matmul<A: LinalgScalar>(lhs: ArrayView2<A>, rhs: ArrayView2<A>, out: &mut
         && out.is_standard_layout()
         && lhs.strides().iter().chain(rhs.strides()).all(|&st| st >= 0)
     {
-        let provider = SGEMM.with(|c| c.borrow().clone());
+        let provider = sgemm_backend();
         if let Some(p) = provider {
             // SAFETY: A is f32 (checked above), so these are the same views retyped.
             let (a, b, o) = unsafe {
@@ -596,6 +641,23 @@ fn conv2d_forward_budget<A: LinalgScalar + Send + Sync>(
     let x = x.as_standard_layout();
     let xs = x.as_slice().expect("standard layout");
     let w = w.as_standard_layout();
+    if std::any::TypeId::of::<A>() == std::any::TypeId::of::<f32>()
+        && n * o * p * kg >= PARALLEL_MIN_MACS
+        && let Some(b) = conv_backend()
+    {
+        // SAFETY: A is f32 (checked above), so these are the same standard-layout arrays
+        // retyped; `out` is borrowed mutably and aliases neither input.
+        let (xv, wv, ov) = unsafe {
+            (
+                ArrayView4::from_shape_ptr(x.raw_dim(), x.as_ptr() as *const f32),
+                ArrayView4::from_shape_ptr(w.raw_dim(), w.as_ptr() as *const f32),
+                ArrayViewMut4::from_shape_ptr(out.raw_dim(), out.as_mut_ptr() as *mut f32),
+            )
+        };
+        if b.forward(xv, wv, g, ov) {
+            return out;
+        }
+    }
     let w2 = w
         .view()
         .into_shape_with_order((o, kg))
@@ -659,6 +721,12 @@ fn conv2d_transpose_budget(
     let s = s.as_standard_layout();
     let ss = s.as_slice().expect("standard layout");
     let w = w.as_standard_layout();
+    if m * o * p * kg >= PARALLEL_MIN_MACS
+        && let Some(b) = conv_backend()
+        && b.transpose(s.view(), w.view(), g, out.view_mut())
+    {
+        return out;
+    }
     let w2 = w
         .view()
         .into_shape_with_order((o, kg))

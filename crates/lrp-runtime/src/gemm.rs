@@ -41,23 +41,6 @@ impl OrtSgemm {
         })
     }
 
-    fn session(&self, trans_a: bool, trans_b: bool) -> Result<Session, ort::Error> {
-        let bytes = lrp_onnx::encode_model(&gemm_model(trans_a, trans_b));
-        let env = environment().map_err(|e| ort::Error::new(e.to_string()))?;
-        let mut builder = Session::builder(env)?
-            .with_optimization_level(GraphOptimizationLevel::Level1)
-            .map_err(|e| -> ort::Error { e.into() })?
-            // Idle threads must not spin: the relevance pass's own threads run in between.
-            .with_intra_op_spinning(false)
-            .map_err(|e| -> ort::Error { e.into() })?;
-        if let Some(n) = self.threads {
-            builder = builder
-                .with_intra_threads(n)
-                .map_err(|e| -> ort::Error { e.into() })?;
-        }
-        builder.commit_from_memory(&bytes)
-    }
-
     fn run(
         &self,
         a: ArrayView2<f32>,
@@ -76,7 +59,7 @@ impl OrtSgemm {
         let k = usize::from(ta) * 2 + usize::from(tb);
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         if sessions[k].is_none() {
-            sessions[k] = Some(self.session(ta, tb)?);
+            sessions[k] = Some(small_session(&gemm_model(ta, tb), self.threads)?);
         }
         let session = sessions[k].as_mut().expect("made above");
         let ta_ = TensorRef::from_array_view(a)?;
@@ -92,6 +75,27 @@ impl OrtSgemm {
         );
         Ok(true)
     }
+}
+
+/// A session for a one-node model of the relevance pass, on `threads` intra-op threads.
+pub(crate) fn small_session(
+    model: &ModelProto,
+    threads: Option<usize>,
+) -> Result<Session, ort::Error> {
+    let bytes = lrp_onnx::encode_model(model);
+    let env = environment().map_err(|e| ort::Error::new(e.to_string()))?;
+    let mut builder = Session::builder(env)?
+        .with_optimization_level(GraphOptimizationLevel::Level1)
+        .map_err(|e| -> ort::Error { e.into() })?
+        // Idle threads must not spin: the relevance pass's own threads run in between.
+        .with_intra_op_spinning(false)
+        .map_err(|e| -> ort::Error { e.into() })?;
+    if let Some(n) = threads {
+        builder = builder
+            .with_intra_threads(n)
+            .map_err(|e| -> ort::Error { e.into() })?;
+    }
+    builder.commit_from_memory(&bytes)
 }
 
 /// `(x, false)` for a standard-layout view, `(xᵀ, true)` for the transpose of one.

@@ -6,10 +6,12 @@
 //! needs ([`Forward::run`]). ONNX Runtime is loaded at run time from its shared library
 //! ([`ort_library`]).
 
+mod conv;
 pub mod export;
 mod gemm;
 mod session;
 
+pub use conv::OrtConv;
 pub use export::{ExportOutputs, to_onnx};
 pub use gemm::OrtSgemm;
 pub use session::{

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use lrp_kernels::kernels::{Sgemm, matmul, use_backends};
+use lrp_kernels::kernels::{Backends, Sgemm, matmul, use_backends};
 use lrp_runtime::OrtSgemm;
 use lrp_testkit::random_normal;
 use ndarray::{Array2, ArrayView2};
@@ -72,7 +72,10 @@ fn matmul_uses_the_backend_in_scope() {
     let b = matrix(k, n, 7);
     let want = reference(a.view(), b.view());
     {
-        let _guard = use_backends(Some(counting.clone()));
+        let _guard = use_backends(Backends {
+            sgemm: Some(counting.clone()),
+            conv: None,
+        });
         let mut out = Array2::<f32>::zeros((m, n));
         matmul(a.view(), b.view(), &mut out.view_mut());
         assert!(max_rel(&out, &want) < 1e-5);

@@ -1,0 +1,243 @@
+//! Single-precision convolutions and their transposes on ONNX Runtime's CPU provider, for the
+//! relevance pass.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use lrp_kernels::ConvGeometry;
+use lrp_kernels::kernels::Sconv;
+use lrp_onnx::attr_type;
+use lrp_onnx::proto::{AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto};
+use ndarray::{Array4, ArrayView4, ArrayViewMut4, Ix4};
+use ort::session::Session;
+use ort::value::TensorRef;
+
+use crate::export::{Dim, f32_value_info};
+use crate::gemm::small_session;
+use crate::session::{RuntimeError, environment};
+
+/// The ONNX node a product runs as, with its attributes (the key of its session).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct NodeKey {
+    op: &'static str,
+    kernel: [usize; 2],
+    strides: [usize; 2],
+    pads: [usize; 4],
+    dilations: [usize; 2],
+    groups: usize,
+    output_padding: [usize; 2],
+}
+
+/// [`Sconv`] on ONNX Runtime: the forward map runs as `Conv`; the transpose of a stride-1,
+/// one-group convolution as `Conv` of the relevance with the flipped, transposed kernel (ONNX
+/// Runtime's fastest path), any other transpose as `ConvTranspose`. One session per node
+/// kind and attributes, with every dimension symbolic, made on first use; weights travel as
+/// inputs, so one session serves every layer of that geometry.
+pub struct OrtConv {
+    threads: Option<usize>,
+    sessions: Mutex<HashMap<NodeKey, Session>>,
+}
+
+impl std::fmt::Debug for OrtConv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrtConv")
+            .field("threads", &self.threads)
+            .finish()
+    }
+}
+
+impl OrtConv {
+    /// Convolutions on `threads` intra-op threads (None: ONNX Runtime's default).
+    pub fn new(threads: Option<usize>) -> Result<Self, RuntimeError> {
+        environment()?;
+        Ok(OrtConv {
+            threads,
+            sessions: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Runs `key` on `x` and `w` into `out`; Ok(false) when the result's shape is not `out`'s.
+    fn run(
+        &self,
+        key: NodeKey,
+        x: ArrayView4<f32>,
+        w: ArrayView4<f32>,
+        mut out: ArrayViewMut4<f32>,
+    ) -> Result<bool, ort::Error> {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if !sessions.contains_key(&key) {
+            let session = small_session(&node_model(&key), self.threads)?;
+            sessions.insert(key.clone(), session);
+        }
+        let session = sessions.get_mut(&key).expect("inserted above");
+        let results = session.run(ort::inputs![
+            "X" => TensorRef::from_array_view(x)?,
+            "W" => TensorRef::from_array_view(w)?,
+        ])?;
+        let y = results["Y"].try_extract_array::<f32>()?;
+        if y.shape() != out.shape() {
+            return Ok(false);
+        }
+        out.assign(
+            &y.into_dimensionality::<Ix4>()
+                .map_err(|e| ort::Error::new(e.to_string()))?,
+        );
+        Ok(true)
+    }
+}
+
+impl Sconv for OrtConv {
+    fn forward(
+        &self,
+        x: ArrayView4<f32>,
+        w: ArrayView4<f32>,
+        g: &ConvGeometry,
+        out: ArrayViewMut4<f32>,
+    ) -> bool {
+        let key = NodeKey {
+            op: "Conv",
+            kernel: g.kernel(),
+            strides: g.strides(),
+            pads: g.pads(),
+            dilations: g.dilations(),
+            groups: g.groups(),
+            output_padding: [0, 0],
+        };
+        // Any failure falls back to the kernels' own convolution.
+        self.run(key, x, w, out).unwrap_or(false)
+    }
+
+    fn transpose(
+        &self,
+        s: ArrayView4<f32>,
+        w: ArrayView4<f32>,
+        g: &ConvGeometry,
+        out: ArrayViewMut4<f32>,
+    ) -> bool {
+        let result = match flipped_conv(g) {
+            Some(key) => self.run(key, s, flip_kernel(w).view(), out),
+            None => match conv_transpose(g) {
+                Some(key) => self.run(key, s, w, out),
+                None => return false,
+            },
+        };
+        result.unwrap_or(false)
+    }
+}
+
+/// The transpose of a stride-1, one-group convolution as a convolution: the input gradient is
+/// the relevance convolved with the kernel flipped in space and with its channel axes swapped,
+/// padded by `d·(k − 1) − pad` on each side (None when a pad exceeds `d·(k − 1)`).
+fn flipped_conv(g: &ConvGeometry) -> Option<NodeKey> {
+    let ([kh, kw], [dh, dw], p) = (g.kernel(), g.dilations(), g.pads());
+    if g.strides() != [1, 1] || g.groups() != 1 {
+        return None;
+    }
+    let (eh, ew) = (dh * (kh - 1), dw * (kw - 1));
+    Some(NodeKey {
+        op: "Conv",
+        kernel: [kh, kw],
+        strides: [1, 1],
+        pads: [
+            eh.checked_sub(p[0])?,
+            ew.checked_sub(p[1])?,
+            eh.checked_sub(p[2])?,
+            ew.checked_sub(p[3])?,
+        ],
+        dilations: [dh, dw],
+        groups: 1,
+        output_padding: [0, 0],
+    })
+}
+
+/// The transpose as ONNX `ConvTranspose` (whose weight layout `[C_in, C_out/groups, kh, kw]` is
+/// the convolution's own), with the output padding that restores the input's size (rows and
+/// columns the forward map never read get none).
+fn conv_transpose(g: &ConvGeometry) -> Option<NodeKey> {
+    let ([_, h, w], [_, oh, ow]) = (g.input_shape(), g.output_shape());
+    let ([kh, kw], [sh, sw], [dh, dw], p) = (g.kernel(), g.strides(), g.dilations(), g.pads());
+    if oh == 0 || ow == 0 {
+        return None;
+    }
+    // ConvTranspose's size: s·(o − 1) + d·(k − 1) + 1 − pad_begin − pad_end + output_padding.
+    let extra = |size: usize, o: usize, s: usize, d: usize, k: usize, pb: usize, pe: usize| {
+        (size + pb + pe).checked_sub(s * (o - 1) + d * (k - 1) + 1)
+    };
+    let eh = extra(h, oh, sh, dh, kh, p[0], p[2])?;
+    let ew = extra(w, ow, sw, dw, kw, p[1], p[3])?;
+    // ONNX Runtime takes an output padding below the stride or the dilation.
+    if eh >= sh.max(dh) || ew >= sw.max(dw) {
+        return None;
+    }
+    Some(NodeKey {
+        op: "ConvTranspose",
+        kernel: [kh, kw],
+        strides: [sh, sw],
+        pads: p,
+        dilations: [dh, dw],
+        groups: g.groups(),
+        output_padding: [eh, ew],
+    })
+}
+
+/// `w'[c, o, a, b] = w[o, c, kh − 1 − a, kw − 1 − b]`.
+fn flip_kernel(w: ArrayView4<f32>) -> Array4<f32> {
+    let (o, c, kh, kw) = w.dim();
+    Array4::from_shape_fn((c, o, kh, kw), |(ci, oi, a, b)| {
+        w[[oi, ci, kh - 1 - a, kw - 1 - b]]
+    })
+}
+
+fn ints(name: &str, v: &[usize]) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(attr_type::INTS),
+        ints: v.iter().map(|&x| x as i64).collect(),
+        ..Default::default()
+    }
+}
+
+fn node_model(key: &NodeKey) -> ModelProto {
+    let mut attribute = vec![
+        ints("kernel_shape", &key.kernel),
+        ints("strides", &key.strides),
+        ints("pads", &key.pads),
+        ints("dilations", &key.dilations),
+        AttributeProto {
+            name: Some("group".into()),
+            r#type: Some(attr_type::INT),
+            i: Some(key.groups as i64),
+            ..Default::default()
+        },
+    ];
+    if key.op == "ConvTranspose" {
+        attribute.push(ints("output_padding", &key.output_padding));
+    }
+    let four = |name: &str, dims: [&'static str; 4]| f32_value_info(name, &dims.map(Dim::Symbolic));
+    ModelProto {
+        ir_version: Some(8),
+        opset_import: vec![OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(17),
+        }],
+        producer_name: Some("lrp-graph".into()),
+        graph: Some(GraphProto {
+            name: Some("conv".into()),
+            node: vec![NodeProto {
+                name: Some("conv".into()),
+                op_type: Some(key.op.into()),
+                input: vec!["X".into(), "W".into()],
+                output: vec!["Y".into()],
+                attribute,
+                ..Default::default()
+            }],
+            input: vec![
+                four("X", ["n", "c", "h", "w"]),
+                four("W", ["k0", "k1", "kh", "kw"]),
+            ],
+            output: vec![four("Y", ["n", "o", "oh", "ow"])],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
