@@ -57,9 +57,11 @@ pub struct DigestOptions {
     /// Significant digits of every number (default 3). More digits see smaller rule changes and
     /// risk more often that f32 noise flips a last digit.
     pub digits: usize,
-    /// Numbers smaller than this fraction of their scale (the largest initial relevance of the
-    /// input, or the largest value of the map) are written as 0 (default 1e-4): sums that are 0
-    /// in exact arithmetic (SGLRP, CLRP) are ±noise in f32.
+    /// Numbers smaller than this fraction of their scale are written as 0 (default 1e-4): sums
+    /// that are 0 in exact arithmetic (SGLRP, CLRP) are ±noise in f32. The scale of the sums
+    /// and statistics is the larger of the largest initial sum and the input relevance's
+    /// `Σ|R|` (a one-pass softmax-gradient signal sums to ≈ 0 at the logits already); that of
+    /// the map its largest cell.
     pub zero_below: f64,
     /// The coarse map has `grid × grid` cells (default 8; fewer where the map is smaller).
     pub grid: usize,
@@ -94,9 +96,11 @@ pub fn digest(explainer: &Explainer, e: &Explanation, opts: &DigestOptions) -> S
         maps
     );
     for (i, &t) in e.targets.iter().enumerate() {
+        let r = e.relevance.index_axis(Axis(0), i);
+        let (sum, abs, min, max, pos) = stats(&r);
         let scale = e.initial_sums[i]
             .iter()
-            .fold(0f64, |m, v| m.max(v.abs()))
+            .fold(abs, |m, v| m.max(v.abs()))
             .max(f64::MIN_POSITIVE);
         let num = |v: f64| round(v, scale, opts);
         out.push_str(&format!("input {i}: target {t}\n"));
@@ -104,8 +108,6 @@ pub fn digest(explainer: &Explainer, e: &Explanation, opts: &DigestOptions) -> S
             "  initial sums: {}\n",
             list(&e.initial_sums[i], &num)
         ));
-        let r = e.relevance.index_axis(Axis(0), i);
-        let (sum, abs, min, max, pos) = stats(&r);
         let pos_share = if abs > 0.0 { pos / abs } else { 0.0 };
         out.push_str(&format!(
             "  input relevance: sum {}, sum|R| {}, min {}, max {}, positive share {}\n",

@@ -187,6 +187,11 @@ impl Forward {
             Device::Cpu => {}
             Device::Cuda => builder = with_cuda(builder)?,
         }
+        // No prepacked copies of the weights: they cost a cold process time and memory
+        // (docs/performance.md) and gained nothing measurable in warm runs.
+        builder = builder
+            .with_config_entry("session.disable_prepacking", "1")
+            .map_err(|e| ort_err(e.into()))?;
         builder = builder
             .with_external_initializer_file_in_memory(WEIGHTS_FILE, blob)
             .map_err(|e| ort_err(e.into()))?;
