@@ -46,7 +46,7 @@ const PAIRS: &[(&str, &str)] = &[
     ),
     (
         "ZBox(low: -1.0, high: 2.0)",
-        "Basic(terms: [(branches: [(), (sign: -1.0, input: Low, param: Positive), (sign: -1.0, input: High, param: Negative)], bias: None)], low: -1.0, high: 2.0)",
+        "Basic(terms: [(branches: [(input: MinusLow, param: Positive), (input: MinusHigh, param: Negative)], bias: None)], low: -1.0, high: 2.0)",
     ),
 ];
 
@@ -92,6 +92,25 @@ fn basic_terms_reproduce_the_builtins_exactly() {
                 assert_eq!(ra, rb, "{model} node {na}: {builtin} vs {basic}");
             }
         }
+    }
+}
+
+#[test]
+fn zbox_equals_the_specs_three_branch_form() {
+    // SPEC.md writes z^B as x·W − l·W⁺ − h·W⁻; the built-in evaluates the equal
+    // (x − l)·W⁺ + (x − h)·W⁻. Same relevance up to rounding.
+    let spec = "Basic(terms: [(branches: [(), (sign: -1.0, input: Low, param: Positive), (sign: -1.0, input: High, param: Negative)], bias: None)], low: -1.0, high: 2.0)";
+    for model in ["vgg_small", "resnet_block", "mlp"] {
+        let a = explain(model, "ZBox(low: -1.0, high: 2.0)");
+        let b = explain(model, spec);
+        let scale = b.relevance.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let diff = a
+            .relevance
+            .iter()
+            .zip(&b.relevance)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(scale > 0.0, "{model}: all zero");
+        assert!(diff <= 1e-5 * scale, "{model}: {diff} of {scale}");
     }
 }
 

@@ -36,6 +36,11 @@ pub enum InputMod {
     Low,
     /// The upper bound `h` at every real input position.
     High,
+    /// `x − l` (`l` the lower bound): `(x − l)` with `W⁺` and `(x − h)` with `W⁻` give z^B's
+    /// denominator as two one-signed sums when `l ≤ x ≤ h`.
+    MinusLow,
+    /// `x − h` (`h` the upper bound).
+    MinusHigh,
 }
 
 /// How a branch modifies the weights.
@@ -327,7 +332,10 @@ impl BasicRule {
     }
 
     /// Bounded z^B: `Z_j = fwd(x, W) − fwd(l, W⁺) − fwd(h, W⁻)`,
-    /// `R_i = x_i T(s, W)_i − l T(s, W⁺)_i − h T(s, W⁻)_i`.
+    /// `R_i = x_i T(s, W)_i − l T(s, W⁺)_i − h T(s, W⁻)_i`, evaluated in the equal form
+    /// `Z_j = fwd(x − l, W⁺) + fwd(x − h, W⁻)`, `R_i = (x − l)_i T(s, W⁺)_i + (x − h)_i T(s, W⁻)_i`
+    /// (`fwd` and `T` are linear, padding is 0 in both): two branches instead of three, and for
+    /// inputs inside the box both sums are one-signed, so they need no f64.
     pub fn z_box(bounds: Bounds, stabilizer: Stabilizer) -> Self {
         let description = format!(
             "ZBox(low: {}, high: {}, stabilizer: {})",
@@ -342,9 +350,8 @@ impl BasicRule {
                 vec![term(
                     1.0,
                     vec![
-                        br(1.0, InputMod::Identity, ParamMod::Identity),
-                        br(-1.0, InputMod::Low, ParamMod::Positive),
-                        br(-1.0, InputMod::High, ParamMod::Negative),
+                        br(1.0, InputMod::MinusLow, ParamMod::Positive),
+                        br(1.0, InputMod::MinusHigh, ParamMod::Negative),
                     ],
                     BiasMod::None,
                     OutputMask::All,
@@ -701,14 +708,20 @@ impl Rule for BasicRule {
                         }
                     }
                     InputMod::Ones => (Some(x.mapv(|_| 1.0)), false),
-                    InputMod::Low | InputMod::High => {
+                    InputMod::Low | InputMod::High | InputMod::MinusLow | InputMod::MinusHigh => {
                         let bd = bounds.ok_or("a bounded rule needs low/high bounds")?;
-                        let v = if b.input == InputMod::Low {
+                        let v = if matches!(b.input, InputMod::Low | InputMod::MinusLow) {
                             &bd.low
                         } else {
                             &bd.high
                         };
-                        (Some(filled(x.view(), v)?), false)
+                        let mut a = filled(x.view(), v)?;
+                        if matches!(b.input, InputMod::MinusLow | InputMod::MinusHigh) {
+                            ndarray::Zip::from(&mut a)
+                                .and(&x)
+                                .for_each(|a, &xv| *a = xv - *a);
+                        }
+                        (Some(a), false)
                     }
                 };
                 live.push(!dead);
@@ -740,7 +753,10 @@ impl Rule for BasicRule {
                                 (false, true) => -1.0,
                                 (true, true) => return None,
                             },
-                            InputMod::Low | InputMod::High => {
+                            InputMod::Low
+                            | InputMod::High
+                            | InputMod::MinusLow
+                            | InputMod::MinusHigh => {
                                 definite_sign(inputs[k].as_ref().expect("filled").view())?
                             }
                         };

@@ -408,17 +408,17 @@ impl Registry {
                 ParamDecl::new(
                     "terms",
                     ParamKind::Ron,
-                    "the terms (required): [(coef: 1.0, branches: [(sign: 1.0, input: Positive, param: Positive)], bias: Positive, mask: All)]; input Identity|Positive|Negative|Ones|Low|High, param Identity|Positive|Negative|Squared|Ones|Gamma(gamma: G, positive: B), bias None|Identity|Positive|Negative|Gamma(..), mask All|Positive|Negative",
+                    "the terms (required): [(coef: 1.0, branches: [(sign: 1.0, input: Positive, param: Positive)], bias: Positive, mask: All)]; input Identity|Positive|Negative|Ones|Low|High|MinusLow|MinusHigh, param Identity|Positive|Negative|Squared|Ones|Gamma(gamma: G, positive: B), bias None|Identity|Positive|Negative|Gamma(..), mask All|Positive|Negative",
                 ),
                 ParamDecl::new(
                     "low",
                     ParamKind::Floats,
-                    "lowest input value for Low branches, scalar or per channel",
+                    "lowest input value for Low and MinusLow branches, scalar or per channel",
                 ),
                 ParamDecl::new(
                     "high",
                     ParamKind::Floats,
-                    "highest input value for High branches, scalar or per channel",
+                    "highest input value for High and MinusHigh branches, scalar or per channel",
                 ),
                 ParamDecl::new(
                     "f64_denominators",
