@@ -22,6 +22,7 @@ use lrp_rules::{
 };
 use lrp_runtime::{ActivationViews, Device, ExportOutputs, Forward, RuntimeError};
 use ndarray::{Array2, ArrayD, Ix2, IxDyn};
+use rayon::prelude::*;
 
 /// Errors of the relevance pass.
 #[derive(Debug, thiserror::Error)]
@@ -349,7 +350,7 @@ fn relevance_pass(
                     rin.shape()
                 )));
             }
-            if let Some(v) = rin.iter().find(|v| !v.is_finite()) {
+            if let Some(v) = first_non_finite(&rin) {
                 return Err(fail(format!(
                     "produced {v} in the relevance of input {k} ('{src}')"
                 )));
@@ -430,12 +431,33 @@ fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "unknown panic".into())
 }
 
-/// Sums of each row, as `[N][maps]`.
+/// A value of `r` that is NaN or infinite, if there is one (searched in parallel).
+fn first_non_finite(r: &ArrayD<f32>) -> Option<f32> {
+    match r.as_slice() {
+        Some(s) => s
+            .par_chunks(1 << 16)
+            .find_map_first(|c| c.iter().copied().find(|v| !v.is_finite())),
+        None => r.iter().copied().find(|v| !v.is_finite()),
+    }
+}
+
+/// Sums of each row, as `[N][maps]` (rows in parallel).
 fn row_sums(r: &ArrayD<f32>, n: usize, maps: usize) -> Vec<Vec<f64>> {
-    let rows: Vec<f64> = r
-        .outer_iter()
-        .map(|row| row.iter().map(|&v| v as f64).sum())
-        .collect();
+    let sum = |c: &[f32]| c.iter().map(|&v| v as f64).sum::<f64>();
+    let rows: Vec<f64> = match (r.as_slice(), r.shape().first()) {
+        (Some(s), Some(&len)) if len > 0 => {
+            let row = s.len() / len;
+            if row == 0 {
+                vec![0.0; len]
+            } else {
+                s.par_chunks(row).map(sum).collect()
+            }
+        }
+        _ => r
+            .outer_iter()
+            .map(|row| row.iter().map(|&v| v as f64).sum())
+            .collect(),
+    };
     (0..n)
         .map(|i| rows[i * maps..(i + 1) * maps].to_vec())
         .collect()

@@ -1116,34 +1116,51 @@ pub fn maxpool_winner_take_all(
     let rs = r.as_slice().expect("standard layout");
     let mut out = Array4::<f32>::zeros((m, c, h, w));
     let os = out.as_slice_mut().expect("fresh array");
-    let mut arg = vec![usize::MAX; p];
-    for ni in 0..n {
-        for ci in 0..c {
-            let plane = &xs[(ni * c + ci) * hw..][..hw];
-            for_each_window(&wh, &ww, |j, a, b| {
-                let mut best = usize::MAX;
-                let mut best_v = f32::NEG_INFINITY;
-                for i in window_indices(a, b, g.dilations, w) {
-                    let v = plane[i];
-                    if best == usize::MAX || v > best_v {
-                        best = i;
-                        best_v = v;
-                    }
-                }
-                arg[j] = best;
-            });
-            for kk in 0..k {
-                let row = (ni * k + kk) * c + ci;
-                let rp = &rs[row * p..][..p];
-                let op = &mut os[row * hw..][..hw];
-                for (&i, &rv) in arg.iter().zip(rp) {
-                    if i != usize::MAX {
-                        op[i] += rv;
-                    }
+    if m == 0 || c == 0 || hw == 0 {
+        return out;
+    }
+    // Image by image, and within an image channel by channel (the k maps' planes of a channel
+    // together), in parallel: every (image, channel) writes its own planes.
+    os.par_chunks_mut(k * c * hw)
+        .enumerate()
+        .for_each(|(ni, image)| {
+            let mut by_channel: Vec<Vec<&mut [f32]>> =
+                (0..c).map(|_| Vec::with_capacity(k)).collect();
+            for row in image.chunks_mut(c * hw) {
+                for (ci, plane) in row.chunks_mut(hw).enumerate() {
+                    by_channel[ci].push(plane);
                 }
             }
-        }
-    }
+            by_channel
+                .into_par_iter()
+                .enumerate()
+                .for_each(|(ci, mut planes)| {
+                    let plane = &xs[(ni * c + ci) * hw..][..hw];
+                    let mut arg = vec![usize::MAX; p];
+                    for_each_window(&wh, &ww, |j, a, b| {
+                        let mut best = usize::MAX;
+                        let mut best_v = f32::NEG_INFINITY;
+                        for i in window_indices(a, b, g.dilations, w) {
+                            let v = plane[i];
+                            if best == usize::MAX || v > best_v {
+                                best = i;
+                                best_v = v;
+                            }
+                        }
+                        arg[j] = best;
+                    });
+                    for (kk, op) in planes.iter_mut().enumerate() {
+                        let row = (ni * k + kk) * c + ci;
+                        let rp = &rs[row * p..][..p];
+                        for (&i, &rv) in arg.iter().zip(rp) {
+                            if i != usize::MAX {
+                                op[i] += rv;
+                            }
+                        }
+                    }
+                });
+        });
+    debug_assert_eq!(n * k, m);
     out
 }
 
