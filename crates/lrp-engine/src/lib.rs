@@ -325,6 +325,26 @@ fn relevance_pass(
             bounds: opts.bounds.as_ref(),
         };
         let rule = assignment.rule(id);
+        // Relevance that passes unchanged (ReLU, Flatten) moves on without a copy.
+        if let [src] = node.inputs.as_slice()
+            && rule.moves_unchanged(&ctx)
+        {
+            let mut want = vec![n * maps];
+            want.extend_from_slice(g.tensor_shape(src).expect("validated"));
+            if r.len() == want.iter().product::<usize>() {
+                let r = if r.is_standard_layout() {
+                    r
+                } else {
+                    r.as_standard_layout().into_owned()
+                };
+                let rin = r
+                    .into_shape_with_order(IxDyn(&want))
+                    .expect("standard layout, same length");
+                deposit(&mut pending, src, rin);
+                node_seconds.push((node.name.clone(), t_node.elapsed().as_secs_f64()));
+                continue;
+            }
+        }
         let fail = |message: String| ExplainError::Rule {
             node: node.name.clone(),
             op: node.op.kind(),
@@ -355,12 +375,7 @@ fn relevance_pass(
                     "produced {v} in the relevance of input {k} ('{src}')"
                 )));
             }
-            match pending.get_mut(src) {
-                Some(acc) => *acc += &rin,
-                None => {
-                    pending.insert(src.clone(), rin);
-                }
-            }
+            deposit(&mut pending, src, rin);
         }
         node_seconds.push((node.name.clone(), t_node.elapsed().as_secs_f64()));
     }
@@ -429,6 +444,16 @@ fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
         .map(|s| s.to_string())
         .or_else(|| p.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// Adds `rin` to the relevance waiting at `src` (several consumers add up).
+fn deposit(pending: &mut HashMap<String, ArrayD<f32>>, src: &str, rin: ArrayD<f32>) {
+    match pending.get_mut(src) {
+        Some(acc) => *acc += &rin,
+        None => {
+            pending.insert(src.to_string(), rin);
+        }
+    }
 }
 
 /// A value of `r` that is NaN or infinite, if there is one (searched in parallel).

@@ -22,6 +22,15 @@ pub trait Rule: Send + Sync + std::fmt::Debug {
     /// A stable one-line description with every parameter, e.g.
     /// `AlphaBeta(alpha: 1, beta: 0, bias: Full, stabilizer: ZeroGuard(1e-7))`.
     fn describe(&self) -> String;
+
+    /// Whether, at this node, the relevance of the (single) input is the output's relevance
+    /// unchanged, only in the input's shape (ReLU under [`Pass`](crate::structural::Pass),
+    /// Flatten under [`Move`](crate::structural::Move)). The relevance pass then hands the
+    /// output's relevance on without calling [`Rule::relevance`], and without a copy. Default:
+    /// false.
+    fn moves_unchanged(&self, _ctx: &NodeContext<'_>) -> bool {
+        false
+    }
 }
 
 /// Input bounds of the bounded (z^B) rule given on the command line: they override the bounds

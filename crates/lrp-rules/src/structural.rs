@@ -28,6 +28,10 @@ impl Rule for Pass {
     fn describe(&self) -> String {
         "Pass".into()
     }
+
+    fn moves_unchanged(&self, ctx: &NodeContext<'_>) -> bool {
+        ctx.inputs.len() == 1 && ctx.inputs[0].shape() == ctx.output.shape()
+    }
 }
 
 /// Moves relevance with the values: Flatten, Reshape, Squeeze, Unsqueeze (reshape back),
@@ -112,6 +116,19 @@ impl Rule for Move {
 
     fn describe(&self) -> String {
         "Move".into()
+    }
+
+    fn moves_unchanged(&self, ctx: &NodeContext<'_>) -> bool {
+        ctx.inputs.len() == 1
+            && matches!(
+                ctx.op(),
+                Op::Flatten
+                    | Op::Reshape { .. }
+                    | Op::Squeeze { .. }
+                    | Op::Unsqueeze { .. }
+                    | Op::Identity
+                    | Op::Dropout
+            )
     }
 }
 

@@ -1,0 +1,89 @@
+//! A rule that says relevance moves through a node unchanged (`Rule::moves_unchanged`) has it
+//! handed on without being called, with the same result as calling it; where the shapes do not
+//! allow that, the rule is called as usual.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use common::*;
+use lrp_engine::{ExplainOptions, Explainer, Explanation};
+use lrp_import::import_onnx;
+use lrp_rules::{NodeContext, Registry, Rule, RuleConfig};
+use lrp_runtime::Device;
+use ndarray::{ArrayD, ArrayViewD, IxDyn};
+
+/// Copies the relevance into the input's shape, counting its calls.
+#[derive(Debug, Default)]
+struct Mover(AtomicUsize);
+
+impl Rule for Mover {
+    fn relevance(
+        &self,
+        ctx: &NodeContext<'_>,
+        r_out: ArrayViewD<'_, f32>,
+    ) -> Result<Vec<ArrayD<f32>>, String> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        let mut shape = vec![r_out.shape()[0]];
+        shape.extend_from_slice(&ctx.inputs[0].shape()[1..]);
+        let r = r_out.as_standard_layout().into_owned();
+        Ok(vec![
+            r.into_shape_with_order(IxDyn(&shape))
+                .map_err(|e| e.to_string())?,
+        ])
+    }
+
+    fn describe(&self) -> String {
+        "Mover".into()
+    }
+
+    fn moves_unchanged(&self, _ctx: &NodeContext<'_>) -> bool {
+        true
+    }
+}
+
+fn explain(rules: &str, reg: &Registry) -> Result<Explanation, String> {
+    let graph = import_onnx(&fixture("vgg_small.onnx")).unwrap().graph;
+    let x = read_npy(&fixture("vgg_small.input.npy"));
+    let text = format!("(name: \"t\", signal: Sglrp(), rules: [{rules}])");
+    let config = RuleConfig::parse(&text, "t.ron", reg).map_err(|e| e.to_string())?;
+    let mut ex = Explainer::new(graph, config, reg, Device::Cpu, Some(1)).unwrap();
+    let keep = ex.nodes_matching(&["*"]).unwrap();
+    ex.explain(
+        &x,
+        &ExplainOptions {
+            keep,
+            ..Default::default()
+        },
+    )
+    .map_err(|e| e.to_string())
+}
+
+#[test]
+fn relevance_moves_on_without_calling_the_rule() {
+    let mover = Arc::new(Mover::default());
+    let mut reg = Registry::with_builtins();
+    let m = mover.clone();
+    reg.register("Mover", "moves relevance", vec![], move |_, _| {
+        Ok(m.clone() as Arc<dyn Rule>)
+    })
+    .unwrap();
+    let base = "(select: Ops([Conv, Dense]), rule: Epsilon)";
+    let want = explain(base, &reg).unwrap();
+    let got = explain(
+        &format!("(select: Ops([Relu, Flatten]), rule: Mover), {base}"),
+        &reg,
+    )
+    .unwrap();
+    assert_eq!(mover.0.load(Ordering::SeqCst), 0, "the rule was called");
+    assert_eq!(got.relevance, want.relevance);
+    assert_eq!(got.kept, want.kept);
+
+    // On a Dense layer the input's shape holds another number of values: the rule is called
+    // (and its reshape fails, which is reported as its error).
+    let err = explain(&format!("(select: Op(Dense), rule: Mover), {base}"), &reg);
+    assert!(mover.0.load(Ordering::SeqCst) > 0);
+    let msg = err.unwrap_err();
+    assert!(msg.contains("Mover") && msg.contains("Dense"), "{msg}");
+}
