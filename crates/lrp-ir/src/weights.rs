@@ -2,16 +2,18 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use ndarray::{ArrayD, IxDyn};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
 use crate::error::IrError;
 
-/// Named f32 tensors, kept in name order.
+/// Named f32 tensors, kept in name order. Each tensor is shared (a clone of the set or a
+/// [`Weights::shared`] handle does not copy it).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Weights {
-    tensors: BTreeMap<String, ArrayD<f32>>,
+    tensors: BTreeMap<String, Arc<ArrayD<f32>>>,
 }
 
 impl Weights {
@@ -22,22 +24,29 @@ impl Weights {
 
     /// The tensor called `key`.
     pub fn get(&self, key: &str) -> Option<&ArrayD<f32>> {
-        self.tensors.get(key)
+        self.tensors.get(key).map(|a| &**a)
+    }
+
+    /// A handle on the tensor called `key` that keeps it alive (no copy).
+    pub fn shared(&self, key: &str) -> Option<Arc<ArrayD<f32>>> {
+        self.tensors.get(key).cloned()
     }
 
     /// Adds or replaces a tensor.
     pub fn insert(&mut self, key: impl Into<String>, value: ArrayD<f32>) {
-        self.tensors.insert(key.into(), value);
+        self.tensors.insert(key.into(), Arc::new(value));
     }
 
-    /// Removes a tensor, returning it.
+    /// Removes a tensor, returning it (a copy only if it is still shared).
     pub fn remove(&mut self, key: &str) -> Option<ArrayD<f32>> {
-        self.tensors.remove(key)
+        self.tensors
+            .remove(key)
+            .map(|a| Arc::try_unwrap(a).unwrap_or_else(|a| (*a).clone()))
     }
 
     /// All tensors in name order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &ArrayD<f32>)> {
-        self.tensors.iter().map(|(k, v)| (k.as_str(), v))
+        self.tensors.iter().map(|(k, v)| (k.as_str(), &**v))
     }
 
     /// Number of tensors.
@@ -92,7 +101,7 @@ impl Weights {
             };
             let arr = ArrayD::from_shape_vec(IxDyn(view.shape()), values)
                 .map_err(|e| format!("tensor '{name}': {e}"))?;
-            tensors.insert(name.to_owned(), arr);
+            tensors.insert(name.to_owned(), Arc::new(arr));
         }
         Ok(Weights { tensors })
     }

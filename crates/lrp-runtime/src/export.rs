@@ -46,9 +46,39 @@ fn used_weights(graph: &Graph) -> Vec<(&str, &ndarray::ArrayD<f32>)> {
         .collect()
 }
 
-/// The weights in one blob (little-endian f32, each tensor at a multiple of [`BLOB_ALIGN`]
-/// bytes, zero padding), and their initializers referencing it as external data `location`.
-fn weight_initializers(graph: &Graph, location: &str) -> (Vec<TensorProto>, Arc<[u8]>) {
+/// Where an exported model's weights are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightData<'a> {
+    /// In one blob returned beside the model (little-endian f32, each tensor at a multiple of
+    /// 64 bytes), which the initializers reference as the external data file named here.
+    Blob(&'a str),
+    /// Supplied by the caller when the session opens ([`supplied_weights`], ONNX Runtime's
+    /// `AddExternalInitializers`, which uses the caller's memory without a copy). The initializers only
+    /// declare the tensors: their external data placeholder names the working directory `.`,
+    /// because ONNX Runtime checks that an external data location exists before a supplied
+    /// initializer replaces it.
+    Supplied,
+}
+
+/// The weights the exported model of `graph` uses, with their initializer names, for
+/// [`WeightData::Supplied`]: shared handles, not copies.
+pub fn supplied_weights(graph: &Graph) -> Vec<(String, Arc<ndarray::ArrayD<f32>>)> {
+    used_weights(graph)
+        .into_iter()
+        .map(|(k, _)| {
+            (
+                init_name(k),
+                graph.weights().shared(k).expect("a used weight exists"),
+            )
+        })
+        .collect()
+}
+
+/// The weights' initializers and, for [`WeightData::Blob`], the blob they reference.
+fn weight_initializers(
+    graph: &Graph,
+    data: WeightData<'_>,
+) -> (Vec<TensorProto>, Option<Arc<[u8]>>) {
     let weights = used_weights(graph);
     let mut offsets = Vec::with_capacity(weights.len() + 1);
     let mut total = 0usize;
@@ -57,6 +87,36 @@ fn weight_initializers(graph: &Graph, location: &str) -> (Vec<TensorProto>, Arc<
         total = (total + a.len() * 4).next_multiple_of(BLOB_ALIGN);
     }
     offsets.push(total);
+    let (location, blob) = match data {
+        WeightData::Blob(location) => (location, Some(weights_blob(&weights, &offsets))),
+        WeightData::Supplied => (".", None),
+    };
+    let entry = |k: &str, v: String| proto::StringStringEntryProto {
+        key: Some(k.into()),
+        value: Some(v),
+    };
+    let inits = weights
+        .iter()
+        .zip(&offsets)
+        .map(|((k, a), &off)| TensorProto {
+            name: Some(init_name(k)),
+            dims: a.shape().iter().map(|&d| d as i64).collect(),
+            data_type: Some(dtype::FLOAT),
+            data_location: Some(proto::tensor_proto::DataLocation::External as i32),
+            external_data: vec![
+                entry("location", location.to_string()),
+                entry("offset", if blob.is_some() { off } else { 0 }.to_string()),
+                entry("length", (a.len() * 4).to_string()),
+            ],
+            ..Default::default()
+        })
+        .collect();
+    (inits, blob)
+}
+
+/// The weights in one blob at `offsets` (zero padding between them).
+fn weights_blob(weights: &[(&str, &ndarray::ArrayD<f32>)], offsets: &[usize]) -> Arc<[u8]> {
+    let total = offsets.last().copied().unwrap_or(0);
     let mut blob = Arc::<[u8]>::new_uninit_slice(total);
     {
         let bytes = Arc::get_mut(&mut blob).expect("just made");
@@ -72,37 +132,18 @@ fn weight_initializers(graph: &Graph, location: &str) -> (Vec<TensorProto>, Arc<
         }
     }
     // SAFETY: every byte was written above: each tensor's data and the padding after it.
-    let blob = unsafe { blob.assume_init() };
-    let entry = |k: &str, v: String| proto::StringStringEntryProto {
-        key: Some(k.into()),
-        value: Some(v),
-    };
-    let inits = weights
-        .iter()
-        .zip(&offsets)
-        .map(|((k, a), &off)| TensorProto {
-            name: Some(init_name(k)),
-            dims: a.shape().iter().map(|&d| d as i64).collect(),
-            data_type: Some(dtype::FLOAT),
-            data_location: Some(proto::tensor_proto::DataLocation::External as i32),
-            external_data: vec![
-                entry("location", location.to_string()),
-                entry("offset", off.to_string()),
-                entry("length", (a.len() * 4).to_string()),
-            ],
-            ..Default::default()
-        })
-        .collect();
-    (inits, blob)
+    unsafe { blob.assume_init() }
 }
 
 /// Exports `graph` as an ONNX model whose tensors are named after the IR nodes. The weights
-/// are not in the model but in the returned blob, which the model's initializers reference as
-/// the external data file `location`: the model stays small, and ONNX Runtime reads the
-/// weights from the blob (`SessionBuilder::with_external_initializer_file_in_memory`).
-pub fn to_onnx(graph: &Graph, outputs: &ExportOutputs, location: &str) -> (ModelProto, Arc<[u8]>) {
+/// are not in the model: see [`WeightData`] (the blob is returned for [`WeightData::Blob`]).
+pub fn to_onnx(
+    graph: &Graph,
+    outputs: &ExportOutputs,
+    weights: WeightData<'_>,
+) -> (ModelProto, Option<Arc<[u8]>>) {
     let mut nodes = Vec::with_capacity(graph.nodes().len());
-    let (mut inits, blob) = weight_initializers(graph, location);
+    let (mut inits, blob) = weight_initializers(graph, weights);
     for &id in graph.topo_order() {
         let n = &graph.nodes()[id];
         let mut inputs = n.inputs.clone();

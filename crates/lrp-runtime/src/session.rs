@@ -10,7 +10,7 @@ use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::TensorRef;
 
-use crate::export::{ExportOutputs, to_onnx};
+use crate::export::{ExportOutputs, WeightData, supplied_weights, to_onnx};
 
 /// The name under which the weights of an exported graph are given to ONNX Runtime.
 const WEIGHTS_FILE: &str = "lrp-graph-weights.bin";
@@ -136,9 +136,117 @@ impl Activations {
     }
 }
 
+/// Weights handed to ONNX Runtime in their own memory (`AddExternalInitializers`): the ONNX values
+/// over them, released on drop, and the handles that keep the memory alive until then.
+#[derive(Default)]
+struct SuppliedWeights {
+    values: Vec<*mut ort::sys::OrtValue>,
+    _tensors: Vec<std::sync::Arc<ArrayD<f32>>>,
+}
+
+// SAFETY: the values are read-only tensors over memory this struct keeps alive; they are only
+// read by ONNX Runtime (from any thread) and released once, on drop.
+unsafe impl Send for SuppliedWeights {}
+// SAFETY: as above; no method touches them through a shared reference.
+unsafe impl Sync for SuppliedWeights {}
+
+impl SuppliedWeights {
+    /// Adds every `(initializer name, tensor)` to `builder` as an initializer over the
+    /// tensor's own memory.
+    fn add(
+        builder: &mut ort::session::builder::SessionBuilder,
+        weights: Vec<(String, std::sync::Arc<ArrayD<f32>>)>,
+    ) -> Result<Self, String> {
+        use ort::AsPointer;
+        use ort::sys::{ONNXTensorElementDataType, OrtAllocatorType, OrtMemType};
+        let api = ort::api();
+        let mut out = SuppliedWeights::default();
+        let mut info = std::ptr::null_mut();
+        // SAFETY: a plain constructor call with a valid out pointer.
+        ort_status(unsafe {
+            (api.CreateCpuMemoryInfo)(
+                OrtAllocatorType::OrtDeviceAllocator,
+                OrtMemType::OrtMemTypeDefault,
+                &mut info,
+            )
+        })?;
+        let add_all = || -> Result<(), String> {
+            for (name, t) in weights {
+                if !t.is_standard_layout() || t.is_empty() {
+                    return Err(format!("weight '{name}' cannot be shared"));
+                }
+                let shape: Vec<i64> = t.shape().iter().map(|&d| d as i64).collect();
+                let cname = std::ffi::CString::new(name).map_err(|e| e.to_string())?;
+                let mut value = std::ptr::null_mut();
+                // SAFETY: the data pointer and byte length describe `t`'s contiguous elements,
+                // which `out` keeps alive (and unchanged) until the value is released.
+                ort_status(unsafe {
+                    (api.CreateTensorWithDataAsOrtValue)(
+                        info,
+                        t.as_ptr() as *mut std::ffi::c_void,
+                        t.len() * std::mem::size_of::<f32>(),
+                        shape.as_ptr(),
+                        shape.len(),
+                        ONNXTensorElementDataType::ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT,
+                        &mut value,
+                    )
+                })?;
+                out.values.push(value);
+                out._tensors.push(t);
+                // SAFETY: the options pointer is the builder's own; the value outlives the
+                // session (see `Forward`'s field order). External initializers replace the
+                // model's before its optimisation, and their data is not copied.
+                let (names, values) = ([cname.as_ptr()], [value as *const _]);
+                ort_status(unsafe {
+                    (api.AddExternalInitializers)(
+                        builder.ptr() as *mut _,
+                        names.as_ptr(),
+                        values.as_ptr(),
+                        1,
+                    )
+                })?;
+            }
+            Ok(())
+        };
+        let result = add_all();
+        // SAFETY: made above; the values hold their own reference to what they need.
+        unsafe { (api.ReleaseMemoryInfo)(info) };
+        result.map(|()| out)
+    }
+}
+
+impl Drop for SuppliedWeights {
+    fn drop(&mut self) {
+        let api = ort::api();
+        for &v in &self.values {
+            // SAFETY: made by CreateTensorWithDataAsOrtValue and released once.
+            unsafe { (api.ReleaseValue)(v) };
+        }
+    }
+}
+
+/// Ok for a null status; else its message (and the status is released).
+fn ort_status(status: ort::sys::OrtStatusPtr) -> Result<(), String> {
+    if status.0.is_null() {
+        return Ok(());
+    }
+    let api = ort::api();
+    // SAFETY: a non-null status from the API, read once and released.
+    let message = unsafe {
+        let m = std::ffi::CStr::from_ptr((api.GetErrorMessage)(status.0))
+            .to_string_lossy()
+            .into_owned();
+        (api.ReleaseStatus)(status.0);
+        m
+    };
+    Err(message)
+}
+
 /// A graph loaded into an ONNX Runtime session, ready to run batches.
 pub struct Forward {
     session: Session,
+    /// Dropped after the session that reads them.
+    supplied: SuppliedWeights,
     graph_name: String,
     input_name: String,
     input_shape: Vec<usize>,
@@ -157,17 +265,36 @@ impl std::fmt::Debug for Forward {
 
 impl Forward {
     /// Exports `graph` with the requested outputs and opens a session on `device`, with
-    /// `threads` intra-op threads (None: ONNX Runtime's default, all cores).
+    /// `threads` intra-op threads (None: ONNX Runtime's default, all cores). ONNX Runtime reads
+    /// the weights in the graph's own memory (no copy); where it refuses that, from an
+    /// in-memory copy.
     pub fn new(
         graph: &Graph,
         device: Device,
         outputs: ExportOutputs,
         threads: Option<usize>,
     ) -> Result<Self, RuntimeError> {
+        match Self::open(graph, device, &outputs, threads, WeightData::Supplied) {
+            Err(RuntimeError::Ort { .. }) => Self::open(
+                graph,
+                device,
+                &outputs,
+                threads,
+                WeightData::Blob(WEIGHTS_FILE),
+            ),
+            done => done,
+        }
+    }
+
+    fn open(
+        graph: &Graph,
+        device: Device,
+        outputs: &ExportOutputs,
+        threads: Option<usize>,
+        data: WeightData<'_>,
+    ) -> Result<Self, RuntimeError> {
         let env = environment()?;
-        // The weights go to ONNX Runtime as an in-memory external data file: one copy of them
-        // instead of a model proto and its encoding.
-        let (model, blob) = to_onnx(graph, &outputs, WEIGHTS_FILE);
+        let (model, blob) = to_onnx(graph, outputs, data);
         let bytes = lrp_onnx::encode_model(&model);
         let name = graph.def().name.clone();
         let ort_err = |e: ort::Error| RuntimeError::Ort {
@@ -192,9 +319,16 @@ impl Forward {
         builder = builder
             .with_config_entry("session.disable_prepacking", "1")
             .map_err(|e| ort_err(e.into()))?;
-        builder = builder
-            .with_external_initializer_file_in_memory(WEIGHTS_FILE, blob)
-            .map_err(|e| ort_err(e.into()))?;
+        let supplied = match blob {
+            Some(blob) => {
+                builder = builder
+                    .with_external_initializer_file_in_memory(WEIGHTS_FILE, blob)
+                    .map_err(|e| ort_err(e.into()))?;
+                SuppliedWeights::default()
+            }
+            None => SuppliedWeights::add(&mut builder, supplied_weights(graph))
+                .map_err(|m| ort_err(ort::Error::new(m)))?,
+        };
         let session = builder.commit_from_memory(&bytes).map_err(ort_err)?;
         let outs = model
             .graph
@@ -209,12 +343,18 @@ impl Forward {
             .collect();
         Ok(Forward {
             session,
+            supplied,
             graph_name: graph.def().name.clone(),
             input_name: graph.input().name.clone(),
             input_shape: graph.input().shape.clone(),
             outputs: outs,
             node_count: graph.nodes().len(),
         })
+    }
+
+    /// Whether ONNX Runtime reads the weights in the graph's own memory (else in a copy).
+    pub fn shares_weights(&self) -> bool {
+        !self.supplied.values.is_empty()
     }
 
     /// Runs a batch `[N, ...input shape]` and returns the exposed activations (copied out of

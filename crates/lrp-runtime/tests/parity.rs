@@ -16,6 +16,7 @@ fn check(model: &lrp_onnx::ModelProto, hw: usize, batch: usize) {
     let reference =
         run_onnx_bytes(&lrp_onnx::encode_model(model), x.view()).expect("reference run");
     let mut fwd = Forward::new(&graph, Device::Cpu, ExportOutputs::All, Some(1)).expect("session");
+    assert!(fwd.shares_weights(), "the weights were copied");
     let acts = fwd.run(x.view()).expect("run");
     let out = acts.get(graph.output_id()).expect("output");
     let scale = reference[0].iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -49,4 +50,30 @@ fn vgg16_shaped() {
 #[test]
 fn resnet18_shaped() {
     check(&ResNetConfig::new(10, 32, 2).width_div(8).build(), 32, 3);
+}
+
+#[test]
+fn the_session_keeps_the_weights_it_shares() {
+    let model = VggConfig::new(10, 32, 3)
+        .width_div(8)
+        .classifier_width(64)
+        .build();
+    let graph = import_onnx_model(&model, "mem.onnx".as_ref(), "m")
+        .expect("import")
+        .graph;
+    let x = ArrayD::from_shape_vec(
+        IxDyn(&[2, 3, 32, 32]),
+        random_normal(9, 2 * 3 * 32 * 32, 1.0),
+    )
+    .unwrap();
+    let mut fwd = Forward::new(&graph, Device::Cpu, ExportOutputs::Final, Some(1)).unwrap();
+    assert!(fwd.shares_weights());
+    let out = graph.output_id();
+    let want = fwd.run(x.view()).unwrap().get(out).unwrap().clone();
+    drop(graph);
+    // Freed memory would be handed out again here.
+    let other: Vec<Vec<f32>> = (0..64).map(|i| vec![i as f32; 1 << 14]).collect();
+    let got = fwd.run(x.view()).unwrap().get(out).unwrap().clone();
+    assert_eq!(got, want);
+    drop(other);
 }
