@@ -812,6 +812,87 @@ pub fn dense_transpose(s: ArrayView2<f32>, w: ArrayView2<f32>) -> Array2<f32> {
     out
 }
 
+/// Weight rows per block of the `_mapped` dense kernels: a block holds at most this many
+/// elements (4 MB of f32), whatever the input width.
+const MAPPED_BLOCK: usize = 1 << 20;
+
+/// The row blocks of a `[out, in]` weight for the `_mapped` kernels.
+fn weight_blocks(out: usize, inp: usize) -> impl Iterator<Item = (usize, usize)> {
+    let rows = (MAPPED_BLOCK / inp.max(1)).clamp(1, out.max(1));
+    (0..out)
+        .step_by(rows)
+        .map(move |o0| (o0, (o0 + rows).min(out)))
+}
+
+/// [`dense_forward`] with the weight `f(w)` applied element-wise, without making `f(w)`
+/// whole: the weight is mapped one block of rows at a time into a reused buffer.
+pub fn dense_forward_mapped(
+    x: ArrayView2<f32>,
+    w: ArrayView2<f32>,
+    f: impl Fn(f32) -> f32 + Sync,
+) -> Array2<f32> {
+    assert_eq!(
+        x.ncols(),
+        w.ncols(),
+        "dense_forward_mapped: input has {} features, weight takes {}",
+        x.ncols(),
+        w.ncols()
+    );
+    let (out, inp) = w.dim();
+    let mut y = Array2::zeros((x.nrows(), out));
+    let mut buf = Vec::new();
+    for (o0, o1) in weight_blocks(out, inp) {
+        let block = mapped_block(w, o0, o1, &f, &mut buf);
+        matmul(x, block.t(), &mut y.slice_mut(s![.., o0..o1]));
+    }
+    y
+}
+
+/// [`dense_transpose`] with the weight `f(w)` applied element-wise, one block of rows at a
+/// time (see [`dense_forward_mapped`]).
+pub fn dense_transpose_mapped(
+    s: ArrayView2<f32>,
+    w: ArrayView2<f32>,
+    f: impl Fn(f32) -> f32 + Sync,
+) -> Array2<f32> {
+    assert_eq!(
+        s.ncols(),
+        w.nrows(),
+        "dense_transpose_mapped: signal has {} outputs, weight has {}",
+        s.ncols(),
+        w.nrows()
+    );
+    let (out, inp) = w.dim();
+    let mut r = Array2::zeros((s.nrows(), inp));
+    let mut part = Array2::zeros((s.nrows(), inp));
+    let mut buf = Vec::new();
+    for (o0, o1) in weight_blocks(out, inp) {
+        let block = mapped_block(w, o0, o1, &f, &mut buf);
+        matmul(s.slice(s![.., o0..o1]), block, &mut part.view_mut());
+        r += &part;
+    }
+    r
+}
+
+/// Rows `o0..o1` of `w` mapped by `f`, in `buf`.
+fn mapped_block<'b>(
+    w: ArrayView2<f32>,
+    o0: usize,
+    o1: usize,
+    f: &(impl Fn(f32) -> f32 + Sync),
+    buf: &'b mut Vec<f32>,
+) -> ArrayView2<'b, f32> {
+    let inp = w.ncols();
+    buf.clear();
+    buf.resize((o1 - o0) * inp, 0.0);
+    buf.par_chunks_mut(inp).enumerate().for_each(|(i, dst)| {
+        for (d, &v) in dst.iter_mut().zip(w.row(o0 + i).iter()) {
+            *d = f(v);
+        }
+    });
+    ArrayView2::from_shape((o1 - o0, inp), &buf[..]).expect("sized")
+}
+
 // ---------------------------------------------------------------------------------------------
 // Pooling
 // ---------------------------------------------------------------------------------------------

@@ -127,6 +127,30 @@ fn dense_adjoint() {
 }
 
 #[test]
+fn mapped_dense_kernels_equal_the_mapped_weight() {
+    // 300,000 inputs: a block holds 3 weight rows, so 7 outputs take 3 blocks (the last short).
+    let mut rng = Rng::new(11);
+    let x: Array2<f32> = rng.array((2, 300_000));
+    let w: Array2<f32> = rng.array((7, 300_000));
+    let s: Array2<f32> = rng.array((3, 7));
+    let f = |v: f32| v.max(0.0) * 1.5;
+    let wf = w.mapv(f);
+    let close = |a: &Array2<f32>, b: &Array2<f32>| {
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let diff = a.iter().zip(b).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+        assert!(diff <= 1e-5 * scale, "{diff} of {scale}");
+    };
+    close(
+        &dense_forward_mapped(x.view(), w.view(), f),
+        &dense_forward(x.view(), wf.view()),
+    );
+    close(
+        &dense_transpose_mapped(s.view(), w.view(), f),
+        &dense_transpose(s.view(), wf.view()),
+    );
+}
+
+#[test]
 fn bias_per_channel() {
     let mut y = Array4::<f32>::zeros((2, 3, 1, 2));
     add_channel_bias(y.view_mut(), array![1f32, 2., 3.].view());

@@ -15,11 +15,12 @@
 use std::sync::{Arc, Mutex};
 
 use lrp_kernels::Stabilizer;
-use ndarray::{ArrayD, ArrayViewD, Axis, LinalgScalar};
+use lrp_kernels::kernels;
+use ndarray::{ArrayD, ArrayViewD, Axis, Ix2, LinalgScalar};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::rule::{Bounds, Linear, NodeContext, Rule, mul_rows, repeat_rows, zip_rows};
+use crate::rule::{Bounds, Linear, LinearKind, NodeContext, Rule, mul_rows, repeat_rows, zip_rows};
 
 /// What a branch feeds into the layer instead of the input `x`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -64,6 +65,25 @@ pub enum ParamMod {
         positive: bool,
     },
 }
+
+impl ParamMod {
+    /// The modified value of one weight (`Identity`: `v` itself).
+    pub fn apply(self, v: f32) -> f32 {
+        match self {
+            ParamMod::Identity => v,
+            ParamMod::Positive => v.max(0.0),
+            ParamMod::Negative => v.min(0.0),
+            ParamMod::Squared => v * v,
+            ParamMod::Ones => 1.0,
+            ParamMod::Gamma { gamma, positive } => {
+                v + gamma * if positive { v.max(0.0) } else { v.min(0.0) }
+            }
+        }
+    }
+}
+
+/// The default of [`BasicRule::mapped_min_elements`].
+const MAPPED_MIN_ELEMENTS: usize = 1 << 24;
 
 /// Which bias a term's denominator includes.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -169,6 +189,10 @@ pub struct BasicRule {
     pub f64_denominators: bool,
     /// Modified weights (`W⁺`, `W²`, …) computed on first use and kept for later calls.
     pub cache: WeightCache,
+    /// Dense weights with at least this many elements are not modified whole and cached; each
+    /// product maps them block by block instead (default 2^24, 64 MB), so that no modified
+    /// copy of a large classifier layer stays in memory.
+    pub mapped_min_elements: usize,
 }
 
 /// Modified weights of a rule, kept across calls: the key is the weight tensor's address,
@@ -266,6 +290,7 @@ impl BasicRule {
             stabilizer,
             bounds: None,
             f64_denominators: true,
+            mapped_min_elements: MAPPED_MIN_ELEMENTS,
             cache: WeightCache::default(),
         }
     }
@@ -520,16 +545,7 @@ pub fn stab_text(s: Stabilizer) -> String {
 }
 
 fn modify_weight(w: &ArrayD<f32>, m: ParamMod) -> Option<ArrayD<f32>> {
-    Some(match m {
-        ParamMod::Identity => return None,
-        ParamMod::Positive => w.mapv(|v| v.max(0.0)),
-        ParamMod::Negative => w.mapv(|v| v.min(0.0)),
-        ParamMod::Squared => w.mapv(|v| v * v),
-        ParamMod::Ones => w.mapv(|_| 1.0),
-        ParamMod::Gamma { gamma, positive } => {
-            w.mapv(|v| v + gamma * if positive { v.max(0.0) } else { v.min(0.0) })
-        }
-    })
+    (m != ParamMod::Identity).then(|| w.mapv(|v| m.apply(v)))
 }
 
 fn modify_bias(b: &ArrayD<f32>, m: BiasMod) -> Option<ArrayD<f32>> {
@@ -545,8 +561,9 @@ fn modify_bias(b: &ArrayD<f32>, m: BiasMod) -> Option<ArrayD<f32>> {
 }
 
 /// `Z_t = Σ_b c_b fwd(m_b(x), p_b(W))` in the element type `A`; `inputs[b]` and `weights[b]`
-/// are the modified inputs and weights (None: unmodified); branches not `live` (all-zero
-/// input) are left out. The bias is not included.
+/// are the modified inputs and weights (None: unmodified, or mapped by `fwd` itself, which
+/// gets the branch's index); branches not `live` (all-zero input) are left out. The bias is
+/// not included.
 fn branch_sum<A: LinalgScalar + From<f32> + std::ops::AddAssign + Send + Sync>(
     t: &Term,
     lin: &Linear<'_>,
@@ -554,13 +571,13 @@ fn branch_sum<A: LinalgScalar + From<f32> + std::ops::AddAssign + Send + Sync>(
     inputs: &[Option<ArrayD<f32>>],
     weights: &[Option<Arc<ArrayD<f32>>>],
     live: &[bool],
-    fwd: impl Fn(ArrayViewD<'_, f32>, ArrayViewD<'_, f32>) -> ArrayD<A>,
+    fwd: impl Fn(usize, ArrayViewD<'_, f32>, ArrayViewD<'_, f32>) -> ArrayD<A>,
 ) -> ArrayD<A> {
     let mut acc: Option<ArrayD<A>> = None;
     for (k, b) in t.branches.iter().enumerate().filter(|(k, _)| live[*k]) {
         let xi = inputs[k].as_ref().map(|a| a.view()).unwrap_or(x.view());
         let wi = weights[k].as_deref().unwrap_or(lin.weight);
-        let mut f = fwd(xi, wi.view());
+        let mut f = fwd(k, xi, wi.view());
         if b.sign != 1.0 {
             let c = A::from(b.sign);
             f.mapv_inplace(|v| v * c);
@@ -692,6 +709,7 @@ impl Rule for BasicRule {
             let mut inputs = Vec::with_capacity(t.branches.len());
             let mut weights = Vec::with_capacity(t.branches.len());
             let mut live = Vec::with_capacity(t.branches.len());
+            let mut mapped: Vec<Option<ParamMod>> = Vec::with_capacity(t.branches.len());
             for b in &t.branches {
                 // x⁺ of a non-negative x is x itself (no copy); x⁻ of it is 0, and a branch
                 // with an all-zero input adds exactly nothing: skip its forward and transpose.
@@ -725,7 +743,13 @@ impl Rule for BasicRule {
                     }
                 };
                 live.push(!dead);
-                weights.push(if dead {
+                // A large Dense weight is mapped block by block in each product, not cached.
+                let map = !dead
+                    && b.param != ParamMod::Identity
+                    && matches!(lin.kind, LinearKind::Dense)
+                    && lin.weight.len() >= self.mapped_min_elements;
+                mapped.push(map.then_some(b.param));
+                weights.push(if dead || map {
                     None
                 } else {
                     self.cache.get(lin.weight, b.param)
@@ -778,13 +802,23 @@ impl Rule for BasicRule {
                 let bias64: Option<Vec<f64>> =
                     bias.map(|b| b.iter().map(|&v| f64::from(v)).collect());
                 if !self.f64_denominators || definite().is_some() {
-                    let d = branch_sum(t, &lin, x.view(), &inputs, &weights, &live, |a, w| {
-                        lin.forward(a, w)
+                    let d = branch_sum(t, &lin, x.view(), &inputs, &weights, &live, |k, a, w| {
+                        match mapped[k] {
+                            Some(m) => kernels::dense_forward_mapped(
+                                a.into_dimensionality::<Ix2>().expect("dense input is 2-D"),
+                                w.into_dimensionality::<Ix2>().expect("dense weight is 2-D"),
+                                |v| m.apply(v),
+                            )
+                            .into_dyn(),
+                            None => lin.forward(a, w),
+                        }
                     });
                     divide_rows(&mut s, &d, bias64.as_deref(), maps, stab);
                 } else {
-                    let d = branch_sum(t, &lin, x.view(), &inputs, &weights, &live, |a, w| {
-                        lin.forward(a.mapv(f64::from).view(), w.mapv(f64::from).view())
+                    let d = branch_sum(t, &lin, x.view(), &inputs, &weights, &live, |k, a, w| {
+                        let m = mapped[k].unwrap_or(ParamMod::Identity);
+                        let w = w.mapv(|v| f64::from(m.apply(v)));
+                        lin.forward(a.mapv(f64::from).view(), w.view())
                     });
                     divide_rows(&mut s, &d, bias64.as_deref(), maps, stab);
                 }
@@ -805,7 +839,20 @@ impl Rule for BasicRule {
             }
             for (k, b) in t.branches.iter().enumerate().filter(|(k, _)| live[*k]) {
                 let wi = weights[k].as_deref().unwrap_or(lin.weight);
-                let mut g = lin.transpose(s.view(), wi);
+                let mut g = match mapped[k] {
+                    Some(m) => kernels::dense_transpose_mapped(
+                        s.view()
+                            .into_dimensionality::<Ix2>()
+                            .expect("dense relevance is 2-D"),
+                        lin.weight
+                            .view()
+                            .into_dimensionality::<Ix2>()
+                            .expect("dense weight is 2-D"),
+                        |v| m.apply(v),
+                    )
+                    .into_dyn(),
+                    None => lin.transpose(s.view(), wi),
+                };
                 let xi = inputs[k].as_ref().map(|a| a.view()).unwrap_or(x.view());
                 mul_rows(&mut g, xi, maps);
                 let c = t.coef * b.sign;

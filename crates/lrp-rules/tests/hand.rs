@@ -349,3 +349,46 @@ fn crop_moves_relevance_back_into_place() {
     want[[0, 0, 1, 1]] = 5.0;
     assert_eq!(out[0], want);
 }
+
+#[test]
+fn mapped_dense_weights_give_the_cached_result() {
+    // A layer with weights of both signs and inputs of both signs, so every branch is live.
+    let w: Vec<Vec<f32>> = (0..7)
+        .map(|o| (0..9).map(|i| ((o * 9 + i) as f32 * 0.7).sin()).collect())
+        .collect();
+    let rows: Vec<&[f32]> = w.iter().map(|r| r.as_slice()).collect();
+    let g = dense(&rows, Some(&[0.1, -0.2, 0.3, -0.1, 0.05, 0.2, -0.3]));
+    let x: Vec<f32> = (0..9).map(|i| (i as f32 * 1.3).cos()).collect();
+    let r: Vec<f32> = (0..7).map(|j| 1.0 + j as f32 * 0.1).collect();
+    let zg = Stabilizer::ZeroGuard(1e-7);
+    let rules = [
+        BasicRule::alpha_beta(2.0, 1.0, BiasMode::Split, zg),
+        BasicRule::gamma(0.25, false, zg),
+        BasicRule::w_square(zg),
+        BasicRule::z_box(
+            Bounds {
+                low: vec![-1.0],
+                high: vec![1.0],
+            },
+            zg,
+        ),
+    ];
+    for rule in rules {
+        let cached = apply(&rule, &g, &x, &r);
+        let mapped = BasicRule {
+            mapped_min_elements: 0,
+            ..rule.clone()
+        };
+        close(&apply(&mapped, &g, &x, &r), &cached);
+        // And with f32 denominators (the other forward path).
+        let plain = BasicRule {
+            f64_denominators: false,
+            ..rule.clone()
+        };
+        let mapped = BasicRule {
+            mapped_min_elements: 0,
+            ..plain.clone()
+        };
+        close(&apply(&mapped, &g, &x, &r), &apply(&plain, &g, &x, &r));
+    }
+}
