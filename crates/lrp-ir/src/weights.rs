@@ -60,14 +60,24 @@ impl Weights {
     }
 
     /// Reads a `.safetensors` file. F32 tensors are taken as they are; F64 and F16 are converted
-    /// to f32; other dtypes are an error naming the tensor.
+    /// to f32; other dtypes are an error naming the tensor. The file is memory-mapped, so its
+    /// bytes are read from the page cache without a second copy in memory; it must not change
+    /// while it is read.
     pub fn load(path: &Path) -> Result<Self, IrError> {
-        let bytes = std::fs::read(path).map_err(|source| IrError::Io {
+        let io = |source| IrError::Io {
             path: path.to_owned(),
             action: "cannot read the weights file",
             source,
-        })?;
-        Self::from_bytes(&bytes).map_err(|message| IrError::Weights {
+        };
+        let file = std::fs::File::open(path).map_err(io)?;
+        // SAFETY: the map is only read, here, and dropped before returning; the file must not
+        // be truncated meanwhile (documented above).
+        let decoded = match unsafe { memmap2::Mmap::map(&file) } {
+            Ok(map) => Self::from_bytes(&map),
+            // Not mappable (a pipe, say): read it whole.
+            Err(_) => Self::from_bytes(&std::fs::read(path).map_err(io)?),
+        };
+        decoded.map_err(|message| IrError::Weights {
             path: path.to_owned(),
             message,
         })
