@@ -326,8 +326,10 @@ fn relevance_pass(
         };
         let rule = assignment.rule(id);
         // Relevance that passes unchanged (ReLU, Flatten) moves on without a copy.
+        // (A plugin whose answer panics is simply called.)
         if let [src] = node.inputs.as_slice()
-            && rule.moves_unchanged(&ctx)
+            && std::panic::catch_unwind(AssertUnwindSafe(|| rule.moves_unchanged(&ctx)))
+                .unwrap_or(false)
         {
             let mut want = vec![n * maps];
             want.extend_from_slice(g.tensor_shape(src).expect("validated"));
