@@ -1,20 +1,15 @@
 //! Single-precision convolutions and their transposes on ONNX Runtime's CPU provider, for the
 //! relevance pass.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-
 use lrp_kernels::ConvGeometry;
 use lrp_kernels::kernels::Sconv;
 use lrp_onnx::attr_type;
 use lrp_onnx::proto::{AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto};
-use ndarray::{Array4, ArrayView4, ArrayViewMut4, Ix4};
-use ort::session::Session;
-use ort::value::TensorRef;
+use ndarray::{Array4, ArrayView4, ArrayViewMut4};
 
 use crate::export::{Dim, f32_value_info};
-use crate::gemm::small_session;
-use crate::session::{RuntimeError, environment};
+use crate::session::RuntimeError;
+use crate::small::OneNode;
 
 /// The ONNX node a product runs as, with its attributes (the key of its session).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -33,26 +28,16 @@ struct NodeKey {
 /// Runtime's fastest path), any other transpose as `ConvTranspose`. One session per node
 /// kind and attributes, with every dimension symbolic, made on first use; weights travel as
 /// inputs, so one session serves every layer of that geometry.
+#[derive(Debug)]
 pub struct OrtConv {
-    threads: Option<usize>,
-    sessions: Mutex<HashMap<NodeKey, Session>>,
-}
-
-impl std::fmt::Debug for OrtConv {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OrtConv")
-            .field("threads", &self.threads)
-            .finish()
-    }
+    sessions: OneNode<NodeKey>,
 }
 
 impl OrtConv {
     /// Convolutions on `threads` intra-op threads (None: ONNX Runtime's default).
     pub fn new(threads: Option<usize>) -> Result<Self, RuntimeError> {
-        environment()?;
         Ok(OrtConv {
-            threads,
-            sessions: Mutex::new(HashMap::new()),
+            sessions: OneNode::new(threads)?,
         })
     }
 
@@ -62,27 +47,9 @@ impl OrtConv {
         key: NodeKey,
         x: ArrayView4<f32>,
         w: ArrayView4<f32>,
-        mut out: ArrayViewMut4<f32>,
+        out: ArrayViewMut4<f32>,
     ) -> Result<bool, ort::Error> {
-        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        if !sessions.contains_key(&key) {
-            let session = small_session(&node_model(&key), self.threads)?;
-            sessions.insert(key.clone(), session);
-        }
-        let session = sessions.get_mut(&key).expect("inserted above");
-        let results = session.run(ort::inputs![
-            "X" => TensorRef::from_array_view(x)?,
-            "W" => TensorRef::from_array_view(w)?,
-        ])?;
-        let y = results["Y"].try_extract_array::<f32>()?;
-        if y.shape() != out.shape() {
-            return Ok(false);
-        }
-        out.assign(
-            &y.into_dimensionality::<Ix4>()
-                .map_err(|e| ort::Error::new(e.to_string()))?,
-        );
-        Ok(true)
+        self.sessions.run(&key, node_model, x, w, out)
     }
 }
 
@@ -226,14 +193,14 @@ fn node_model(key: &NodeKey) -> ModelProto {
             node: vec![NodeProto {
                 name: Some("conv".into()),
                 op_type: Some(key.op.into()),
-                input: vec!["X".into(), "W".into()],
+                input: vec!["A".into(), "B".into()],
                 output: vec!["Y".into()],
                 attribute,
                 ..Default::default()
             }],
             input: vec![
-                four("X", ["n", "c", "h", "w"]),
-                four("W", ["k0", "k1", "kh", "kw"]),
+                four("A", ["n", "c", "h", "w"]),
+                four("B", ["k0", "k1", "kh", "kw"]),
             ],
             output: vec![four("Y", ["n", "o", "oh", "ow"])],
             ..Default::default()

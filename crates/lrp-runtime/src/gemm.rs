@@ -1,43 +1,29 @@
 //! Single-precision matrix products on ONNX Runtime (its MLAS kernels), for the relevance pass.
 
-use std::sync::Mutex;
-
 use lrp_kernels::kernels::Sgemm;
 use lrp_onnx::attr_type;
 use lrp_onnx::proto::{
     AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, ValueInfoProto,
 };
 use ndarray::{ArrayView2, ArrayViewMut2};
-use ort::session::Session;
-use ort::session::builder::GraphOptimizationLevel;
-use ort::value::TensorRef;
 
 use crate::export::{Dim, f32_value_info};
-use crate::session::{RuntimeError, environment};
+use crate::session::RuntimeError;
+use crate::small::OneNode;
 
 /// `Y = op(A)·op(B)` on ONNX Runtime's CPU provider: one session per pair of transpose flags,
 /// made on first use. Operands are passed without copies when they (or their transposes) are
 /// in standard layout.
+#[derive(Debug)]
 pub struct OrtSgemm {
-    threads: Option<usize>,
-    sessions: Mutex<[Option<Session>; 4]>,
-}
-
-impl std::fmt::Debug for OrtSgemm {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OrtSgemm")
-            .field("threads", &self.threads)
-            .finish()
-    }
+    sessions: OneNode<(bool, bool)>,
 }
 
 impl OrtSgemm {
     /// A product on `threads` intra-op threads (None: ONNX Runtime's default).
     pub fn new(threads: Option<usize>) -> Result<Self, RuntimeError> {
-        environment()?;
         Ok(OrtSgemm {
-            threads,
-            sessions: Mutex::new([None, None, None, None]),
+            sessions: OneNode::new(threads)?,
         })
     }
 
@@ -45,57 +31,15 @@ impl OrtSgemm {
         &self,
         a: ArrayView2<f32>,
         b: ArrayView2<f32>,
-        mut out: ArrayViewMut2<f32>,
+        out: ArrayViewMut2<f32>,
     ) -> Result<bool, ort::Error> {
         // An operand in standard layout goes as it is; a transposed one as its transpose.
-        let (a, ta) = match orient(a) {
-            Some(x) => x,
-            None => return Ok(false),
-        };
-        let (b, tb) = match orient(b) {
-            Some(x) => x,
-            None => return Ok(false),
-        };
-        let k = usize::from(ta) * 2 + usize::from(tb);
-        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        if sessions[k].is_none() {
-            sessions[k] = Some(small_session(&gemm_model(ta, tb), self.threads)?);
-        }
-        let session = sessions[k].as_mut().expect("made above");
-        let ta_ = TensorRef::from_array_view(a)?;
-        let tb_ = TensorRef::from_array_view(b)?;
-        let results = session.run(ort::inputs!["A" => ta_, "B" => tb_])?;
-        let y = results["Y"].try_extract_array::<f32>()?;
-        if y.shape() != out.shape() {
+        let (Some((a, ta)), Some((b, tb))) = (orient(a), orient(b)) else {
             return Ok(false);
-        }
-        out.assign(
-            &y.into_dimensionality::<ndarray::Ix2>()
-                .map_err(|e| ort::Error::new(e.to_string()))?,
-        );
-        Ok(true)
+        };
+        self.sessions
+            .run(&(ta, tb), |&(ta, tb)| gemm_model(ta, tb), a, b, out)
     }
-}
-
-/// A session for a one-node model of the relevance pass, on `threads` intra-op threads.
-pub(crate) fn small_session(
-    model: &ModelProto,
-    threads: Option<usize>,
-) -> Result<Session, ort::Error> {
-    let bytes = lrp_onnx::encode_model(model);
-    let env = environment().map_err(|e| ort::Error::new(e.to_string()))?;
-    let mut builder = Session::builder(env)?
-        .with_optimization_level(GraphOptimizationLevel::Level1)
-        .map_err(|e| -> ort::Error { e.into() })?
-        // Idle threads must not spin: the relevance pass's own threads run in between.
-        .with_intra_op_spinning(false)
-        .map_err(|e| -> ort::Error { e.into() })?;
-    if let Some(n) = threads {
-        builder = builder
-            .with_intra_threads(n)
-            .map_err(|e| -> ort::Error { e.into() })?;
-    }
-    builder.commit_from_memory(&bytes)
 }
 
 /// `(x, false)` for a standard-layout view, `(xᵀ, true)` for the transpose of one.

@@ -10,6 +10,7 @@ mod conv;
 pub mod export;
 mod gemm;
 mod session;
+mod small;
 
 pub use conv::OrtConv;
 pub use export::{ExportOutputs, to_onnx};

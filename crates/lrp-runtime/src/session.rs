@@ -504,3 +504,42 @@ pub fn run_onnx_bytes(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lrp_testkit::{VggConfig, random_normal};
+
+    #[test]
+    fn shared_and_copied_weights_give_the_same_outputs() {
+        // The in-memory copy is only the fallback of `Forward::new`: run it directly.
+        let model = VggConfig::new(10, 32, 4)
+            .width_div(8)
+            .classifier_width(64)
+            .build();
+        let graph = lrp_import::import_onnx_model(&model, "mem.onnx".as_ref(), "m")
+            .unwrap()
+            .graph;
+        let x = ArrayD::from_shape_vec(
+            ndarray::IxDyn(&[2, 3, 32, 32]),
+            random_normal(5, 2 * 3 * 32 * 32, 1.0),
+        )
+        .unwrap();
+        let outs = ExportOutputs::Final;
+        let run = |data| {
+            let mut f = Forward::open(&graph, Device::Cpu, &outs, Some(1), data).unwrap();
+            let shared = f.shares_weights();
+            let y = f
+                .run(x.view())
+                .unwrap()
+                .get(graph.output_id())
+                .unwrap()
+                .clone();
+            (shared, y)
+        };
+        let (shared, a) = run(WeightData::Supplied);
+        let (copied, b) = run(WeightData::Blob(WEIGHTS_FILE));
+        assert!(shared && !copied);
+        assert_eq!(a, b);
+    }
+}

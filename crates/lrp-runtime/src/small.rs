@@ -1,0 +1,88 @@
+//! One-node ONNX Runtime sessions (`Y = op(A, B)`) for the relevance pass's kernels: one
+//! session per key, made on first use and kept.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::Mutex;
+
+use lrp_onnx::proto::ModelProto;
+use ndarray::{ArrayView, ArrayViewMut, Dimension};
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::value::TensorRef;
+
+use crate::session::{RuntimeError, environment};
+
+/// The sessions of one kind of node, by key, on `threads` intra-op threads.
+pub(crate) struct OneNode<K> {
+    threads: Option<usize>,
+    sessions: Mutex<HashMap<K, Session>>,
+}
+
+impl<K> std::fmt::Debug for OneNode<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OneNode")
+            .field("threads", &self.threads)
+            .finish()
+    }
+}
+
+impl<K: Eq + Hash + Clone> OneNode<K> {
+    /// No sessions yet; fails only when ONNX Runtime cannot be loaded.
+    pub(crate) fn new(threads: Option<usize>) -> Result<Self, RuntimeError> {
+        environment()?;
+        Ok(OneNode {
+            threads,
+            sessions: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Runs the model of `key` (built by `model` on first use; inputs `A`, `B`, output `Y`)
+    /// into `out`. Ok(false), leaving `out` alone, when `Y`'s shape is not `out`'s.
+    pub(crate) fn run<DA: Dimension + 'static, DB: Dimension + 'static, D: Dimension>(
+        &self,
+        key: &K,
+        model: impl FnOnce(&K) -> ModelProto,
+        a: ArrayView<f32, DA>,
+        b: ArrayView<f32, DB>,
+        mut out: ArrayViewMut<f32, D>,
+    ) -> Result<bool, ort::Error> {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if !sessions.contains_key(key) {
+            let session = open(&model(key), self.threads)?;
+            sessions.insert(key.clone(), session);
+        }
+        let session = sessions.get_mut(key).expect("inserted above");
+        let results = session.run(ort::inputs![
+            "A" => TensorRef::from_array_view(a)?,
+            "B" => TensorRef::from_array_view(b)?,
+        ])?;
+        let y = results["Y"].try_extract_array::<f32>()?;
+        if y.shape() != out.shape() {
+            return Ok(false);
+        }
+        out.assign(
+            &y.into_dimensionality::<D>()
+                .map_err(|e| ort::Error::new(e.to_string()))?,
+        );
+        Ok(true)
+    }
+}
+
+/// A session for `model` on `threads` intra-op threads.
+fn open(model: &ModelProto, threads: Option<usize>) -> Result<Session, ort::Error> {
+    let bytes = lrp_onnx::encode_model(model);
+    let env = environment().map_err(|e| ort::Error::new(e.to_string()))?;
+    let mut builder = Session::builder(env)?
+        .with_optimization_level(GraphOptimizationLevel::Level1)
+        .map_err(|e| -> ort::Error { e.into() })?
+        // Idle threads must not spin: the relevance pass's own threads run in between.
+        .with_intra_op_spinning(false)
+        .map_err(|e| -> ort::Error { e.into() })?;
+    if let Some(n) = threads {
+        builder = builder
+            .with_intra_threads(n)
+            .map_err(|e| -> ort::Error { e.into() })?;
+    }
+    builder.commit_from_memory(&bytes)
+}
