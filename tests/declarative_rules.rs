@@ -5,10 +5,9 @@
 mod common;
 
 use common::*;
-use lrp_engine::{ExplainOptions, Explainer, Explanation};
+use lrp_engine::Explanation;
 use lrp_import::import_onnx;
 use lrp_rules::{Registry, RuleConfig};
-use lrp_runtime::Device;
 
 /// `(built-in rule, the same rule as Basic terms)`.
 const PAIRS: &[(&str, &str)] = &[
@@ -59,20 +58,7 @@ fn config(rule: &str, reg: &Registry) -> RuleConfig {
 
 fn explain(model: &str, rule: &str) -> Explanation {
     let reg = Registry::with_builtins();
-    let graph = import_onnx(&fixture(&format!("{model}.onnx")))
-        .unwrap()
-        .graph;
-    let mut ex = Explainer::new(graph, config(rule, &reg), &reg, Device::Cpu, Some(1)).unwrap();
-    let x = read_npy(&fixture(&format!("{model}.input.npy")));
-    let keep = ex.nodes_matching(&["*"]).unwrap();
-    ex.explain(
-        &x,
-        &ExplainOptions {
-            keep,
-            ..Default::default()
-        },
-    )
-    .unwrap()
+    explain_fixture(model, config(rule, &reg), &reg).unwrap()
 }
 
 #[test]

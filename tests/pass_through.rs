@@ -8,10 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::*;
-use lrp_engine::{ExplainOptions, Explainer, Explanation};
-use lrp_import::import_onnx;
+use lrp_engine::Explanation;
 use lrp_rules::{NodeContext, Registry, Rule, RuleConfig};
-use lrp_runtime::Device;
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
 
 /// Copies the relevance into the input's shape, counting its calls.
@@ -44,20 +42,9 @@ impl Rule for Mover {
 }
 
 fn explain(rules: &str, reg: &Registry) -> Result<Explanation, String> {
-    let graph = import_onnx(&fixture("vgg_small.onnx")).unwrap().graph;
-    let x = read_npy(&fixture("vgg_small.input.npy"));
     let text = format!("(name: \"t\", signal: Sglrp(), rules: [{rules}])");
     let config = RuleConfig::parse(&text, "t.ron", reg).map_err(|e| e.to_string())?;
-    let mut ex = Explainer::new(graph, config, reg, Device::Cpu, Some(1)).unwrap();
-    let keep = ex.nodes_matching(&["*"]).unwrap();
-    ex.explain(
-        &x,
-        &ExplainOptions {
-            keep,
-            ..Default::default()
-        },
-    )
-    .map_err(|e| e.to_string())
+    explain_fixture("vgg_small", config, reg).map_err(|e| e.to_string())
 }
 
 #[test]

@@ -82,3 +82,26 @@ pub fn files_in(dir: &Path) -> Vec<String> {
     v.sort();
     v
 }
+
+/// Explains the input of fixture `model` with `config` (one thread), keeping every node's
+/// relevance.
+pub fn explain_fixture(
+    model: &str,
+    config: lrp_rules::RuleConfig,
+    registry: &lrp_rules::Registry,
+) -> Result<lrp_engine::Explanation, lrp_engine::ExplainError> {
+    let graph = lrp_import::import_onnx(&fixture(&format!("{model}.onnx")))
+        .expect("fixture imports")
+        .graph;
+    let x = read_npy(&fixture(&format!("{model}.input.npy")));
+    let mut ex =
+        lrp_engine::Explainer::new(graph, config, registry, lrp_runtime::Device::Cpu, Some(1))?;
+    let keep = ex.nodes_matching(&["*"])?;
+    ex.explain(
+        &x,
+        &lrp_engine::ExplainOptions {
+            keep,
+            ..Default::default()
+        },
+    )
+}

@@ -556,12 +556,7 @@ impl Writer<'_> {
                         tally.failed += 1;
                         let msg = e.to_string();
                         progress.note(&format!("failed: {msg}"));
-                        manifest.write(&json!({
-                            "source": item.source,
-                            "index": item.index,
-                            "status": "error",
-                            "error": msg,
-                        }))?;
+                        manifest.write(&error_line(item, &msg))?;
                     }
                 }
             }
@@ -589,12 +584,7 @@ impl Writer<'_> {
                         ));
                         for item in &ok {
                             tally.failed += 1;
-                            manifest.write(&json!({
-                                "source": item.source,
-                                "index": item.index,
-                                "status": "error",
-                                "error": msg,
-                            }))?;
+                            manifest.write(&error_line(item, &msg))?;
                         }
                     }
                 }
@@ -786,6 +776,16 @@ impl Writer<'_> {
         }
         Ok(out)
     }
+}
+
+/// The manifest line of an input that failed.
+fn error_line(item: &Item, message: &str) -> serde_json::Value {
+    json!({
+        "source": item.source,
+        "index": item.index,
+        "status": "error",
+        "error": message,
+    })
 }
 
 /// One manifest line per input of a batch, with every method's outputs under `methods`.

@@ -21,7 +21,7 @@ use lrp_rules::{
     Assignment, BatchNormMode, Bounds, NodeContext, Registry, RuleConfig, Signal, SignalNote,
 };
 use lrp_runtime::{ActivationViews, Device, ExportOutputs, Forward, RuntimeError};
-use ndarray::{Array2, ArrayD, Ix2, IxDyn};
+use ndarray::{Array2, ArrayD, ArrayViewD, Ix2, IxDyn};
 use rayon::prelude::*;
 
 /// Errors of the relevance pass.
@@ -281,7 +281,7 @@ fn relevance_pass(
     let signal: Signal = config.signal;
     let maps = signal.maps();
     let (r0, mut notes) = signal.initial(logits.view(), &targets);
-    let initial_sums = row_sums(&r0.clone().into_dyn(), n, maps);
+    let initial_sums = row_sums(r0.view().into_dyn(), n, maps);
     let mut shape = vec![n * maps];
     shape.extend_from_slice(g.shape(out_id));
     let mut pending: HashMap<String, ArrayD<f32>> = HashMap::new();
@@ -301,7 +301,7 @@ fn relevance_pass(
             node_sums[id] = (node.name.clone(), vec![vec![0.0; maps]; n]);
             continue;
         };
-        node_sums[id] = (node.name.clone(), row_sums(&r, n, maps));
+        node_sums[id] = (node.name.clone(), row_sums(r.view(), n, maps));
         if opts.keep.contains(&node.name) {
             kept.push((node.name.clone(), r.clone()));
         }
@@ -402,7 +402,7 @@ fn relevance_pass(
         s.extend_from_slice(&g.input().shape);
         ArrayD::zeros(IxDyn(&s))
     });
-    let input_sums = row_sums(&r_input, n, maps);
+    let input_sums = row_sums(r_input.view(), n, maps);
     let conservation_gap = input_sums
         .iter()
         .zip(&initial_sums)
@@ -460,33 +460,28 @@ fn deposit(pending: &mut HashMap<String, ArrayD<f32>>, src: &str, rin: ArrayD<f3
 
 /// A value of `r` that is NaN or infinite, if there is one (searched in parallel).
 fn first_non_finite(r: &ArrayD<f32>) -> Option<f32> {
-    match r.as_slice() {
-        Some(s) => s
-            .par_chunks(1 << 16)
-            .find_map_first(|c| c.iter().copied().find(|v| !v.is_finite())),
-        None => r.iter().copied().find(|v| !v.is_finite()),
-    }
+    let r = r.as_standard_layout();
+    r.as_slice()
+        .expect("standard layout")
+        .par_chunks(1 << 16)
+        .find_map_first(|c| c.iter().copied().find(|v| !v.is_finite()))
 }
 
 /// Sums of each row, as `[N][maps]` (rows in parallel).
-fn row_sums(r: &ArrayD<f32>, n: usize, maps: usize) -> Vec<Vec<f64>> {
-    let sum = |c: &[f32]| c.iter().map(|&v| v as f64).sum::<f64>();
-    let rows: Vec<f64> = match (r.as_slice(), r.shape().first()) {
-        (Some(s), Some(&len)) if len > 0 => {
-            let row = s.len() / len;
-            if row == 0 {
-                vec![0.0; len]
-            } else {
-                s.par_chunks(row).map(sum).collect()
-            }
-        }
-        _ => r
-            .outer_iter()
-            .map(|row| row.iter().map(|&v| v as f64).sum())
-            .collect(),
+fn row_sums(r: ArrayViewD<'_, f32>, n: usize, maps: usize) -> Vec<Vec<f64>> {
+    let r = r.as_standard_layout();
+    let s = r.as_slice().expect("standard layout");
+    let rows = n * maps;
+    let len = s.len() / rows.max(1);
+    let sums: Vec<f64> = if len == 0 {
+        vec![0.0; rows]
+    } else {
+        s.par_chunks(len)
+            .map(|c| c.iter().map(|&v| v as f64).sum())
+            .collect()
     };
     (0..n)
-        .map(|i| rows[i * maps..(i + 1) * maps].to_vec())
+        .map(|i| sums[i * maps..(i + 1) * maps].to_vec())
         .collect()
 }
 

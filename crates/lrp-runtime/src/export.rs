@@ -80,16 +80,12 @@ fn weight_initializers(
     data: WeightData<'_>,
 ) -> (Vec<TensorProto>, Option<Arc<[u8]>>) {
     let weights = used_weights(graph);
-    let mut offsets = Vec::with_capacity(weights.len() + 1);
-    let mut total = 0usize;
-    for (_, a) in &weights {
-        offsets.push(total);
-        total = (total + a.len() * 4).next_multiple_of(BLOB_ALIGN);
-    }
-    offsets.push(total);
-    let (location, blob) = match data {
-        WeightData::Blob(location) => (location, Some(weights_blob(&weights, &offsets))),
-        WeightData::Supplied => (".", None),
+    let (location, offsets, blob) = match data {
+        WeightData::Blob(location) => {
+            let (blob, offsets) = weights_blob(&weights);
+            (location, offsets, Some(blob))
+        }
+        WeightData::Supplied => (".", vec![0; weights.len()], None),
     };
     let entry = |k: &str, v: String| proto::StringStringEntryProto {
         key: Some(k.into()),
@@ -105,7 +101,7 @@ fn weight_initializers(
             data_location: Some(proto::tensor_proto::DataLocation::External as i32),
             external_data: vec![
                 entry("location", location.to_string()),
-                entry("offset", if blob.is_some() { off } else { 0 }.to_string()),
+                entry("offset", off.to_string()),
                 entry("length", (a.len() * 4).to_string()),
             ],
             ..Default::default()
@@ -114,9 +110,16 @@ fn weight_initializers(
     (inits, blob)
 }
 
-/// The weights in one blob at `offsets` (zero padding between them).
-fn weights_blob(weights: &[(&str, &ndarray::ArrayD<f32>)], offsets: &[usize]) -> Arc<[u8]> {
-    let total = offsets.last().copied().unwrap_or(0);
+/// The weights in one blob, each at a multiple of [`BLOB_ALIGN`] bytes (zero padding between
+/// them), and their offsets.
+fn weights_blob(weights: &[(&str, &ndarray::ArrayD<f32>)]) -> (Arc<[u8]>, Vec<usize>) {
+    let mut offsets = Vec::with_capacity(weights.len() + 1);
+    let mut total = 0usize;
+    for (_, a) in weights {
+        offsets.push(total);
+        total = (total + a.len() * 4).next_multiple_of(BLOB_ALIGN);
+    }
+    offsets.push(total);
     let mut blob = Arc::<[u8]>::new_uninit_slice(total);
     {
         let bytes = Arc::get_mut(&mut blob).expect("just made");
@@ -131,8 +134,9 @@ fn weights_blob(weights: &[(&str, &ndarray::ArrayD<f32>)], offsets: &[usize]) ->
             padding.fill(std::mem::MaybeUninit::new(0));
         }
     }
+    offsets.pop();
     // SAFETY: every byte was written above: each tensor's data and the padding after it.
-    unsafe { blob.assume_init() }
+    (unsafe { blob.assume_init() }, offsets)
 }
 
 /// Exports `graph` as an ONNX model whose tensors are named after the IR nodes. The weights
