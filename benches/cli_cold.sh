@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Whole-process timings of the CLI, as a user runs it: `predict` and `explain --method M` on the
-# benchmark's VGG16-shaped graph (seeded random weights, 224x224), each a fresh process, median
-# of REPS runs; prints a markdown table with the ratios and each command's peak RSS.
+# benchmark's VGG16-shaped graph (seeded random weights, 224x224) and a batch of normalised
+# images (the z^B bounds are the images' box), each a fresh process, median of REPS runs;
+# prints a markdown table with the ratios and each command's peak RSS.
 #
 #   benches/cli_cold.sh [BATCH] [REPS] [METHODS] [THREADS]
 #   benches/cli_cold.sh 8 3 lrp-epsilon,sglrp,sglrp-seq-b,epsilon-plus,lrp-a
@@ -18,7 +19,8 @@ cargo build --release --quiet --bin lrp-graph --example bench_model
 BIN=target/release/lrp-graph
 mkdir -p "$WORK"
 [ -f "$WORK/vgg16.onnx" ] || target/release/examples/bench_model "$WORK" "$BATCH" >/dev/null
-[ -f "$WORK/batch$BATCH.npy" ] || target/release/examples/bench_model "$WORK" "$BATCH" >/dev/null
+[ -f "$WORK/batch$BATCH.npy" ] && [ -f "$WORK/bounds.txt" ] || target/release/examples/bench_model "$WORK" "$BATCH" >/dev/null
+{ read -r LOW; read -r HIGH; } < "$WORK/bounds.txt"
 [ -f "$WORK/vgg16.ron" ] || "$BIN" convert "$WORK/vgg16.onnx" -o "$WORK/vgg16.ron" --no-check >/dev/null
 
 # median wall seconds and max peak RSS (MiB) of REPS runs of a command
@@ -47,6 +49,6 @@ IFS=, read -ra MS <<< "$METHODS"
 for m in "${MS[@]}"; do
   rm -rf "$WORK/out"
   read -r T RSS < <(measure "$BIN" explain "$WORK/vgg16.ron" --input "$WORK/batch$BATCH.npy" \
-    --method "$m" --threads "$THREADS" --out "$WORK/out")
+    --method "$m" --threads "$THREADS" --low "$LOW" --high "$HIGH" --out "$WORK/out")
   echo "| explain --method $m | $T | $(awk -v a="$T" -v b="$P_T" 'BEGIN {printf "%.1f", a/b}')× | $RSS |"
 done

@@ -4,10 +4,12 @@
 //!
 //! - predict: `Forward::new(graph, Cpu, ExportOutputs::Final)` then `run` on the batch (only
 //!   `run` is timed);
-//! - explain: `Explainer::new(graph, preset)` then `explain(batch, ExplainOptions::default())`
-//!   (only `explain` is timed), with the Explanation's own forward / relevance split;
+//! - explain: `Explainer::new(graph, preset)` then `explain(batch, options)` (only `explain`
+//!   is timed), with the Explanation's own forward / relevance split; the options give the
+//!   input's box as the z^B bounds;
 //!
-//! and prints a markdown table with the medians, their ratio and the peak RSS of each
+//! on a seeded batch of images normalised as torchvision does
+//! (`lrp_testkit::torch_image_batch`), and prints a markdown table with the medians, their ratio and the peak RSS of each
 //! configuration.
 //!
 //! ```sh
@@ -35,7 +37,8 @@
 //! Flat, WSquare, Gamma) replaced by the same `BasicRule` with `f64_denominators: false`,
 //! registered here as `<Rule>F32Den`; it measures what the f64 denominators cost.
 //!
-//! With `LRP_BENCH_PROFILE=1` every explain run also prints its twelve slowest nodes.
+//! With `LRP_BENCH_PROFILE=1` every explain run also prints its twelve slowest nodes and the
+//! time of all nodes together (`LRP_BENCH_PROFILE=all`: every node).
 //!
 //! Besides the timings, the table gives the CPU time (user / system) and minor page faults per
 //! explain run (from /proc/self/stat) and the 1/5/15-minute load average, since other work on
@@ -396,6 +399,7 @@ fn time_predict(graph: &lrp_graph::ir::Graph, batch: &ArrayD<f32>, o: &Options) 
 fn time_explain(
     graph: &lrp_graph::ir::Graph,
     batch: &ArrayD<f32>,
+    bounds: &Bounds,
     method: &str,
     reg: &Registry,
     o: &Options,
@@ -404,7 +408,10 @@ fn time_explain(
     let reset = reset_peak_rss();
     let mut ex = Explainer::new(graph.clone(), config, reg, Device::Cpu, o.threads)
         .unwrap_or_else(|e| fail(&format!("{method}: {e}")));
-    let opts = ExplainOptions::default();
+    let opts = ExplainOptions {
+        bounds: Some(bounds.clone()),
+        ..ExplainOptions::default()
+    };
     let run = |ex: &mut Explainer| {
         let t = Instant::now();
         let e = ex
@@ -415,12 +422,18 @@ fn time_explain(
         if std::env::var_os("LRP_BENCH_PROFILE").is_some() {
             let mut v = e.node_seconds.clone();
             v.sort_by(|a, b| b.1.total_cmp(&a.1));
+            let all = std::env::var("LRP_BENCH_PROFILE").is_ok_and(|v| v == "all");
             let top: Vec<String> = v
                 .iter()
-                .take(12)
+                .take(if all { v.len() } else { 12 })
                 .map(|(n, s)| format!("{n} {s:.3}"))
                 .collect();
-            eprintln!("      slowest nodes: {}", top.join(", "));
+            let sum: f64 = v.iter().map(|(_, s)| s).sum();
+            eprintln!(
+                "      slowest nodes (all {} nodes: {sum:.3} s): {}",
+                v.len(),
+                top.join(", ")
+            );
         }
         (total, e.forward_seconds, e.relevance_seconds)
     };
@@ -514,18 +527,15 @@ fn main() {
             fmt_mib(status_mib("VmRSS:"))
         );
         for &(n, _) in o.sizes.iter().filter(|s| s.1 == hw) {
-            let len = n * 3 * hw * hw;
-            let batch = ArrayD::from_shape_vec(
-                IxDyn(&[n, 3, hw, hw]),
-                lrp_testkit::random_normal(o.seed.wrapping_add(1), len, 1.0),
-            )
-            .expect("sized");
+            let (x, low, high) = lrp_testkit::torch_image_batch(o.seed.wrapping_add(1), n, hw);
+            let batch = ArrayD::from_shape_vec(IxDyn(&[n, 3, hw, hw]), x).expect("sized");
+            let bounds = Bounds { low, high };
             let p = time_predict(&graph, &batch, &o);
             eprintln!("  batch {n}: predict median {:.3} s", p.median);
             for m in &o.methods {
                 let load_before = loadavg();
                 let (explain, cpu, forward, relevance, peak) =
-                    time_explain(&graph, &batch, m, &reg, &o);
+                    time_explain(&graph, &batch, &bounds, m, &reg, &o);
                 eprintln!(
                     "  batch {n}: {m} explain median {explain:.3} s ({:.1}x predict)",
                     explain / p.median

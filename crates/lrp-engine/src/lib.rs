@@ -284,11 +284,13 @@ fn relevance_pass(
     let initial_sums = row_sums(r0.view().into_dyn(), n, maps);
     let mut shape = vec![n * maps];
     shape.extend_from_slice(g.shape(out_id));
-    let mut pending: HashMap<String, ArrayD<f32>> = HashMap::new();
-    pending.insert(
-        g.nodes()[out_id].name.clone(),
+    let mut pending: HashMap<String, Pending> = HashMap::new();
+    deposit(
+        &mut pending,
+        &g.nodes()[out_id].name,
         r0.into_shape_with_order(IxDyn(&shape))
             .expect("logit relevance"),
+        Some(initial_sums.clone()),
     );
     let input_name = g.input().name.clone();
     let mut node_sums = vec![(String::new(), Vec::new()); g.nodes().len()];
@@ -297,11 +299,12 @@ fn relevance_pass(
     for &id in g.topo_order().iter().rev() {
         let node = &g.nodes()[id];
         let t_node = Instant::now();
-        let Some(r) = pending.remove(&node.name) else {
+        let Some(Pending { r, sums }) = pending.remove(&node.name) else {
             node_sums[id] = (node.name.clone(), vec![vec![0.0; maps]; n]);
             continue;
         };
-        node_sums[id] = (node.name.clone(), row_sums(r.view(), n, maps));
+        let sums = sums.unwrap_or_else(|| row_sums(r.view(), n, maps));
+        node_sums[id] = (node.name.clone(), sums);
         if opts.keep.contains(&node.name) {
             kept.push((node.name.clone(), r.clone()));
         }
@@ -342,7 +345,7 @@ fn relevance_pass(
                 let rin = r
                     .into_shape_with_order(IxDyn(&want))
                     .expect("standard layout, same length");
-                deposit(&mut pending, src, rin);
+                deposit(&mut pending, src, rin, Some(node_sums[id].1.clone()));
                 node_seconds.push((node.name.clone(), t_node.elapsed().as_secs_f64()));
                 continue;
             }
@@ -372,12 +375,17 @@ fn relevance_pass(
                     rin.shape()
                 )));
             }
-            if let Some(v) = first_non_finite(&rin) {
+            // The sums are finite exactly when every value is (f64 sums of f32 values cannot
+            // overflow), so only a non-finite sum needs the search for the value.
+            let sums = row_sums(rin.view(), n, maps);
+            if sums.iter().flatten().any(|v| !v.is_finite())
+                && let Some(v) = first_non_finite(&rin)
+            {
                 return Err(fail(format!(
                     "produced {v} in the relevance of input {k} ('{src}')"
                 )));
             }
-            deposit(&mut pending, src, rin);
+            deposit(&mut pending, src, rin, Some(sums));
         }
         node_seconds.push((node.name.clone(), t_node.elapsed().as_secs_f64()));
     }
@@ -397,12 +405,17 @@ fn relevance_pass(
             (name.clone(), r)
         })
         .collect();
-    let r_input = pending.remove(&input_name).unwrap_or_else(|| {
-        let mut s = vec![n * maps];
-        s.extend_from_slice(&g.input().shape);
-        ArrayD::zeros(IxDyn(&s))
-    });
-    let input_sums = row_sums(r_input.view(), n, maps);
+    let (r_input, input_sums) = match pending.remove(&input_name) {
+        Some(Pending { r, sums }) => {
+            let sums = sums.unwrap_or_else(|| row_sums(r.view(), n, maps));
+            (r, sums)
+        }
+        None => {
+            let mut s = vec![n * maps];
+            s.extend_from_slice(&g.input().shape);
+            (ArrayD::zeros(IxDyn(&s)), vec![vec![0.0; maps]; n])
+        }
+    };
     let conservation_gap = input_sums
         .iter()
         .zip(&initial_sums)
@@ -449,11 +462,28 @@ fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
 }
 
 /// Adds `rin` to the relevance waiting at `src` (several consumers add up).
-fn deposit(pending: &mut HashMap<String, ArrayD<f32>>, src: &str, rin: ArrayD<f32>) {
+/// Relevance that has arrived at a tensor, with its [`row_sums`] while it came from one
+/// consumer only.
+struct Pending {
+    r: ArrayD<f32>,
+    sums: Option<Vec<Vec<f64>>>,
+}
+
+/// Adds `rin` (whose row sums are `sums`, if known) to the relevance pending at `src`.
+fn deposit(
+    pending: &mut HashMap<String, Pending>,
+    src: &str,
+    rin: ArrayD<f32>,
+    sums: Option<Vec<Vec<f64>>>,
+) {
     match pending.get_mut(src) {
-        Some(acc) => *acc += &rin,
+        Some(acc) => {
+            acc.r += &rin;
+            // The sum of the added arrays is summed again when it is taken.
+            acc.sums = None;
+        }
         None => {
-            pending.insert(src.to_string(), rin);
+            pending.insert(src.to_string(), Pending { r: rin, sums });
         }
     }
 }
@@ -467,8 +497,10 @@ fn first_non_finite(r: &ArrayD<f32>) -> Option<f32> {
         .find_map_first(|c| c.iter().copied().find(|v| !v.is_finite()))
 }
 
-/// Sums of each row, as `[N][maps]` (rows in parallel).
+/// Sums of each row in f64, as `[N][maps]`: pieces of rows in parallel, each in eight
+/// interleaved partial sums, added up in a fixed order (the same result on every run).
 fn row_sums(r: ArrayViewD<'_, f32>, n: usize, maps: usize) -> Vec<Vec<f64>> {
+    const PIECE: usize = 1 << 16;
     let r = r.as_standard_layout();
     let s = r.as_slice().expect("standard layout");
     let rows = n * maps;
@@ -476,13 +508,29 @@ fn row_sums(r: ArrayViewD<'_, f32>, n: usize, maps: usize) -> Vec<Vec<f64>> {
     let sums: Vec<f64> = if len == 0 {
         vec![0.0; rows]
     } else {
-        s.par_chunks(len)
-            .map(|c| c.iter().map(|&v| v as f64).sum())
-            .collect()
+        let per_row = len.div_ceil(PIECE);
+        let pieces: Vec<f64> = s
+            .par_chunks(len)
+            .flat_map(|row| row.par_chunks(PIECE).map(sum_f64))
+            .collect();
+        pieces.chunks(per_row).map(|p| p.iter().sum()).collect()
     };
     (0..n)
         .map(|i| sums[i * maps..(i + 1) * maps].to_vec())
         .collect()
+}
+
+/// `Σ v` in f64, in eight interleaved partial sums (which vectorise).
+fn sum_f64(v: &[f32]) -> f64 {
+    let mut acc = [0f64; 8];
+    let mut chunks = v.chunks_exact(8);
+    for c in &mut chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a += f64::from(x);
+        }
+    }
+    let tail: f64 = chunks.remainder().iter().map(|&x| f64::from(x)).sum();
+    acc.iter().sum::<f64>() + tail
 }
 
 fn resolve_targets(t: &Targets, logits: &Array2<f32>) -> Result<Vec<usize>, ExplainError> {
@@ -529,4 +577,46 @@ pub fn canonicalize(graph: Graph, config: &RuleConfig) -> Result<(Graph, bool), 
         lrp_ir::canon::fold_batchnorm(graph)?
     };
     Ok((graph, removed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_sums_per_image_and_map_in_f64() {
+        // 2 images × 2 maps, rows of 3 values; 1e8 + 1 is not an f32 sum, but is an f64 one.
+        let r = ArrayD::from_shape_vec(
+            IxDyn(&[4, 3]),
+            vec![
+                1e8f32, 1.0, -1e8, 1.0, 2.0, 3.0, 0.5, 0.25, 0.25, -1.0, -2.0, 0.0,
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            row_sums(r.view(), 2, 2),
+            vec![vec![1.0, 6.0], vec![1.0, -3.0]]
+        );
+    }
+
+    #[test]
+    fn long_rows_sum_in_pieces_the_same_on_every_run() {
+        // Rows longer than one parallel piece, with a tail that is not a multiple of 8.
+        let len = (1 << 17) + 5;
+        let values: Vec<f32> = (0..2 * len).map(|i| ((i % 7) as f32 - 3.0) * 0.1).collect();
+        let r = ArrayD::from_shape_vec(IxDyn(&[2, len]), values.clone()).unwrap();
+        let exact: Vec<f64> = values
+            .chunks(len)
+            .map(|row| row.iter().map(|&v| f64::from(v)).sum())
+            .collect();
+        let sums = row_sums(r.view(), 2, 1);
+        for (s, e) in sums.iter().zip(&exact) {
+            assert!((s[0] - e).abs() < 1e-9, "{} vs {e}", s[0]);
+        }
+        for _ in 0..5 {
+            assert_eq!(row_sums(r.view(), 2, 1), sums);
+        }
+        assert_eq!(sum_f64(&[1.0, 2.0, 3.0]), 6.0);
+        assert_eq!(sum_f64(&[]), 0.0);
+    }
 }

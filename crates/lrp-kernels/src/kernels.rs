@@ -17,7 +17,8 @@
 use lrp_ir::Op;
 use lrp_ir::op::window_out;
 use ndarray::{
-    Array2, Array4, ArrayView1, ArrayView2, ArrayView4, ArrayViewMut2, ArrayViewMut4, Axis, s,
+    Array, Array2, Array4, ArrayView1, ArrayView2, ArrayView4, ArrayViewMut, ArrayViewMut2,
+    ArrayViewMut4, Axis, Ix2, Ix4, s,
 };
 use ndarray::{LinalgScalar, ShapeBuilder};
 use rayon::prelude::*;
@@ -65,18 +66,20 @@ const PARALLEL_MIN_MACS: usize = 1 << 20;
 /// A single-precision matrix product from outside this crate (ONNX Runtime's, say) that
 /// [`matmul`] prefers for large f32 products; see [`use_backends`].
 pub trait Sgemm: Send + Sync + std::fmt::Debug {
-    /// `out = a · b` (`a` `[m, k]`, `b` `[k, n]`, `out` `[m, n]` in standard layout). Returns
-    /// false, leaving `out` alone, when it cannot take these operands; [`matmul`] then computes
-    /// the product itself.
+    /// `out = a · b` (`a` `[m, k]`, `b` `[k, n]`, `out` `[m, n]` in standard layout), writing
+    /// every element of `out` without reading it (it may hold anything, even uninitialised
+    /// memory). Returns false when it cannot take these operands; `out` then holds anything,
+    /// and [`matmul`] computes the product itself.
     fn sgemm(&self, a: ArrayView2<f32>, b: ArrayView2<f32>, out: ArrayViewMut2<f32>) -> bool;
 }
 
 /// Single-precision convolutions from outside this crate (ONNX Runtime's, say) that
 /// [`conv2d_forward`] and [`conv2d_transpose`] prefer for large f32 work; see [`use_backends`].
 pub trait Sconv: Send + Sync + std::fmt::Debug {
-    /// `out = ` [`conv2d_forward`]`(x, w, g)`; `x` and `w` are in standard layout. Returns
-    /// false, leaving `out` alone, when it cannot take these operands (the kernel then
-    /// computes it itself).
+    /// `out = ` [`conv2d_forward`]`(x, w, g)`; `x`, `w` and `out` are in standard layout.
+    /// Writes every element of `out` without reading it (it may be uninitialised memory).
+    /// Returns false when it cannot take these operands; `out` then holds anything, and the
+    /// kernel computes it itself.
     fn forward(
         &self,
         x: ArrayView4<f32>,
@@ -85,8 +88,8 @@ pub trait Sconv: Send + Sync + std::fmt::Debug {
         out: ArrayViewMut4<f32>,
     ) -> bool;
 
-    /// `out = ` [`conv2d_transpose`]`(s, w, g)`; `s` and `w` are in standard layout. Returns
-    /// false, leaving `out` alone, when it cannot take these operands.
+    /// `out = ` [`conv2d_transpose`]`(s, w, g)`, with the same contract as
+    /// [`forward`](Sconv::forward).
     fn transpose(
         &self,
         s: ArrayView4<f32>,
@@ -140,6 +143,39 @@ fn sgemm_backend() -> Option<std::sync::Arc<dyn Sgemm>> {
 
 fn conv_backend() -> Option<std::sync::Arc<dyn Sconv>> {
     BACKENDS.with(|c| c.borrow().conv.clone())
+}
+
+/// An array of `shape` whose elements `write` sets, every one of them, without reading any:
+/// no zeroing pass first.
+fn written_by<A: Copy, D: ndarray::Dimension>(
+    shape: D,
+    write: impl FnOnce(ArrayViewMut<'_, A, D>),
+) -> Array<A, D> {
+    let mut out = Array::<A, D>::uninit(shape);
+    // SAFETY: the view covers the array's own elements (standard layout, fresh), `A: Copy`
+    // needs no drop, and `write` sets every element before anything reads one.
+    let view = unsafe { ArrayViewMut::from_shape_ptr(out.raw_dim(), out.as_mut_ptr() as *mut A) };
+    write(view);
+    // SAFETY: every element was written above.
+    unsafe { out.assume_init() }
+}
+
+/// An array of `shape` filled by a [`Backends`] kernel (`run` returns whether it took the
+/// work), or None when it declined.
+///
+/// # Safety
+/// `A` must be f32.
+unsafe fn from_backend<A: Copy + 'static, D: ndarray::Dimension>(
+    shape: D,
+    run: impl FnOnce(ArrayViewMut<'_, f32, D>) -> bool,
+) -> Option<Array<A, D>> {
+    debug_assert_eq!(std::any::TypeId::of::<A>(), std::any::TypeId::of::<f32>());
+    let mut out = Array::<A, D>::uninit(shape);
+    // SAFETY: A is f32 (the caller's promise); otherwise as in `written_by`: a backend that
+    // takes the work writes every element.
+    let view = unsafe { ArrayViewMut::from_shape_ptr(out.raw_dim(), out.as_mut_ptr() as *mut f32) };
+    // SAFETY: written in full when `run` says it took the work.
+    run(view).then(|| unsafe { out.assume_init() })
 }
 
 /// `out = lhs · rhs` for any strides (f32 or f64). Large f32 products go to the [`Sgemm`] in
@@ -632,9 +668,8 @@ fn conv2d_forward_budget<A: LinalgScalar + Send + Sync>(
     let n = g.check("conv2d_forward", x.shape(), g.input);
     g.check_weight("conv2d_forward", w.shape());
     let [o, oh, ow] = g.output;
-    let mut out = Array4::<A>::zeros((n, o, oh, ow));
     if n == 0 {
-        return out;
+        return Array4::<A>::zeros((n, o, oh, ow));
     }
     let cols = Cols::new(g);
     let (cg, og, kg, p) = (cols.cg, cols.og, cols.kg, cols.p);
@@ -646,18 +681,20 @@ fn conv2d_forward_budget<A: LinalgScalar + Send + Sync>(
         && let Some(b) = conv_backend()
     {
         // SAFETY: A is f32 (checked above), so these are the same standard-layout arrays
-        // retyped; `out` is borrowed mutably and aliases neither input.
-        let (xv, wv, ov) = unsafe {
+        // retyped.
+        let (xv, wv) = unsafe {
             (
                 ArrayView4::from_shape_ptr(x.raw_dim(), x.as_ptr() as *const f32),
                 ArrayView4::from_shape_ptr(w.raw_dim(), w.as_ptr() as *const f32),
-                ArrayViewMut4::from_shape_ptr(out.raw_dim(), out.as_mut_ptr() as *mut f32),
             )
         };
-        if b.forward(xv, wv, g, ov) {
+        // SAFETY: A is f32 (checked above).
+        let out = unsafe { from_backend(Ix4(n, o, oh, ow), |ov| b.forward(xv, wv, g, ov)) };
+        if let Some(out) = out {
             return out;
         }
     }
+    let mut out = Array4::<A>::zeros((n, o, oh, ow));
     let w2 = w
         .view()
         .into_shape_with_order((o, kg))
@@ -712,9 +749,8 @@ fn conv2d_transpose_budget(
     g.check_weight("conv2d_transpose", w.shape());
     let [c, h, wd] = g.input;
     let o = g.output[0];
-    let mut out = Array4::<f32>::zeros((m, c, h, wd));
     if m == 0 {
-        return out;
+        return Array4::<f32>::zeros((m, c, h, wd));
     }
     let cols = Cols::new(g);
     let (cg, og, kg, p) = (cols.cg, cols.og, cols.kg, cols.p);
@@ -723,10 +759,14 @@ fn conv2d_transpose_budget(
     let w = w.as_standard_layout();
     if m * o * p * kg >= PARALLEL_MIN_MACS
         && let Some(b) = conv_backend()
-        && b.transpose(s.view(), w.view(), g, out.view_mut())
+        // SAFETY: f32.
+        && let Some(out) = unsafe {
+            from_backend(Ix4(m, c, h, wd), |ov| b.transpose(s.view(), w.view(), g, ov))
+        }
     {
         return out;
     }
+    let mut out = Array4::<f32>::zeros((m, c, h, wd));
     let w2 = w
         .view()
         .into_shape_with_order((o, kg))
@@ -792,9 +832,10 @@ pub fn dense_forward<A: LinalgScalar>(x: ArrayView2<A>, w: ArrayView2<A>) -> Arr
         x.ncols(),
         w.ncols()
     );
-    let mut out = Array2::zeros((x.nrows(), w.nrows()));
-    matmul(x, w.t(), &mut out.view_mut());
-    out
+    // `matmul` writes every element of its output.
+    written_by(Ix2(x.nrows(), w.nrows()), |mut out| {
+        matmul(x, w.t(), &mut out)
+    })
 }
 
 /// The transpose of [`dense_forward`]: `r[m, i] = Σ_o w[o, i] · s[m, o]` (`s` is `[M, out]`,
@@ -807,9 +848,8 @@ pub fn dense_transpose(s: ArrayView2<f32>, w: ArrayView2<f32>) -> Array2<f32> {
         s.ncols(),
         w.nrows()
     );
-    let mut out = Array2::zeros((s.nrows(), w.ncols()));
-    matmul(s, w, &mut out.view_mut());
-    out
+    // `matmul` writes every element of its output.
+    written_by(Ix2(s.nrows(), w.ncols()), |mut out| matmul(s, w, &mut out))
 }
 
 /// Weight rows per block of the `_mapped` dense kernels: a block holds at most this many
@@ -1194,20 +1234,28 @@ pub fn maxpool_winner_take_all(
     let xs = x.as_slice().expect("standard layout");
     let r = r.as_standard_layout();
     let rs = r.as_slice().expect("standard layout");
-    let mut out = Array4::<f32>::zeros((m, c, h, w));
-    let os = out.as_slice_mut().expect("fresh array");
     if m == 0 || c == 0 || hw == 0 {
-        return out;
+        return Array4::<f32>::zeros((m, c, h, w));
     }
+    let len = m * c * hw;
+    let mut out = Vec::with_capacity(len);
     // Image by image, and within an image channel by channel (the k maps' planes of a channel
-    // together), in parallel: every (image, channel) writes its own planes.
-    os.par_chunks_mut(k * c * hw)
+    // together), in parallel: every (image, channel) zeroes and writes its own planes.
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(k * c * hw)
         .enumerate()
         .for_each(|(ni, image)| {
             let mut by_channel: Vec<Vec<&mut [f32]>> =
                 (0..c).map(|_| Vec::with_capacity(k)).collect();
             for row in image.chunks_mut(c * hw) {
                 for (ci, plane) in row.chunks_mut(hw).enumerate() {
+                    for v in plane.iter_mut() {
+                        v.write(0.0);
+                    }
+                    // SAFETY: every element of the plane was written just above.
+                    let plane = unsafe {
+                        std::slice::from_raw_parts_mut(plane.as_mut_ptr() as *mut f32, hw)
+                    };
                     by_channel[ci].push(plane);
                 }
             }
@@ -1240,7 +1288,9 @@ pub fn maxpool_winner_take_all(
                     }
                 });
         });
-    out
+    // SAFETY: the planes above cover all `len` elements, each zeroed before it was added to.
+    unsafe { out.set_len(len) };
+    Array4::from_shape_vec((m, c, h, w), out).expect("sized")
 }
 
 /// Shared body of the proportional rules: `R_i = Σ_j x_i · R_j · f_j` with `f_j` from the window

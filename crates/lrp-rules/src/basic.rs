@@ -20,7 +20,9 @@ use ndarray::{ArrayD, ArrayViewD, Axis, Ix2, LinalgScalar};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::rule::{Bounds, Linear, LinearKind, NodeContext, Rule, mul_rows, repeat_rows, zip_rows};
+use crate::rule::{
+    Bounds, Linear, LinearKind, NodeContext, Rule, map_rows, mul_rows, repeat_rows, zip_rows,
+};
 
 /// What a branch feeds into the layer instead of the input `x`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -603,30 +605,37 @@ fn definite_sign(values: ArrayViewD<'_, f32>) -> Option<f32> {
     }
 }
 
-/// `s_m ← s_m / stab(d_{m / maps} + bias)` row by row, the sum and the division in f64; `bias`
-/// has one value per output unit (the second axis).
+/// `r_m / stab(d_{m / maps} + bias)` row by row, the sum and the division in f64; `bias` has
+/// one value per output unit (the second axis).
 fn divide_rows<A: Copy + Into<f64> + Sync>(
-    s: &mut ArrayD<f32>,
+    r: ArrayViewD<'_, f32>,
     d: &ArrayD<A>,
     bias: Option<&[f64]>,
     maps: usize,
     stab: Stabilizer,
-) {
+) -> ArrayD<f32> {
     let d = d.as_standard_layout();
     let ds = d.as_slice().expect("standard layout");
     let row = ds.len() / d.shape()[0].max(1);
     let units = d.shape().get(1).copied().unwrap_or(1).max(1);
     let per_unit = (row / units).max(1);
-    let ss = s.as_slice_mut().expect("standard layout");
-    ss.par_chunks_mut(row.max(1))
+    let r = r.as_standard_layout();
+    let rs = r.as_slice().expect("standard layout");
+    let mut out = Vec::with_capacity(rs.len());
+    out.spare_capacity_mut()[..rs.len()]
+        .par_chunks_mut(row.max(1))
+        .zip(rs.par_chunks(row.max(1)))
         .enumerate()
-        .for_each(|(m, chunk)| {
+        .for_each(|(m, (dst, src))| {
             let dr = &ds[(m / maps) * row..(m / maps + 1) * row];
-            for (i, (r, &dv)) in chunk.iter_mut().zip(dr).enumerate() {
+            for (i, ((o, &rv), &dv)) in dst.iter_mut().zip(src).zip(dr).enumerate() {
                 let b = bias.map_or(0.0, |b| b[i / per_unit]);
-                *r = (*r as f64 / stab.apply_f64(dv.into() + b)) as f32;
+                o.write((rv as f64 / stab.apply_f64(dv.into() + b)) as f32);
             }
         });
+    // SAFETY: the chunks above cover all `rs.len()` elements, each written once.
+    unsafe { out.set_len(rs.len()) };
+    ArrayD::from_shape_vec(r.raw_dim(), out).expect("same length as r")
 }
 
 /// Whether `x` has positive and negative values.
@@ -761,9 +770,8 @@ impl Rule for BasicRule {
             }
             // s = R / stab(Z_t), per relevance map.
             let stab = self.stabilizer;
-            let mut s = r_out.as_standard_layout().into_owned();
-            if plain {
-                zip_rows(&mut s, z.view(), maps, |r, d| *r /= stab.apply(d));
+            let mut s = if plain {
+                map_rows(r_out.view(), z.view(), maps, |r, d| r / stab.apply(d))
             } else {
                 // The branch sum cannot cancel when every live branch's products have one sign.
                 let definite = || {
@@ -813,16 +821,16 @@ impl Rule for BasicRule {
                             None => lin.forward(a, w),
                         }
                     });
-                    divide_rows(&mut s, &d, bias64.as_deref(), maps, stab);
+                    divide_rows(r_out.view(), &d, bias64.as_deref(), maps, stab)
                 } else {
                     let d = branch_sum(t, &lin, x.view(), &inputs, &weights, &live, |k, a, w| {
                         let m = mapped[k].unwrap_or(ParamMod::Identity);
                         let w = w.mapv(|v| f64::from(m.apply(v)));
                         lin.forward(a.mapv(f64::from).view(), w.view())
                     });
-                    divide_rows(&mut s, &d, bias64.as_deref(), maps, stab);
+                    divide_rows(r_out.view(), &d, bias64.as_deref(), maps, stab)
                 }
-            }
+            };
             // Only where the term applies.
             match t.mask {
                 OutputMask::All => {}
@@ -957,9 +965,9 @@ mod tests {
     fn bias_is_added_per_output_unit_in_the_division() {
         // d: [N = 1, units = 2, 2 positions]; bias per unit; two maps.
         let d = ArrayD::from_shape_vec(IxDyn(&[1, 2, 2]), vec![1.0f32, 2.0, 3.0, 4.0]).unwrap();
-        let mut s = ArrayD::from_elem(IxDyn(&[2, 2, 2]), 12.0f32);
-        divide_rows(
-            &mut s,
+        let r = ArrayD::from_elem(IxDyn(&[2, 2, 2]), 12.0f32);
+        let s = divide_rows(
+            r.view(),
             &d,
             Some(&[1.0, -1.0]),
             2,

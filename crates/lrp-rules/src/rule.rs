@@ -206,6 +206,47 @@ pub fn zip_rows(
     });
 }
 
+/// A new array of `r`'s shape holding `f(r_m, x_{m / maps})` elementwise, row by row (see
+/// [`mul_rows`]): one parallel pass, with no copy of `r` first.
+pub fn map_rows(
+    r: ArrayViewD<'_, f32>,
+    x: ArrayViewD<'_, f32>,
+    maps: usize,
+    f: impl Fn(f32, f32) -> f32 + Sync,
+) -> ArrayD<f32> {
+    let x = x.as_standard_layout();
+    let xs = x.as_slice().expect("standard layout");
+    let row = (xs.len() / x.shape()[0].max(1)).max(1);
+    let r = r.as_standard_layout();
+    let rs = r.as_slice().expect("standard layout");
+    assert_eq!(
+        rs.len(),
+        xs.len() * maps,
+        "map_rows: {} relevance values for {} values × {maps} maps",
+        rs.len(),
+        xs.len()
+    );
+    let mut out = Vec::with_capacity(rs.len());
+    let piece = row.min(1 << 16);
+    out.spare_capacity_mut()[..rs.len()]
+        .par_chunks_mut(row)
+        .zip(rs.par_chunks(row))
+        .enumerate()
+        .for_each(|(m, (dst, src))| {
+            let xr = &xs[(m / maps) * row..(m / maps + 1) * row];
+            dst.par_chunks_mut(piece)
+                .zip(src.par_chunks(piece).zip(xr.par_chunks(piece)))
+                .for_each(|(d, (a, b))| {
+                    for (d, (&a, &b)) in d.iter_mut().zip(a.iter().zip(b)) {
+                        d.write(f(a, b));
+                    }
+                });
+        });
+    // SAFETY: the chunks above cover all `rs.len()` elements, each written once.
+    unsafe { out.set_len(rs.len()) };
+    ArrayD::from_shape_vec(r.raw_dim(), out).expect("same length as r")
+}
+
 /// Repeats every row of `x` (`[N, ...]`) `maps` times: `[N·maps, ...]`.
 pub fn repeat_rows(x: ArrayViewD<'_, f32>, maps: usize) -> ArrayD<f32> {
     if maps == 1 {
@@ -216,4 +257,57 @@ pub fn repeat_rows(x: ArrayViewD<'_, f32>, maps: usize) -> ArrayD<f32> {
         .flat_map(|row| std::iter::repeat_n(row, maps))
         .collect();
     ndarray::stack(ndarray::Axis(0), &views).expect("rows share a shape")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::IxDyn;
+
+    #[test]
+    fn map_rows_pairs_each_map_with_its_image() {
+        // r: [N = 2 images × maps = 2, 3]; x: [2, 3]; f(r, x) = r / x.
+        let r = ArrayD::from_shape_vec(
+            IxDyn(&[4, 3]),
+            vec![
+                2.0f32, 4.0, 6.0, 1.0, 1.0, 1.0, 10.0, 20.0, 30.0, -5.0, 0.0, 5.0,
+            ],
+        )
+        .unwrap();
+        let x =
+            ArrayD::from_shape_vec(IxDyn(&[2, 3]), vec![1.0f32, 2.0, 3.0, 5.0, 10.0, 5.0]).unwrap();
+        let out = map_rows(r.view(), x.view(), 2, |r, x| r / x);
+        assert_eq!(out.shape(), &[4, 3]);
+        let want = [
+            2.0f32,
+            2.0,
+            2.0,
+            1.0,
+            0.5,
+            1.0 / 3.0,
+            2.0,
+            2.0,
+            6.0,
+            -1.0,
+            0.0,
+            1.0,
+        ];
+        assert_eq!(out.iter().copied().collect::<Vec<_>>(), want);
+        // The same as zip_rows on a copy.
+        let mut z = r.clone();
+        zip_rows(&mut z, x.view(), 2, |r, x| *r /= x);
+        assert_eq!(z, out);
+    }
+
+    #[test]
+    fn map_rows_reads_transposed_views() {
+        let r = ArrayD::from_shape_vec(IxDyn(&[2, 2]), vec![1.0f32, 2.0, 3.0, 4.0]).unwrap();
+        let x = ArrayD::from_shape_vec(IxDyn(&[2, 2]), vec![10.0f32, 20.0, 30.0, 40.0]).unwrap();
+        // rᵀ = [[1, 3], [2, 4]].
+        let out = map_rows(r.t(), x.view(), 1, |r, x| r + x);
+        assert_eq!(
+            out.iter().copied().collect::<Vec<_>>(),
+            [11.0, 23.0, 32.0, 44.0]
+        );
+    }
 }

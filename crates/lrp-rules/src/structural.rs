@@ -7,7 +7,7 @@ use ndarray::{ArrayD, ArrayView4, ArrayViewD, Axis, Ix4, IxDyn, Slice};
 use serde::{Deserialize, Serialize};
 
 use crate::basic::stab_text;
-use crate::rule::{NodeContext, Rule, zip_rows};
+use crate::rule::{NodeContext, Rule, map_rows};
 
 /// `R_in = R_out`: element-wise activations, Dropout, Identity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -279,18 +279,11 @@ impl Rule for AddRule {
             Split::Gradient => Ok(ctx.inputs.iter().map(|_| r_out.to_owned()).collect()),
             Split::Proportional => {
                 let stab = self.stabilizer;
-                let mut s = r_out.as_standard_layout().into_owned();
-                zip_rows(&mut s, ctx.output.view(), ctx.maps, |r, z| {
-                    *r /= stab.apply(z)
-                });
+                let s = map_rows(r_out, ctx.output.view(), ctx.maps, |r, z| r / stab.apply(z));
                 Ok(ctx
                     .inputs
                     .iter()
-                    .map(|x| {
-                        let mut part = s.clone();
-                        crate::rule::mul_rows(&mut part, x.view(), ctx.maps);
-                        part
-                    })
+                    .map(|x| map_rows(s.view(), x.view(), ctx.maps, |s, x| s * x))
                     .collect())
             }
         }
@@ -342,9 +335,8 @@ impl Rule for BatchNormRule {
             lane.mapv_inplace(|v| v * a[c]);
         }
         let stab = self.stabilizer;
-        let mut r = r_out.as_standard_layout().into_owned();
-        zip_rows(&mut r, ctx.output.view(), ctx.maps, |rv, y| {
-            *rv /= stab.apply(y)
+        let mut r = map_rows(r_out, ctx.output.view(), ctx.maps, |rv, y| {
+            rv / stab.apply(y)
         });
         crate::rule::mul_rows(&mut r, xa.view(), ctx.maps);
         Ok(vec![r])

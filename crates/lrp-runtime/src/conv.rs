@@ -41,14 +41,14 @@ impl OrtConv {
         })
     }
 
-    /// Runs `key` on `x` and `w` into `out`; Ok(false) when the result's shape is not `out`'s.
+    /// Runs `key` on `x` and `w` into `out`; an error when the result's shape is not `out`'s.
     fn run(
         &self,
         key: NodeKey,
         x: ArrayView4<f32>,
         w: ArrayView4<f32>,
         out: ArrayViewMut4<f32>,
-    ) -> Result<bool, ort::Error> {
+    ) -> Result<(), ort::Error> {
         self.sessions.run(&key, node_model, x, w, out)
     }
 }
@@ -71,7 +71,7 @@ impl Sconv for OrtConv {
             output_padding: [0, 0],
         };
         // Any failure falls back to the kernels' own convolution.
-        self.run(key, x, w, out).unwrap_or(false)
+        self.run(key, x, w, out).is_ok()
     }
 
     fn transpose(
@@ -88,7 +88,7 @@ impl Sconv for OrtConv {
                 None => return false,
             },
         };
-        result.unwrap_or(false)
+        result.is_ok()
     }
 }
 

@@ -38,7 +38,8 @@ impl OrtSgemm {
             return Ok(false);
         };
         self.sessions
-            .run(&(ta, tb), |&(ta, tb)| gemm_model(ta, tb), a, b, out)
+            .run(&(ta, tb), |&(ta, tb)| gemm_model(ta, tb), a, b, out)?;
+        Ok(true)
     }
 }
 

@@ -226,7 +226,7 @@ impl Drop for SuppliedWeights {
 }
 
 /// Ok for a null status; else its message (and the status is released).
-fn ort_status(status: ort::sys::OrtStatusPtr) -> Result<(), String> {
+pub(crate) fn ort_status(status: ort::sys::OrtStatusPtr) -> Result<(), String> {
     if status.0.is_null() {
         return Ok(());
     }

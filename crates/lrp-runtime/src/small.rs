@@ -9,9 +9,9 @@ use lrp_onnx::proto::ModelProto;
 use ndarray::{ArrayView, ArrayViewMut, Dimension};
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
-use ort::value::TensorRef;
+use ort::value::{TensorRef, TensorRefMut};
 
-use crate::session::{RuntimeError, environment};
+use crate::session::{RuntimeError, environment, ort_status};
 
 /// The sessions of one kind of node, by key, on `threads` intra-op threads.
 pub(crate) struct OneNode<K> {
@@ -38,34 +38,50 @@ impl<K: Eq + Hash + Clone> OneNode<K> {
     }
 
     /// Runs the model of `key` (built by `model` on first use; inputs `A`, `B`, output `Y`)
-    /// into `out`. Ok(false), leaving `out` alone, when `Y`'s shape is not `out`'s.
-    pub(crate) fn run<DA: Dimension + 'static, DB: Dimension + 'static, D: Dimension>(
+    /// with `Y` written straight into `out`, which must be in standard layout. An error,
+    /// leaving `out` unspecified, when `Y`'s shape is not `out`'s.
+    pub(crate) fn run<DA: Dimension + 'static, DB: Dimension + 'static, D: Dimension + 'static>(
         &self,
         key: &K,
         model: impl FnOnce(&K) -> ModelProto,
         a: ArrayView<f32, DA>,
         b: ArrayView<f32, DB>,
-        mut out: ArrayViewMut<f32, D>,
-    ) -> Result<bool, ort::Error> {
+        out: ArrayViewMut<f32, D>,
+    ) -> Result<(), ort::Error> {
+        use ort::AsPointer;
+        if !out.is_standard_layout() {
+            return Err(ort::Error::new("the output is not in standard layout"));
+        }
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         if !sessions.contains_key(key) {
             let session = open(&model(key), self.threads)?;
             sessions.insert(key.clone(), session);
         }
         let session = sessions.get_mut(key).expect("inserted above");
-        let results = session.run(ort::inputs![
-            "A" => TensorRef::from_array_view(a)?,
-            "B" => TensorRef::from_array_view(b)?,
-        ])?;
-        let y = results["Y"].try_extract_array::<f32>()?;
-        if y.shape() != out.shape() {
-            return Ok(false);
-        }
-        out.assign(
-            &y.into_dimensionality::<D>()
-                .map_err(|e| ort::Error::new(e.to_string()))?,
-        );
-        Ok(true)
+        let a = TensorRef::from_array_view(a)?;
+        let b = TensorRef::from_array_view(b)?;
+        let y = TensorRefMut::from_array_view_mut(out)?;
+        let inputs = [a.ptr(), b.ptr()];
+        let mut outputs = [y.ptr() as *mut ort::sys::OrtValue];
+        let names = [c"A".as_ptr(), c"B".as_ptr()];
+        let output_names = [c"Y".as_ptr()];
+        // SAFETY: the session, the two input values and the output value are live for the
+        // call; the output value wraps `out`'s elements (standard layout, checked above), which
+        // ONNX Runtime writes in place of allocating its own (a preallocated output), and
+        // refuses with an error when the shapes differ.
+        let status = unsafe {
+            (ort::api().Run)(
+                session.ptr() as *mut _,
+                std::ptr::null(),
+                names.as_ptr(),
+                inputs.as_ptr(),
+                inputs.len(),
+                output_names.as_ptr(),
+                outputs.len(),
+                outputs.as_mut_ptr(),
+            )
+        };
+        ort_status(status).map_err(ort::Error::new)
     }
 }
 

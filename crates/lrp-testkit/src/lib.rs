@@ -55,5 +55,23 @@ pub fn random_uniform(seed: u64, len: usize, lo: f32, hi: f32) -> Vec<f32> {
     builder::uniform(&mut rng, len, lo, hi)
 }
 
+/// A seeded batch `[n, 3, hw, hw]` of RGB images as a torchvision classifier sees them:
+/// pixels uniform in [1, 254], normalised as [`Preprocess::torch`] does; with the per-channel
+/// box that normalisation maps pixels 0 and 255 to (the `low`/`high` bounds of the z^B rule),
+/// as `(batch, low, high)`.
+///
+/// [`Preprocess::torch`]: lrp_ir::preprocess::Preprocess::torch
+pub fn torch_image_batch(seed: u64, n: usize, hw: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let pre = lrp_ir::preprocess::Preprocess::torch();
+    let plane = hw * hw;
+    let mut x = random_uniform(seed, n * 3 * plane, 1.0, 254.0);
+    for (i, v) in x.iter_mut().enumerate() {
+        *v = pre.normalize(*v, (i / plane) % 3);
+    }
+    let low = (0..3).map(|c| pre.normalize(0.0, c)).collect();
+    let high = (0..3).map(|c| pre.normalize(255.0, c)).collect();
+    (x, low, high)
+}
+
 #[cfg(test)]
 mod tests;
