@@ -15,7 +15,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
 
-use lrp_ir::Graph;
+use lrp_ir::{Graph, NodeId, Op};
 use lrp_kernels::kernels::{Backends, use_backends};
 use lrp_rules::{
     Assignment, BatchNormMode, Bounds, NodeContext, Registry, RuleConfig, Signal, SignalNote,
@@ -134,7 +134,15 @@ impl Explainer {
     ) -> Result<Self, ExplainError> {
         let (graph, softmax_removed) = canonicalize(graph, &config)?;
         let assignment = config.assign(&graph, registry)?;
-        let forward = Forward::new(&graph, device, ExportOutputs::All, threads)?;
+        // Every activation but the ReLU outputs the relevance pass makes again from their
+        // inputs: a VGG16 batch of 8 then holds 0.47 GB less (docs/performance.md).
+        let export = graph
+            .topo_order()
+            .iter()
+            .copied()
+            .filter(|&id| !remade_relu(&graph, id))
+            .collect();
+        let forward = Forward::new(&graph, device, ExportOutputs::Selected(export), threads)?;
         // The relevance pass's large f32 products and convolutions run on ONNX Runtime's CPU
         // kernels.
         let backends = match device {
@@ -294,15 +302,34 @@ fn relevance_pass(
     );
     let input_name = g.input().name.clone();
     let mut node_sums = vec![(String::new(), Vec::new()); g.nodes().len()];
+    let mut remade: HashMap<NodeId, ArrayD<f32>> = HashMap::new();
     let mut kept = Vec::new();
     let mut node_seconds = Vec::with_capacity(g.nodes().len());
     for &id in g.topo_order().iter().rev() {
         let node = &g.nodes()[id];
         let t_node = Instant::now();
+        // A remade ReLU output lives from its first consumer (visited earlier) to its node.
+        let own_output = match acts.get(id) {
+            Some(_) => None,
+            None => Some(
+                remade
+                    .remove(&id)
+                    .unwrap_or_else(|| remake_relu(acts, g, id)),
+            ),
+        };
         let Some(Pending { r, sums }) = pending.remove(&node.name) else {
             node_sums[id] = (node.name.clone(), vec![vec![0.0; maps]; n]);
             continue;
         };
+        for s in &node.inputs {
+            if let Some(sid) = g.node_id(s)
+                && acts.get(sid).is_none()
+            {
+                remade
+                    .entry(sid)
+                    .or_insert_with(|| remake_relu(acts, g, sid));
+            }
+        }
         let sums = sums.unwrap_or_else(|| row_sums(r.view(), n, maps));
         node_sums[id] = (node.name.clone(), sums);
         if opts.keep.contains(&node.name) {
@@ -315,7 +342,11 @@ fn relevance_pass(
                 if *s == input_name {
                     batch.view()
                 } else {
-                    acts_view(acts, g, s)
+                    let sid = g.node_id(s).expect("validated");
+                    match acts.get(sid) {
+                        Some(a) => a.view(),
+                        None => remade[&sid].view(),
+                    }
                 }
             })
             .collect();
@@ -323,7 +354,10 @@ fn relevance_pass(
             graph: g,
             id,
             inputs,
-            output: acts.get(id).expect("exported").view(),
+            output: match &own_output {
+                Some(a) => a.view(),
+                None => acts.get(id).expect("exported").view(),
+            },
             maps,
             bounds: opts.bounds.as_ref(),
         };
@@ -444,14 +478,40 @@ fn relevance_pass(
     })
 }
 
-fn acts_view<'a>(
-    acts: &'a ActivationViews<'_>,
-    g: &Graph,
-    name: &str,
-) -> ndarray::ArrayViewD<'a, f32> {
-    acts.get(g.node_id(name).expect("validated"))
-        .expect("exported")
-        .view()
+/// Whether node `id` is a ReLU whose output the forward pass does not export: one that reads
+/// another node's exported output and is not the graph's output. The relevance pass makes it
+/// again ([`remake_relu`]) where a rule reads it.
+fn remade_relu(g: &Graph, id: NodeId) -> bool {
+    let node = &g.nodes()[id];
+    matches!(node.op, Op::Relu)
+        && id != g.output_id()
+        && node.inputs.len() == 1
+        && g.node_id(&node.inputs[0])
+            .is_some_and(|src| !remade_relu(g, src))
+}
+
+/// `max(x, 0)` of the exported input of ReLU node `id` (see [`remade_relu`]), in parallel.
+fn remake_relu(acts: &ActivationViews<'_>, g: &Graph, id: NodeId) -> ArrayD<f32> {
+    let src = g
+        .node_id(&g.nodes()[id].inputs[0])
+        .expect("a node's output");
+    let x = acts
+        .get(src)
+        .expect("a remade ReLU reads an exported output")
+        .as_standard_layout();
+    let xs = x.as_slice().expect("standard layout");
+    let mut out = Vec::with_capacity(xs.len());
+    out.spare_capacity_mut()[..xs.len()]
+        .par_chunks_mut(1 << 16)
+        .zip(xs.par_chunks(1 << 16))
+        .for_each(|(d, s)| {
+            for (d, &v) in d.iter_mut().zip(s) {
+                d.write(v.max(0.0));
+            }
+        });
+    // SAFETY: the chunks above cover all `xs.len()` elements, each written once.
+    unsafe { out.set_len(xs.len()) };
+    ArrayD::from_shape_vec(x.raw_dim(), out).expect("same length")
 }
 
 fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {

@@ -1238,6 +1238,13 @@ pub fn maxpool_winner_take_all(
         return Array4::<f32>::zeros((m, c, h, w));
     }
     let len = m * c * hw;
+    // Non-overlapping 2×2 windows that tile the plane exactly (VGG's pools): a direct loop.
+    let pairs = g.kernel == [2, 2]
+        && g.strides == [2, 2]
+        && g.dilations == [1, 1]
+        && g.pads == [0; 4]
+        && g.output[0] * 2 == h
+        && g.output[1] * 2 == w;
     let mut out = Vec::with_capacity(len);
     // Image by image, and within an image channel by channel (the k maps' planes of a channel
     // together), in parallel: every (image, channel) zeroes and writes its own planes.
@@ -1265,18 +1272,33 @@ pub fn maxpool_winner_take_all(
                 .for_each(|(ci, mut planes)| {
                     let plane = &xs[(ni * c + ci) * hw..][..hw];
                     let mut arg = vec![usize::MAX; p];
-                    for_each_window(&wh, &ww, |j, a, b| {
-                        let mut best = usize::MAX;
-                        let mut best_v = f32::NEG_INFINITY;
-                        for i in window_indices(a, b, g.dilations, w) {
-                            let v = plane[i];
-                            if best == usize::MAX || v > best_v {
-                                best = i;
-                                best_v = v;
+                    if pairs {
+                        // 2×2 windows tiling the plane (the same choice as below).
+                        let ow = g.output[1];
+                        for (j, a) in arg.iter_mut().enumerate() {
+                            let i0 = (j / ow) * 2 * w + (j % ow) * 2;
+                            let mut best = i0;
+                            for i in [i0 + 1, i0 + w, i0 + w + 1] {
+                                if plane[i] > plane[best] {
+                                    best = i;
+                                }
                             }
+                            *a = best;
                         }
-                        arg[j] = best;
-                    });
+                    } else {
+                        for_each_window(&wh, &ww, |j, a, b| {
+                            let mut best = usize::MAX;
+                            let mut best_v = f32::NEG_INFINITY;
+                            for i in window_indices(a, b, g.dilations, w) {
+                                let v = plane[i];
+                                if best == usize::MAX || v > best_v {
+                                    best = i;
+                                    best_v = v;
+                                }
+                            }
+                            arg[j] = best;
+                        });
+                    }
                     for (kk, op) in planes.iter_mut().enumerate() {
                         let row = (ni * k + kk) * c + ci;
                         let rp = &rs[row * p..][..p];

@@ -471,6 +471,33 @@ fn wta_ceil_mode_partial_window() {
 }
 
 #[test]
+fn wta_tiling_2x2_pools_equal_the_general_windows() {
+    // 2×2 / stride 2 windows tiling a 6×6 plane take the direct loop; on a 7×7 plane (the
+    // last row and column left out by the floor) the same windows take the general one.
+    let (n, c, k) = (2, 3, 2);
+    let small = PoolGeometry::new(&maxpool([2, 2], [2, 2], [0; 4], false), &[c, 6, 6]).unwrap();
+    let large = PoolGeometry::new(&maxpool([2, 2], [2, 2], [0; 4], false), &[c, 7, 7]).unwrap();
+    assert_eq!(small.output_shape(), large.output_shape());
+    // Small integers: many ties, resolved to the first position in both paths.
+    let x7 = Array4::from_shape_fn((n, c, 7, 7), |(a, b, i, j)| {
+        ((a * 7 + b * 5 + i * 3 + j * 11) % 4) as f32
+    });
+    let x6 = x7.slice(ndarray::s![.., .., ..6, ..6]).to_owned();
+    let r = Array4::from_shape_fn((n * k, c, 3, 3), |(m, b, i, j)| {
+        (m * 100 + b * 10 + i * 3 + j) as f32
+    });
+    let fast = maxpool_winner_take_all(x6.view(), r.view(), k, &small);
+    let general = maxpool_winner_take_all(x7.view(), r.view(), k, &large);
+    assert_eq!(fast, general.slice(ndarray::s![.., .., ..6, ..6]));
+    assert!(
+        general
+            .slice(ndarray::s![.., .., 6, ..])
+            .iter()
+            .all(|&v| v == 0.0)
+    );
+}
+
+#[test]
 fn k_maps_per_image_use_their_image() {
     let g = PoolGeometry::new(&maxpool([1, 2], [1, 2], [0; 4], false), &[1, 1, 2]).unwrap();
     // Image 0 peaks on the left, image 1 on the right; two maps each.
