@@ -390,7 +390,7 @@ fn relevance_pass(
             rule: rule.describe(),
             message,
         };
-        let outs = std::panic::catch_unwind(AssertUnwindSafe(|| rule.relevance(&ctx, r.view())))
+        let outs = std::panic::catch_unwind(AssertUnwindSafe(|| rule.relevance_owned(&ctx, r)))
             .map_err(|p| fail(format!("the rule panicked: {}", panic_text(&p))))?
             .map_err(fail)?;
         if outs.len() != node.inputs.len() {

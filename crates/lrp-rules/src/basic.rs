@@ -605,10 +605,12 @@ fn definite_sign(values: ArrayViewD<'_, f32>) -> Option<f32> {
     }
 }
 
-/// `r_m / stab(d_{m / maps} + bias)` row by row, the sum and the division in f64; `bias` has
-/// one value per output unit (the second axis).
+/// `r_m / stab(d_{m / maps} + bias)` row by row, the sum and the division in f64, in `own`
+/// (the relevance's own array, when a term takes it) or in a new array read from `r`; `bias`
+/// has one value per output unit (the second axis).
 fn divide_rows<A: Copy + Into<f64> + Sync>(
-    r: ArrayViewD<'_, f32>,
+    r: &RelevanceIn<'_>,
+    own: Option<ArrayD<f32>>,
     d: &ArrayD<A>,
     bias: Option<&[f64]>,
     maps: usize,
@@ -616,21 +618,34 @@ fn divide_rows<A: Copy + Into<f64> + Sync>(
 ) -> ArrayD<f32> {
     let d = d.as_standard_layout();
     let ds = d.as_slice().expect("standard layout");
-    let row = ds.len() / d.shape()[0].max(1);
+    let row = (ds.len() / d.shape()[0].max(1)).max(1);
     let units = d.shape().get(1).copied().unwrap_or(1).max(1);
     let per_unit = (row / units).max(1);
+    let divided = |m: usize, i: usize, rv: f32| {
+        let dv: f64 = ds[(m / maps) * row + i].into();
+        let b = bias.map_or(0.0, |b| b[i / per_unit]);
+        (rv as f64 / stab.apply_f64(dv + b)) as f32
+    };
+    if let Some(mut s) = own {
+        let ss = s.as_slice_mut().expect("standard layout");
+        ss.par_chunks_mut(row).enumerate().for_each(|(m, chunk)| {
+            for (i, v) in chunk.iter_mut().enumerate() {
+                *v = divided(m, i, *v);
+            }
+        });
+        return s;
+    }
+    let r = r.view();
     let r = r.as_standard_layout();
     let rs = r.as_slice().expect("standard layout");
     let mut out = Vec::with_capacity(rs.len());
     out.spare_capacity_mut()[..rs.len()]
-        .par_chunks_mut(row.max(1))
-        .zip(rs.par_chunks(row.max(1)))
+        .par_chunks_mut(row)
+        .zip(rs.par_chunks(row))
         .enumerate()
         .for_each(|(m, (dst, src))| {
-            let dr = &ds[(m / maps) * row..(m / maps + 1) * row];
-            for (i, ((o, &rv), &dv)) in dst.iter_mut().zip(src).zip(dr).enumerate() {
-                let b = bias.map_or(0.0, |b| b[i / per_unit]);
-                o.write((rv as f64 / stab.apply_f64(dv.into() + b)) as f32);
+            for (i, (o, &rv)) in dst.iter_mut().zip(src).enumerate() {
+                o.write(divided(m, i, rv));
             }
         });
     // SAFETY: the chunks above cover all `rs.len()` elements, each written once.
@@ -697,6 +712,47 @@ impl Rule for BasicRule {
         ctx: &NodeContext<'_>,
         r_out: ArrayViewD<'_, f32>,
     ) -> Result<Vec<ArrayD<f32>>, String> {
+        self.relevance_of(ctx, RelevanceIn::View(r_out))
+    }
+
+    fn relevance_owned(
+        &self,
+        ctx: &NodeContext<'_>,
+        r_out: ArrayD<f32>,
+    ) -> Result<Vec<ArrayD<f32>>, String> {
+        self.relevance_of(ctx, RelevanceIn::Owned(Some(r_out)))
+    }
+
+    fn describe(&self) -> String {
+        self.description.clone()
+    }
+}
+
+/// The output relevance a [`BasicRule`] gets: a view, or the array itself, which the last term
+/// divides in place.
+enum RelevanceIn<'r> {
+    View(ArrayViewD<'r, f32>),
+    Owned(Option<ArrayD<f32>>),
+}
+
+impl RelevanceIn<'_> {
+    /// The relevance, for a term that does not take the array.
+    fn view(&self) -> ArrayViewD<'_, f32> {
+        match self {
+            RelevanceIn::View(v) => v.view(),
+            RelevanceIn::Owned(Some(a)) => a.view(),
+            RelevanceIn::Owned(None) => unreachable!("only the last term takes the array"),
+        }
+    }
+}
+
+impl BasicRule {
+    /// The rule's relevance for the output relevance `r_in`.
+    fn relevance_of(
+        &self,
+        ctx: &NodeContext<'_>,
+        mut r_in: RelevanceIn<'_>,
+    ) -> Result<Vec<ArrayD<f32>>, String> {
         let lin = ctx
             .linear()
             .ok_or_else(|| format!("{} applies to Conv and Dense layers only", self.describe()))?;
@@ -708,7 +764,7 @@ impl Rule for BasicRule {
         let x_signs = std::cell::OnceCell::new();
         let x_signs = || *x_signs.get_or_init(|| signs(x.view()));
         let mut result: Option<ArrayD<f32>> = None;
-        for t in &self.terms {
+        for (ti, t) in self.terms.iter().enumerate() {
             // The denominator, per image.
             let plain = t.branches.len() == 1
                 && t.branches[0].sign == 1.0
@@ -768,10 +824,26 @@ impl Rule for BasicRule {
             if !live.contains(&true) {
                 continue;
             }
-            // s = R / stab(Z_t), per relevance map.
+            // s = R / stab(Z_t), per relevance map: in R's own array for the last term when it
+            // was handed over.
             let stab = self.stabilizer;
+            let own = match &mut r_in {
+                RelevanceIn::Owned(a)
+                    if ti + 1 == self.terms.len()
+                        && a.as_ref().is_some_and(|a| a.is_standard_layout()) =>
+                {
+                    a.take()
+                }
+                _ => None,
+            };
             let mut s = if plain {
-                map_rows(r_out.view(), z.view(), maps, |r, d| r / stab.apply(d))
+                match own {
+                    Some(mut r) => {
+                        zip_rows(&mut r, z.view(), maps, |r, d| *r /= stab.apply(d));
+                        r
+                    }
+                    None => map_rows(r_in.view(), z.view(), maps, |r, d| r / stab.apply(d)),
+                }
             } else {
                 // The branch sum cannot cancel when every live branch's products have one sign.
                 let definite = || {
@@ -821,14 +893,14 @@ impl Rule for BasicRule {
                             None => lin.forward(a, w),
                         }
                     });
-                    divide_rows(r_out.view(), &d, bias64.as_deref(), maps, stab)
+                    divide_rows(&r_in, own, &d, bias64.as_deref(), maps, stab)
                 } else {
                     let d = branch_sum(t, &lin, x.view(), &inputs, &weights, &live, |k, a, w| {
                         let m = mapped[k].unwrap_or(ParamMod::Identity);
                         let w = w.mapv(|v| f64::from(m.apply(v)));
                         lin.forward(a.mapv(f64::from).view(), w.view())
                     });
-                    divide_rows(r_out.view(), &d, bias64.as_deref(), maps, stab)
+                    divide_rows(&r_in, own, &d, bias64.as_deref(), maps, stab)
                 }
             };
             // Only where the term applies.
@@ -966,17 +1038,24 @@ mod tests {
         // d: [N = 1, units = 2, 2 positions]; bias per unit; two maps.
         let d = ArrayD::from_shape_vec(IxDyn(&[1, 2, 2]), vec![1.0f32, 2.0, 3.0, 4.0]).unwrap();
         let r = ArrayD::from_elem(IxDyn(&[2, 2, 2]), 12.0f32);
-        let s = divide_rows(
-            r.view(),
+        let stab = Stabilizer::SignEpsilon(0.0);
+        let bias = Some(&[1.0, -1.0][..]);
+        let from_view = divide_rows(&RelevanceIn::View(r.view()), None, &d, bias, 2, stab);
+        // The same in the relevance's own array.
+        let in_place = divide_rows(
+            &RelevanceIn::Owned(None),
+            Some(r.clone()),
             &d,
-            Some(&[1.0, -1.0]),
+            bias,
             2,
-            Stabilizer::SignEpsilon(0.0),
+            stab,
         );
         let want = [6.0f32, 4.0, 6.0, 4.0];
-        for m in 0..2 {
-            let row: Vec<f32> = s.index_axis(Axis(0), m).iter().copied().collect();
-            assert_eq!(row, want, "map {m}");
+        for s in [from_view, in_place] {
+            for m in 0..2 {
+                let row: Vec<f32> = s.index_axis(Axis(0), m).iter().copied().collect();
+                assert_eq!(row, want, "map {m}");
+            }
         }
     }
 }

@@ -19,6 +19,17 @@ pub trait Rule: Send + Sync + std::fmt::Debug {
         r_out: ArrayViewD<'_, f32>,
     ) -> Result<Vec<ArrayD<f32>>, String>;
 
+    /// [`Rule::relevance`] with the output relevance handed over, so that the rule may reuse
+    /// its memory (divide it in place, say). The relevance pass calls this one. Default: calls
+    /// [`Rule::relevance`] on a view of it.
+    fn relevance_owned(
+        &self,
+        ctx: &NodeContext<'_>,
+        r_out: ArrayD<f32>,
+    ) -> Result<Vec<ArrayD<f32>>, String> {
+        self.relevance(ctx, r_out.view())
+    }
+
     /// A stable one-line description with every parameter, e.g.
     /// `AlphaBeta(alpha: 1, beta: 0, bias: Full, stabilizer: ZeroGuard(1e-7))`.
     fn describe(&self) -> String;

@@ -307,6 +307,47 @@ fn every_linear_rule_is_linear_in_the_output_relevance() {
 }
 
 #[test]
+fn handing_the_relevance_over_gives_the_same_result() {
+    // `relevance_owned` (which the relevance pass calls, and the built-ins divide in place)
+    // against `relevance` on a view, for every term shape: one term, two terms (αβ), masks.
+    let g = dense(
+        &[&[0.5, -1.0, 2.0], &[-0.25, 0.75, 1.0]],
+        Some(&[0.1, -0.2]),
+    );
+    let s = Stabilizer::SignEpsilon(1e-6);
+    let b = Bounds {
+        low: vec![-2.0],
+        high: vec![2.0],
+    };
+    let rules: Vec<Box<dyn Rule>> = vec![
+        Box::new(BasicRule::z(s)),
+        Box::new(BasicRule::epsilon(0.1)),
+        Box::new(BasicRule::alpha_beta(2.0, 1.0, BiasMode::Full, s)),
+        Box::new(BasicRule::alpha_beta(1.0, 0.0, BiasMode::Split, s)),
+        Box::new(BasicRule::z_box(b, s)),
+        Box::new(BasicRule::flat(s)),
+        Box::new(BasicRule::w_square(s)),
+        Box::new(BasicRule::gamma(0.25, true, s)),
+    ];
+    let x = ArrayD::from_shape_vec(IxDyn(&[1, 3]), vec![1.5, -0.5, 0.25]).unwrap();
+    let z = forward(&g, &x);
+    let r = ArrayD::from_shape_vec(IxDyn(&[1, 2]), vec![0.7, -1.3]).unwrap();
+    let ctx = NodeContext {
+        graph: &g,
+        id: 0,
+        inputs: vec![x.view()],
+        output: z.view(),
+        maps: 1,
+        bounds: None,
+    };
+    for rule in &rules {
+        let by_view = rule.relevance(&ctx, r.view()).unwrap();
+        let owned = rule.relevance_owned(&ctx, r.clone()).unwrap();
+        assert_eq!(by_view, owned, "{}", rule.describe());
+    }
+}
+
+#[test]
 fn crop_moves_relevance_back_into_place() {
     let def = GraphDef {
         format: 1,
