@@ -3,7 +3,8 @@
 //!
 //! [`Explainer::new`] canonicalises the graph (final Softmax removed, BatchNorm folded into the
 //! preceding Conv/Dense), assigns every node its rule and opens an ONNX Runtime session that
-//! exposes every activation. [`Explainer::explain`] runs the forward pass, builds the initial
+//! exposes every activation but the ReLU outputs, which the pass makes again from their inputs
+//! where a rule reads them. [`Explainer::explain`] runs the forward pass, builds the initial
 //! relevance from the logits ([`Signal`]) and walks the petgraph in reverse topological order,
 //! summing relevance where a tensor fans out; all relevance maps of a signal (target and dual
 //! pass) travel through the pass together.
