@@ -310,17 +310,14 @@ fn relevance_pass(
         let node = &g.nodes()[id];
         let t_node = Instant::now();
         // A remade ReLU output lives from its first consumer (visited earlier) to its node.
-        let own_output = match acts.get(id) {
-            Some(_) => None,
-            None => Some(
-                remade
-                    .remove(&id)
-                    .unwrap_or_else(|| remake_relu(acts, g, id)),
-            ),
-        };
+        let remade_here = remade.remove(&id);
         let Some(Pending { r, sums }) = pending.remove(&node.name) else {
             node_sums[id] = (node.name.clone(), vec![vec![0.0; maps]; n]);
             continue;
+        };
+        let own_output = match acts.get(id) {
+            Some(_) => None,
+            None => Some(remade_here.unwrap_or_else(|| remake_relu(acts, g, id))),
         };
         for s in &node.inputs {
             if let Some(sid) = g.node_id(s)

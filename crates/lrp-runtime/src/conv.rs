@@ -25,7 +25,8 @@ struct NodeKey {
 
 /// [`Sconv`] on ONNX Runtime: the forward map runs as `Conv`; the transpose of a stride-1,
 /// one-group convolution as `Conv` of the relevance with the flipped, transposed kernel (ONNX
-/// Runtime's fastest path), any other transpose as `ConvTranspose`. One session per node
+/// Runtime's fastest path), unless the convolution has at most a quarter as many input as
+/// output channels (a first layer), and any other transpose as `ConvTranspose`. One session per node
 /// kind and attributes, with every dimension symbolic, made on first use; weights travel as
 /// inputs, so one session serves every layer of that geometry.
 #[derive(Debug)]
@@ -81,12 +82,21 @@ impl Sconv for OrtConv {
         g: &ConvGeometry,
         out: ArrayViewMut4<f32>,
     ) -> bool {
-        let result = match flipped_conv(g) {
-            Some(key) => self.run(key, s, flip_kernel(w).view(), out),
-            None => match conv_transpose(g) {
-                Some(key) => self.run(key, s, w, out),
-                None => return false,
-            },
+        // A convolution of the relevance unfolds `O·kh·kw` rows per pixel, a `ConvTranspose`
+        // folds `C·kh·kw` back: with few input channels (a first layer) the fold moves far
+        // less memory.
+        let keys = if g.input_shape()[0] * 4 <= g.output_shape()[0] {
+            [conv_transpose(g), flipped_conv(g)]
+        } else {
+            [flipped_conv(g), conv_transpose(g)]
+        };
+        let Some(key) = keys.into_iter().flatten().next() else {
+            return false;
+        };
+        let result = if key.op == "ConvTranspose" {
+            self.run(key, s, w, out)
+        } else {
+            self.run(key, s, flip_kernel(w).view(), out)
         };
         result.is_ok()
     }

@@ -1,7 +1,8 @@
 //! ONNX Runtime's convolutions as the relevance kernels' `Sconv`: the forward map and its
 //! transpose agree with the kernels' own on every geometry kind (strides, pads larger than
-//! the kernel, dilations, groups, odd sizes that leave rows unread), and the kernels route
-//! large convolutions to the backend in scope.
+//! the kernel, dilations, groups, odd sizes that leave rows unread, few input channels), write
+//! every element of the output, and the kernels route large convolutions to the backend in
+//! scope.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -47,6 +48,9 @@ const CASES: &[Case] = &[
     ([6, 12, 10], 4, [3, 2], [1, 1], [0, 1, 2, 0], [1, 1], 1),
     ([8, 10, 10], 6, [3, 3], [1, 1], [1, 1, 1, 1], [1, 1], 2),
     ([8, 11, 10], 8, [3, 3], [2, 2], [1, 1, 1, 1], [1, 1], 8),
+    // Few input channels (a first layer): the transpose runs as ConvTranspose.
+    ([3, 13, 11], 16, [3, 3], [1, 1], [1, 1, 1, 1], [1, 1], 1),
+    ([2, 12, 10], 8, [3, 3], [1, 1], [2, 2, 2, 2], [2, 2], 1),
 ];
 
 fn geometry(case: &Case) -> ConvGeometry {
@@ -74,20 +78,23 @@ fn forward_and_transpose_match_the_kernels() {
         let wt = tensor(g.weight_shape(), 20 + i as u64);
         let s = tensor([n, o, oh, ow], 30 + i as u64);
 
+        // NaN first: the backend must write every element.
         let want = conv2d_forward(x.view(), wt.view(), &g);
-        let mut got = Array4::<f32>::zeros(want.raw_dim());
+        let mut got = Array4::<f32>::from_elem(want.raw_dim(), f32::NAN);
         assert!(
             ort.forward(x.view(), wt.view(), &g, got.view_mut()),
             "{case:?}"
         );
+        assert!(got.iter().all(|v| v.is_finite()), "forward left {case:?}");
         assert!(max_rel(&got, &want) < 1e-5, "forward {case:?}");
 
         let want = conv2d_transpose(s.view(), wt.view(), &g);
-        let mut got = Array4::<f32>::zeros(want.raw_dim());
+        let mut got = Array4::<f32>::from_elem(want.raw_dim(), f32::NAN);
         assert!(
             ort.transpose(s.view(), wt.view(), &g, got.view_mut()),
             "{case:?}"
         );
+        assert!(got.iter().all(|v| v.is_finite()), "transpose left {case:?}");
         assert!(
             max_rel(&got, &want) < 1e-5,
             "transpose {case:?}: {}",
