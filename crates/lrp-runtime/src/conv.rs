@@ -23,12 +23,13 @@ struct NodeKey {
     output_padding: [usize; 2],
 }
 
-/// [`Sconv`] on ONNX Runtime: the forward map runs as `Conv`; the transpose of a stride-1,
-/// one-group convolution as `Conv` of the relevance with the flipped, transposed kernel (ONNX
-/// Runtime's fastest path), unless the convolution has at most a quarter as many input as
-/// output channels (a first layer), and any other transpose as `ConvTranspose`. One session per node
-/// kind and attributes, with every dimension symbolic, made on first use; weights travel as
-/// inputs, so one session serves every layer of that geometry.
+/// [`Sconv`] on ONNX Runtime: the forward map runs as `Conv`. The transpose of a stride-1,
+/// one-group convolution runs as `Conv` of the relevance with the flipped, transposed kernel
+/// (ONNX Runtime's fastest path), unless the convolution has at most a quarter as many input
+/// as output channels (a first layer); that one, and any other transpose, runs as
+/// `ConvTranspose`. One session per node kind and attributes, with every dimension symbolic,
+/// made on first use; weights travel as inputs, so one session serves every layer of that
+/// geometry.
 #[derive(Debug)]
 pub struct OrtConv {
     sessions: OneNode<NodeKey>,

@@ -433,3 +433,17 @@ fn vgg16_full_build_matches_its_count() {
     assert_eq!(initializer_elements(&m), 138_357_544);
     assert!(encode_model(&m).len() > 553_000_000);
 }
+
+#[test]
+fn torch_image_batches_lie_inside_their_box() {
+    let (x, low, high) = crate::torch_image_batch(7, 2, 5);
+    assert_eq!(x.len(), 2 * 3 * 25);
+    // Pixel 0 and 255 of channel 0 under torchvision's normalisation.
+    assert!((low[0] - (0.0 - 0.485) / 0.229).abs() < 1e-6);
+    assert!((high[0] - (1.0 - 0.485) / 0.229).abs() < 1e-6);
+    for (i, &v) in x.iter().enumerate() {
+        let c = (i / 25) % 3;
+        assert!(v > low[c] && v < high[c], "value {v} of channel {c}");
+    }
+    assert_eq!(crate::torch_image_batch(7, 2, 5).0, x, "seeded");
+}
