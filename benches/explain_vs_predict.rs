@@ -9,8 +9,8 @@
 //!   input's box as the z^B bounds;
 //!
 //! on a seeded batch of images normalised as torchvision does
-//! (`lrp_testkit::torch_image_batch`), and prints a markdown table with the medians, their ratio and the peak RSS of each
-//! configuration.
+//! (`lrp_testkit::torch_image_batch`), and prints a markdown table with the medians, their
+//! ratio and the peak RSS of each configuration.
 //!
 //! ```sh
 //! cargo bench --bench explain_vs_predict                      # VGG16, batch 1 and 8 at 224
