@@ -8,8 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::*;
-use lrp_engine::Explanation;
-use lrp_rules::{NodeContext, Registry, Rule, RuleConfig};
+use lrp_rules::{NodeContext, Rule};
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
 
 /// Copies the relevance into the input's shape, counting its calls.
@@ -41,24 +40,13 @@ impl Rule for Mover {
     }
 }
 
-fn explain(rules: &str, reg: &Registry) -> Result<Explanation, String> {
-    let text = format!("(name: \"t\", signal: Sglrp(), rules: [{rules}])");
-    let config = RuleConfig::parse(&text, "t.ron", reg).map_err(|e| e.to_string())?;
-    explain_fixture("vgg_small", config, reg).map_err(|e| e.to_string())
-}
-
 #[test]
 fn relevance_moves_on_without_calling_the_rule() {
     let mover = Arc::new(Mover::default());
-    let mut reg = Registry::with_builtins();
-    let m = mover.clone();
-    reg.register("Mover", "moves relevance", vec![], move |_, _| {
-        Ok(m.clone() as Arc<dyn Rule>)
-    })
-    .unwrap();
+    let reg = registry_with("Mover", mover.clone());
     let base = "(select: Ops([Conv, Dense]), rule: Epsilon)";
-    let want = explain(base, &reg).unwrap();
-    let got = explain(
+    let want = explain_vgg_small(base, &reg).unwrap();
+    let got = explain_vgg_small(
         &format!("(select: Ops([Relu, Flatten]), rule: Mover), {base}"),
         &reg,
     )
@@ -69,7 +57,7 @@ fn relevance_moves_on_without_calling_the_rule() {
 
     // On a Dense layer the input's shape holds another number of values: the rule is called
     // (and its reshape fails, which is reported as its error).
-    let err = explain(&format!("(select: Op(Dense), rule: Mover), {base}"), &reg);
+    let err = explain_vgg_small(&format!("(select: Op(Dense), rule: Mover), {base}"), &reg);
     assert!(mover.0.load(Ordering::SeqCst) > 0);
     let msg = err.unwrap_err();
     assert!(msg.contains("Mover") && msg.contains("Dense"), "{msg}");

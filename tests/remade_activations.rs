@@ -8,8 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::*;
-use lrp_engine::Explanation;
-use lrp_rules::{NodeContext, Registry, Rule, RuleConfig};
+use lrp_rules::{NodeContext, Rule};
 use ndarray::{ArrayD, ArrayViewD};
 
 /// Passes the relevance on, after checking that the node's output is `max(input, 0)`;
@@ -48,29 +47,19 @@ impl Rule for ReluProbe {
     }
 }
 
-fn explain(rules: &str, reg: &Registry) -> Explanation {
-    let text = format!("(name: \"t\", signal: Sglrp(), rules: [{rules}])");
-    let config = RuleConfig::parse(&text, "t.ron", reg).unwrap();
-    explain_fixture("vgg_small", config, reg).unwrap()
-}
-
 #[test]
 fn rules_read_remade_relu_outputs() {
     let probe = Arc::new(ReluProbe::default());
-    let mut reg = Registry::with_builtins();
-    let p = probe.clone();
-    reg.register("ReluProbe", "checks ReLU outputs", vec![], move |_, _| {
-        Ok(p.clone() as Arc<dyn Rule>)
-    })
-    .unwrap();
+    let reg = registry_with("ReluProbe", probe.clone());
     // Epsilon reads every layer's input (the ReLU outputs) and output; Pass moves the
     // relevance through the ReLUs without reading them.
     let base = "(select: Ops([Conv, Dense]), rule: Epsilon)";
-    let want = explain(&format!("(select: Op(Relu), rule: Pass), {base}"), &reg);
-    let got = explain(
+    let want = explain_vgg_small(&format!("(select: Op(Relu), rule: Pass), {base}"), &reg).unwrap();
+    let got = explain_vgg_small(
         &format!("(select: Op(Relu), rule: ReluProbe), {base}"),
         &reg,
-    );
+    )
+    .unwrap();
     assert!(
         probe.0.load(Ordering::SeqCst) > 0,
         "no ReLU node was visited"

@@ -105,3 +105,24 @@ pub fn explain_fixture(
         },
     )
 }
+
+/// The built-in rules and `rule` under `name` (every use of the name gets this one instance,
+/// so a test can read its counters afterwards).
+pub fn registry_with(name: &str, rule: std::sync::Arc<dyn lrp_rules::Rule>) -> lrp_rules::Registry {
+    let mut reg = lrp_rules::Registry::with_builtins();
+    reg.register(name, "a test rule", vec![], move |_, _| Ok(rule.clone()))
+        .expect("a new rule name");
+    reg
+}
+
+/// Explains fixture `vgg_small` with the SGLRP signal and the rules `rules` (the entries of a
+/// RON `rules: [...]` list), as [`explain_fixture`] does; errors as text.
+pub fn explain_vgg_small(
+    rules: &str,
+    registry: &lrp_rules::Registry,
+) -> Result<lrp_engine::Explanation, String> {
+    let text = format!("(name: \"t\", signal: Sglrp(), rules: [{rules}])");
+    let config =
+        lrp_rules::RuleConfig::parse(&text, "t.ron", registry).map_err(|e| e.to_string())?;
+    explain_fixture("vgg_small", config, registry).map_err(|e| e.to_string())
+}

@@ -498,17 +498,7 @@ fn remake_relu(acts: &ActivationViews<'_>, g: &Graph, id: NodeId) -> ArrayD<f32>
         .expect("a remade ReLU reads an exported output")
         .as_standard_layout();
     let xs = x.as_slice().expect("standard layout");
-    let mut out = Vec::with_capacity(xs.len());
-    out.spare_capacity_mut()[..xs.len()]
-        .par_chunks_mut(1 << 16)
-        .zip(xs.par_chunks(1 << 16))
-        .for_each(|(d, s)| {
-            for (d, &v) in d.iter_mut().zip(s) {
-                d.write(v.max(0.0));
-            }
-        });
-    // SAFETY: the chunks above cover all `xs.len()` elements, each written once.
-    unsafe { out.set_len(xs.len()) };
+    let out = lrp_kernels::kernels::par_rows(1, xs.len(), |_, i| xs[i].max(0.0));
     ArrayD::from_shape_vec(x.raw_dim(), out).expect("same length")
 }
 

@@ -18,7 +18,7 @@ use lrp_ir::Op;
 use lrp_ir::op::window_out;
 use ndarray::{
     Array, Array2, Array4, ArrayView1, ArrayView2, ArrayView4, ArrayViewMut, ArrayViewMut2,
-    ArrayViewMut4, Axis, Ix2, Ix4, s,
+    ArrayViewMut4, Axis, Ix4, s,
 };
 use ndarray::{LinalgScalar, ShapeBuilder};
 use rayon::prelude::*;
@@ -145,19 +145,25 @@ fn conv_backend() -> Option<std::sync::Arc<dyn Sconv>> {
     BACKENDS.with(|c| c.borrow().conv.clone())
 }
 
-/// An array of `shape` whose elements `write` sets, every one of them, without reading any:
-/// no zeroing pass first.
-fn written_by<A: Copy, D: ndarray::Dimension>(
-    shape: D,
-    write: impl FnOnce(ArrayViewMut<'_, A, D>),
-) -> Array<A, D> {
-    let mut out = Array::<A, D>::uninit(shape);
-    // SAFETY: the view covers the array's own elements (standard layout, fresh), `A: Copy`
-    // needs no drop, and `write` sets every element before anything reads one.
-    let view = unsafe { ArrayViewMut::from_shape_ptr(out.raw_dim(), out.as_mut_ptr() as *mut A) };
-    write(view);
-    // SAFETY: every element was written above.
-    unsafe { out.assume_init() }
+/// `rows × row_len` values, `f(row, i)` at position `i` of row `row`, computed in parallel
+/// (rows, and long rows in pieces) straight into fresh memory: no zeroing pass first.
+pub fn par_rows(rows: usize, row_len: usize, f: impl Fn(usize, usize) -> f32 + Sync) -> Vec<f32> {
+    let len = rows * row_len;
+    let mut out = Vec::with_capacity(len);
+    let piece = row_len.clamp(1, 1 << 16);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(row_len.max(1))
+        .enumerate()
+        .for_each(|(m, row)| {
+            row.par_chunks_mut(piece).enumerate().for_each(|(p, dst)| {
+                for (j, d) in dst.iter_mut().enumerate() {
+                    d.write(f(m, p * piece + j));
+                }
+            });
+        });
+    // SAFETY: the chunks above cover all `len` elements, and each was written once.
+    unsafe { out.set_len(len) };
+    out
 }
 
 /// An array of `shape` filled by a [`Backends`] kernel (`run` returns whether it took the
@@ -171,8 +177,8 @@ unsafe fn from_backend<A: Copy + 'static, D: ndarray::Dimension>(
 ) -> Option<Array<A, D>> {
     debug_assert_eq!(std::any::TypeId::of::<A>(), std::any::TypeId::of::<f32>());
     let mut out = Array::<A, D>::uninit(shape);
-    // SAFETY: A is f32 (the caller's promise); otherwise as in `written_by`: a backend that
-    // takes the work writes every element.
+    // SAFETY: A is f32 (the caller's promise), and the view covers the fresh array's own
+    // elements; a backend that takes the work writes every element before any is read.
     let view = unsafe { ArrayViewMut::from_shape_ptr(out.raw_dim(), out.as_mut_ptr() as *mut f32) };
     // SAFETY: written in full when `run` says it took the work.
     run(view).then(|| unsafe { out.assume_init() })
@@ -832,10 +838,9 @@ pub fn dense_forward<A: LinalgScalar>(x: ArrayView2<A>, w: ArrayView2<A>) -> Arr
         x.ncols(),
         w.ncols()
     );
-    // `matmul` writes every element of its output.
-    written_by(Ix2(x.nrows(), w.nrows()), |mut out| {
-        matmul(x, w.t(), &mut out)
-    })
+    let mut out = Array2::zeros((x.nrows(), w.nrows()));
+    matmul(x, w.t(), &mut out.view_mut());
+    out
 }
 
 /// The transpose of [`dense_forward`]: `r[m, i] = Σ_o w[o, i] · s[m, o]` (`s` is `[M, out]`,
@@ -848,8 +853,9 @@ pub fn dense_transpose(s: ArrayView2<f32>, w: ArrayView2<f32>) -> Array2<f32> {
         s.ncols(),
         w.nrows()
     );
-    // `matmul` writes every element of its output.
-    written_by(Ix2(s.nrows(), w.ncols()), |mut out| matmul(s, w, &mut out))
+    let mut out = Array2::zeros((s.nrows(), w.ncols()));
+    matmul(s, w, &mut out.view_mut());
+    out
 }
 
 /// Weight rows per block of the `_mapped` dense kernels: a block holds at most this many

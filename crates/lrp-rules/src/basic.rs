@@ -638,18 +638,7 @@ fn divide_rows<A: Copy + Into<f64> + Sync>(
     let r = r.view();
     let r = r.as_standard_layout();
     let rs = r.as_slice().expect("standard layout");
-    let mut out = Vec::with_capacity(rs.len());
-    out.spare_capacity_mut()[..rs.len()]
-        .par_chunks_mut(row)
-        .zip(rs.par_chunks(row))
-        .enumerate()
-        .for_each(|(m, (dst, src))| {
-            for (i, (o, &rv)) in dst.iter_mut().zip(src).enumerate() {
-                o.write(divided(m, i, rv));
-            }
-        });
-    // SAFETY: the chunks above cover all `rs.len()` elements, each written once.
-    unsafe { out.set_len(rs.len()) };
+    let out = kernels::par_rows(rs.len() / row, row, |m, i| divided(m, i, rs[m * row + i]));
     ArrayD::from_shape_vec(r.raw_dim(), out).expect("same length as r")
 }
 

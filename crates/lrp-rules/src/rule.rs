@@ -237,24 +237,9 @@ pub fn map_rows(
         rs.len(),
         xs.len()
     );
-    let mut out = Vec::with_capacity(rs.len());
-    let piece = row.min(1 << 16);
-    out.spare_capacity_mut()[..rs.len()]
-        .par_chunks_mut(row)
-        .zip(rs.par_chunks(row))
-        .enumerate()
-        .for_each(|(m, (dst, src))| {
-            let xr = &xs[(m / maps) * row..(m / maps + 1) * row];
-            dst.par_chunks_mut(piece)
-                .zip(src.par_chunks(piece).zip(xr.par_chunks(piece)))
-                .for_each(|(d, (a, b))| {
-                    for (d, (&a, &b)) in d.iter_mut().zip(a.iter().zip(b)) {
-                        d.write(f(a, b));
-                    }
-                });
-        });
-    // SAFETY: the chunks above cover all `rs.len()` elements, each written once.
-    unsafe { out.set_len(rs.len()) };
+    let out = kernels::par_rows(rs.len() / row, row, |m, i| {
+        f(rs[m * row + i], xs[(m / maps) * row + i])
+    });
     ArrayD::from_shape_vec(r.raw_dim(), out).expect("same length as r")
 }
 

@@ -64,10 +64,10 @@ fn forward(g: &Graph, x: &ArrayD<f32>) -> ArrayD<f32> {
     z
 }
 
-fn apply(rule: &dyn Rule, g: &Graph, x: &[f32], r: &[f32]) -> Vec<f32> {
+/// `f` on the context of node 0 of `g` (one image, input `x`, its forward output).
+fn with_context<T>(g: &Graph, x: &[f32], f: impl FnOnce(&NodeContext<'_>) -> T) -> T {
     let x = ArrayD::from_shape_vec(IxDyn(&[1, x.len()]), x.to_vec()).unwrap();
     let z = forward(g, &x);
-    let r = ArrayD::from_shape_vec(IxDyn(&[1, r.len()]), r.to_vec()).unwrap();
     let ctx = NodeContext {
         graph: g,
         id: 0,
@@ -76,10 +76,17 @@ fn apply(rule: &dyn Rule, g: &Graph, x: &[f32], r: &[f32]) -> Vec<f32> {
         maps: 1,
         bounds: None,
     };
-    rule.relevance(&ctx, r.view()).unwrap()[0]
-        .iter()
-        .copied()
-        .collect()
+    f(&ctx)
+}
+
+fn apply(rule: &dyn Rule, g: &Graph, x: &[f32], r: &[f32]) -> Vec<f32> {
+    let r = ArrayD::from_shape_vec(IxDyn(&[1, r.len()]), r.to_vec()).unwrap();
+    with_context(g, x, |ctx| {
+        rule.relevance(ctx, r.view()).unwrap()[0]
+            .iter()
+            .copied()
+            .collect()
+    })
 }
 
 fn close(a: &[f32], b: &[f32]) {
@@ -265,8 +272,9 @@ fn uncovered_dense_is_an_error_naming_the_node() {
     );
 }
 
-#[test]
-fn every_linear_rule_is_linear_in_the_output_relevance() {
+/// A 3 → 2 dense layer with bias and one rule of every built-in term shape: one term, two
+/// terms (αβ), bounds, constant inputs and weights, an output mask (generalised γ).
+fn every_basic_rule() -> (Graph, Vec<Box<dyn Rule>>) {
     let g = dense(
         &[&[0.5, -1.0, 2.0], &[-0.25, 0.75, 1.0]],
         Some(&[0.1, -0.2]),
@@ -286,6 +294,12 @@ fn every_linear_rule_is_linear_in_the_output_relevance() {
         Box::new(BasicRule::w_square(s)),
         Box::new(BasicRule::gamma(0.25, true, s)),
     ];
+    (g, rules)
+}
+
+#[test]
+fn every_linear_rule_is_linear_in_the_output_relevance() {
+    let (g, rules) = every_basic_rule();
     let x = [1.5, -0.5, 0.25];
     for rule in &rules {
         let r1 = apply(rule.as_ref(), &g, &x, &[0.7, -1.3]);
@@ -309,42 +323,16 @@ fn every_linear_rule_is_linear_in_the_output_relevance() {
 #[test]
 fn handing_the_relevance_over_gives_the_same_result() {
     // `relevance_owned` (which the relevance pass calls, and the built-ins divide in place)
-    // against `relevance` on a view, for every term shape: one term, two terms (αβ), masks.
-    let g = dense(
-        &[&[0.5, -1.0, 2.0], &[-0.25, 0.75, 1.0]],
-        Some(&[0.1, -0.2]),
-    );
-    let s = Stabilizer::SignEpsilon(1e-6);
-    let b = Bounds {
-        low: vec![-2.0],
-        high: vec![2.0],
-    };
-    let rules: Vec<Box<dyn Rule>> = vec![
-        Box::new(BasicRule::z(s)),
-        Box::new(BasicRule::epsilon(0.1)),
-        Box::new(BasicRule::alpha_beta(2.0, 1.0, BiasMode::Full, s)),
-        Box::new(BasicRule::alpha_beta(1.0, 0.0, BiasMode::Split, s)),
-        Box::new(BasicRule::z_box(b, s)),
-        Box::new(BasicRule::flat(s)),
-        Box::new(BasicRule::w_square(s)),
-        Box::new(BasicRule::gamma(0.25, true, s)),
-    ];
-    let x = ArrayD::from_shape_vec(IxDyn(&[1, 3]), vec![1.5, -0.5, 0.25]).unwrap();
-    let z = forward(&g, &x);
+    // against `relevance` on a view.
+    let (g, rules) = every_basic_rule();
     let r = ArrayD::from_shape_vec(IxDyn(&[1, 2]), vec![0.7, -1.3]).unwrap();
-    let ctx = NodeContext {
-        graph: &g,
-        id: 0,
-        inputs: vec![x.view()],
-        output: z.view(),
-        maps: 1,
-        bounds: None,
-    };
-    for rule in &rules {
-        let by_view = rule.relevance(&ctx, r.view()).unwrap();
-        let owned = rule.relevance_owned(&ctx, r.clone()).unwrap();
-        assert_eq!(by_view, owned, "{}", rule.describe());
-    }
+    with_context(&g, &[1.5, -0.5, 0.25], |ctx| {
+        for rule in &rules {
+            let by_view = rule.relevance(ctx, r.view()).unwrap();
+            let owned = rule.relevance_owned(ctx, r.clone()).unwrap();
+            assert_eq!(by_view, owned, "{}", rule.describe());
+        }
+    });
 }
 
 #[test]
