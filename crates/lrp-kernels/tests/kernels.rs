@@ -949,3 +949,14 @@ fn global_pools_equal_full_window_pools() {
     let g = PoolGeometry::new(&Op::GlobalMaxPool, &[3, 4, 5]).unwrap();
     assert_eq!(g, PoolGeometry::global(3, 4, 5));
 }
+
+#[test]
+fn par_rows_writes_every_position_of_every_row() {
+    // Rows longer than one parallel piece (2^16), and a row count that is not a power of two.
+    let (rows, len) = (3, (1 << 16) + 7);
+    let v = par_rows(rows, len, |m, i| (m * len + i) as f32);
+    assert_eq!(v.len(), rows * len);
+    assert!(v.iter().enumerate().all(|(k, &x)| x == k as f32));
+    assert!(par_rows(0, 5, |_, _| 1.0).is_empty());
+    assert!(par_rows(4, 0, |_, _| 1.0).is_empty());
+}
