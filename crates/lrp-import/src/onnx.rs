@@ -365,7 +365,7 @@ impl<'a> Context<'a> {
         struct P<'b>(&'b NodeDef, &'b Weights);
         impl ParamShapes for P<'_> {
             fn param_shape(&self, name: &str) -> Option<&[usize]> {
-                self.1.get(self.0.params.get(name)?).map(|a| a.shape())
+                self.1.shape(self.0.params.get(name)?)
             }
         }
         let ins: Vec<&[usize]> = def.inputs.iter().map(|i| self.shape(i)).collect();
@@ -893,7 +893,7 @@ impl<'a> Context<'a> {
                 })?;
                 let key = format!("{}.bias", self.nodes[pi].name);
                 let total = match self.weights.get(&key) {
-                    Some(old) => old + &bias,
+                    Some(old) => &old + &bias,
                     None => bias,
                 };
                 self.weights.insert(key.clone(), total);

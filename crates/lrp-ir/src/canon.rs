@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use ndarray::{ArrayD, Axis};
+use ndarray::{ArrayD, ArrayViewD, Axis};
 
 use crate::error::IrError;
 use crate::graph::{Graph, NodeId};
@@ -83,7 +83,7 @@ pub fn fold_batchnorm_with_report(graph: Graph) -> Result<(Graph, Vec<FoldedBatc
         }
         let bn = def.nodes[i].clone();
         let layer = def.nodes[p].clone();
-        let bn_param = |name: &str| -> &ArrayD<f32> {
+        let bn_param = |name: &str| -> ArrayViewD<'_, f32> {
             weights
                 .get(&bn.params[name])
                 .expect("validated graph: BatchNorm parameters exist")
@@ -193,34 +193,35 @@ fn unique_key(weights: &Weights, base: &str) -> String {
 
 /// The folded weight and bias (see [`fold_batchnorm`]).
 fn fold(
-    w: &ArrayD<f32>,
-    b: Option<&ArrayD<f32>>,
-    scale: &ArrayD<f32>,
-    shift: &ArrayD<f32>,
-    mean: &ArrayD<f32>,
-    var: &ArrayD<f32>,
+    w: ArrayViewD<'_, f32>,
+    b: Option<ArrayViewD<'_, f32>>,
+    scale: ArrayViewD<'_, f32>,
+    shift: ArrayViewD<'_, f32>,
+    mean: ArrayViewD<'_, f32>,
+    var: ArrayViewD<'_, f32>,
     epsilon: f32,
 ) -> Result<(ArrayD<f32>, ArrayD<f32>), String> {
     let channels = w.shape()[0];
-    let at = |a: &ArrayD<f32>, o: usize| f64::from(a.as_slice_memory_order().expect("1-D")[o]);
+    let at =
+        |a: &ArrayViewD<'_, f32>, o: usize| f64::from(a.as_slice_memory_order().expect("1-D")[o]);
     let mut factor = Vec::with_capacity(channels);
     for o in 0..channels {
-        let d = at(var, o) + f64::from(epsilon);
+        let d = at(&var, o) + f64::from(epsilon);
         if d.is_nan() || d <= 0.0 {
             return Err(format!(
                 "cannot fold: var + epsilon = {d} is not positive in channel {o}"
             ));
         }
-        factor.push(at(scale, o) / d.sqrt());
+        factor.push(at(&scale, o) / d.sqrt());
     }
-    let mut w_new = w.clone();
+    let mut w_new = w.to_owned();
     for (o, mut row) in w_new.axis_iter_mut(Axis(0)).enumerate() {
         row.mapv_inplace(|v| (f64::from(v) * factor[o]) as f32);
     }
     let b_new = ArrayD::from_shape_fn(vec![channels], |ix| {
         let o = ix[0];
-        let b = b.map_or(0.0, |b| at(b, o));
-        ((b - at(mean, o)) * factor[o] + at(shift, o)) as f32
+        let b = b.as_ref().map_or(0.0, |b| at(b, o));
+        ((b - at(&mean, o)) * factor[o] + at(&shift, o)) as f32
     });
     Ok((w_new, b_new))
 }
@@ -308,7 +309,7 @@ mod tests {
         g.nodes().iter().map(|n| n.name.as_str()).collect()
     }
 
-    fn param<'a>(g: &'a Graph, node: &str, p: &str) -> &'a ArrayD<f32> {
+    fn param<'a>(g: &'a Graph, node: &str, p: &str) -> ArrayViewD<'a, f32> {
         g.param(g.node_id(node).unwrap(), p).unwrap()
     }
 

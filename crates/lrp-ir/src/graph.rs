@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use ndarray::ArrayD;
+use ndarray::ArrayViewD;
 use petgraph::stable_graph::{NodeIndex, StableDiGraph};
 use serde::{Deserialize, Serialize};
 
@@ -103,7 +103,7 @@ struct NodeParams<'a> {
 impl ParamShapes for NodeParams<'_> {
     fn param_shape(&self, name: &str) -> Option<&[usize]> {
         let key = self.node.params.get(name)?;
-        self.weights.get(key).map(|a| a.shape())
+        self.weights.shape(key)
     }
 }
 
@@ -336,7 +336,7 @@ impl Graph {
     }
 
     /// Parameter `name` of node `id` (e.g. `"weight"`), if it has one.
-    pub fn param(&self, id: NodeId, name: &str) -> Option<&ArrayD<f32>> {
+    pub fn param(&self, id: NodeId, name: &str) -> Option<ArrayViewD<'_, f32>> {
         let key = self.def.nodes[id].params.get(name)?;
         self.weights.get(key)
     }

@@ -22,4 +22,4 @@ pub use graph::{
 };
 pub use op::{Op, ParamSpec, Shape};
 pub use preprocess::{ChannelOrder, Filter, Fit, Preprocess};
-pub use weights::Weights;
+pub use weights::{SharedTensor, Weights};

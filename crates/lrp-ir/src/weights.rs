@@ -4,16 +4,86 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use ndarray::{ArrayD, IxDyn};
+use ndarray::{ArrayD, ArrayViewD, IxDyn};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
 use crate::error::IrError;
 
 /// Named f32 tensors, kept in name order. Each tensor is shared (a clone of the set or a
-/// [`Weights::shared`] handle does not copy it).
-#[derive(Debug, Clone, Default, PartialEq)]
+/// [`Weights::shared`] handle does not copy it). Tensors read by [`Weights::load`] stay in the
+/// mapped file where they can: the values are read from the page cache, never copied.
+#[derive(Debug, Clone, Default)]
 pub struct Weights {
-    tensors: BTreeMap<String, Arc<ArrayD<f32>>>,
+    tensors: BTreeMap<String, SharedTensor>,
+}
+
+/// A handle on one tensor of a [`Weights`] set that keeps its values alive (no copy).
+#[derive(Clone)]
+pub struct SharedTensor(Stored);
+
+#[derive(Clone)]
+enum Stored {
+    /// Values in memory of their own.
+    Owned(Arc<ArrayD<f32>>),
+    /// Little-endian f32 values at byte `offset` of a mapped file, 4-byte aligned (checked
+    /// when the file was read), in standard layout.
+    Mapped {
+        file: Arc<memmap2::MmapMut>,
+        offset: usize,
+        shape: Vec<usize>,
+    },
+}
+
+impl SharedTensor {
+    /// The values, in standard layout.
+    pub fn view(&self) -> ArrayViewD<'_, f32> {
+        match &self.0 {
+            Stored::Owned(a) => a.view(),
+            Stored::Mapped {
+                file,
+                offset,
+                shape,
+            } => {
+                let len = shape.iter().product::<usize>() * 4;
+                let values: &[f32] = bytemuck::try_cast_slice(&file[*offset..*offset + len])
+                    .expect("alignment and length checked when the file was read");
+                ArrayViewD::from_shape(IxDyn(shape), values).expect("length checked when read")
+            }
+        }
+    }
+
+    /// The shape.
+    pub fn shape(&self) -> &[usize] {
+        match &self.0 {
+            Stored::Owned(a) => a.shape(),
+            Stored::Mapped { shape, .. } => shape,
+        }
+    }
+
+    /// Whether the values are read in place from a mapped file.
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.0, Stored::Mapped { .. })
+    }
+}
+
+impl std::fmt::Debug for SharedTensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedTensor")
+            .field("shape", &self.shape())
+            .field("mapped", &self.is_mapped())
+            .finish()
+    }
+}
+
+impl PartialEq for Weights {
+    /// The same names with the same shapes and values.
+    fn eq(&self, other: &Self) -> bool {
+        self.tensors.len() == other.tensors.len()
+            && self
+                .iter()
+                .zip(other.iter())
+                .all(|((ka, a), (kb, b))| ka == kb && a == b)
+    }
 }
 
 impl Weights {
@@ -23,30 +93,37 @@ impl Weights {
     }
 
     /// The tensor called `key`.
-    pub fn get(&self, key: &str) -> Option<&ArrayD<f32>> {
-        self.tensors.get(key).map(|a| &**a)
+    pub fn get(&self, key: &str) -> Option<ArrayViewD<'_, f32>> {
+        self.tensors.get(key).map(SharedTensor::view)
+    }
+
+    /// The shape of the tensor called `key`.
+    pub fn shape(&self, key: &str) -> Option<&[usize]> {
+        self.tensors.get(key).map(SharedTensor::shape)
     }
 
     /// A handle on the tensor called `key` that keeps it alive (no copy).
-    pub fn shared(&self, key: &str) -> Option<Arc<ArrayD<f32>>> {
+    pub fn shared(&self, key: &str) -> Option<SharedTensor> {
         self.tensors.get(key).cloned()
     }
 
     /// Adds or replaces a tensor.
     pub fn insert(&mut self, key: impl Into<String>, value: ArrayD<f32>) {
-        self.tensors.insert(key.into(), Arc::new(value));
+        self.tensors
+            .insert(key.into(), SharedTensor(Stored::Owned(Arc::new(value))));
     }
 
-    /// Removes a tensor, returning it (a copy only if it is still shared).
+    /// Removes a tensor, returning it (a copy only if it is still shared or mapped).
     pub fn remove(&mut self, key: &str) -> Option<ArrayD<f32>> {
-        self.tensors
-            .remove(key)
-            .map(|a| Arc::try_unwrap(a).unwrap_or_else(|a| (*a).clone()))
+        self.tensors.remove(key).map(|t| match t.0 {
+            Stored::Owned(a) => Arc::try_unwrap(a).unwrap_or_else(|a| (*a).clone()),
+            mapped => SharedTensor(mapped).view().to_owned(),
+        })
     }
 
     /// All tensors in name order.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &ArrayD<f32>)> {
-        self.tensors.iter().map(|(k, v)| (k.as_str(), &**v))
+    pub fn iter(&self) -> impl Iterator<Item = (&str, ArrayViewD<'_, f32>)> {
+        self.tensors.iter().map(|(k, v)| (k.as_str(), v.view()))
     }
 
     /// Number of tensors.
@@ -59,10 +136,11 @@ impl Weights {
         self.tensors.is_empty()
     }
 
-    /// Reads a `.safetensors` file. F32 tensors are taken as they are; F64 and F16 are converted
-    /// to f32; other dtypes are an error naming the tensor. The file is memory-mapped, so its
-    /// bytes are read from the page cache without a second copy in memory; it must not change
-    /// while it is read.
+    /// Reads a `.safetensors` file. F32 tensors are read in place from the memory-mapped file
+    /// (from the page cache, without a copy) where they are 4-byte aligned, as the files that
+    /// lrp-graph writes are; F64 and F16 are converted to f32; other dtypes are an error naming
+    /// the tensor. The file must not be changed in place or truncated while the weights are
+    /// alive (lrp-graph replaces files by renaming a new one over them, which is safe).
     pub fn load(path: &Path) -> Result<Self, IrError> {
         let io = |source| IrError::Io {
             path: path.to_owned(),
@@ -70,10 +148,10 @@ impl Weights {
             source,
         };
         let file = std::fs::File::open(path).map_err(io)?;
-        // SAFETY: the map is only read, here, and dropped before returning; the file must not
-        // be truncated meanwhile (documented above).
-        let decoded = match unsafe { memmap2::Mmap::map(&file) } {
-            Ok(map) => Self::from_bytes(&map),
+        // SAFETY: a private (copy-on-write) map, which nothing here writes; the file must not
+        // be truncated or changed in place while the weights are alive (documented above).
+        let decoded = match unsafe { memmap2::MmapOptions::new().map_copy(&file) } {
+            Ok(map) => Self::from_map(Arc::new(map)),
             // Not mappable (a pipe, say): read it whole.
             Err(_) => Self::from_bytes(&std::fs::read(path).map_err(io)?),
         };
@@ -83,35 +161,39 @@ impl Weights {
         })
     }
 
+    /// Decodes a mapped safetensors file, keeping aligned little-endian f32 tensors in place.
+    fn from_map(map: Arc<memmap2::MmapMut>) -> Result<Self, String> {
+        let st = SafeTensors::deserialize(&map[..])
+            .map_err(|e| format!("not a valid safetensors file: {e}"))?;
+        let mut tensors = BTreeMap::new();
+        for (name, view) in st.iter() {
+            let data = view.data();
+            let in_place = cfg!(target_endian = "little")
+                && view.dtype() == Dtype::F32
+                && bytemuck::try_cast_slice::<u8, f32>(data).is_ok()
+                && data.len() == view.shape().iter().product::<usize>() * 4;
+            let stored = if in_place {
+                Stored::Mapped {
+                    file: Arc::clone(&map),
+                    offset: data.as_ptr() as usize - map.as_ptr() as usize,
+                    shape: view.shape().to_vec(),
+                }
+            } else {
+                Stored::Owned(Arc::new(decode(name, &view)?))
+            };
+            tensors.insert(name.to_owned(), SharedTensor(stored));
+        }
+        Ok(Weights { tensors })
+    }
+
     /// Decodes safetensors bytes.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
         let st = SafeTensors::deserialize(bytes)
             .map_err(|e| format!("not a valid safetensors file: {e}"))?;
         let mut tensors = BTreeMap::new();
         for (name, view) in st.iter() {
-            let data = view.data();
-            let values: Vec<f32> = match view.dtype() {
-                Dtype::F32 => data
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-                Dtype::F64 => data
-                    .chunks_exact(8)
-                    .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
-                    .collect(),
-                Dtype::F16 => data
-                    .chunks_exact(2)
-                    .map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])))
-                    .collect(),
-                other => {
-                    return Err(format!(
-                        "tensor '{name}' has dtype {other:?}; only F32, F64 and F16 are read"
-                    ));
-                }
-            };
-            let arr = ArrayD::from_shape_vec(IxDyn(view.shape()), values)
-                .map_err(|e| format!("tensor '{name}': {e}"))?;
-            tensors.insert(name.to_owned(), Arc::new(arr));
+            let arr = decode(name, &view)?;
+            tensors.insert(name.to_owned(), SharedTensor(Stored::Owned(Arc::new(arr))));
         }
         Ok(Weights { tensors })
     }
@@ -122,7 +204,7 @@ impl Weights {
             .tensors
             .iter()
             .map(|(k, v)| {
-                let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                let bytes = v.view().iter().flat_map(|x| x.to_le_bytes()).collect();
                 (k.as_str(), bytes, v.shape().to_vec())
             })
             .collect();
@@ -149,6 +231,31 @@ impl Weights {
             source,
         })
     }
+}
+
+/// One safetensors tensor as f32 values of its own (F32, F64 or F16).
+fn decode(name: &str, view: &TensorView<'_>) -> Result<ArrayD<f32>, String> {
+    let data = view.data();
+    let values: Vec<f32> = match view.dtype() {
+        Dtype::F32 => data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        Dtype::F64 => data
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
+            .collect(),
+        Dtype::F16 => data
+            .chunks_exact(2)
+            .map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])))
+            .collect(),
+        other => {
+            return Err(format!(
+                "tensor '{name}' has dtype {other:?}; only F32, F64 and F16 are read"
+            ));
+        }
+    };
+    ArrayD::from_shape_vec(IxDyn(view.shape()), values).map_err(|e| format!("tensor '{name}': {e}"))
 }
 
 /// IEEE 754 half → single precision.
@@ -181,6 +288,56 @@ mod tests {
         assert_eq!(f16_to_f32(0x0001), 2f32.powi(-24));
         assert_eq!(f16_to_f32(0x7bff), 65504.0);
         assert!(f16_to_f32(0x7c00).is_infinite());
+    }
+
+    /// A safetensors file by hand: `header` (JSON, padded with spaces to `header_len` bytes),
+    /// then `data`.
+    fn raw_file(header: &str, header_len: usize, data: &[u8]) -> Vec<u8> {
+        let mut bytes = (header_len as u64).to_le_bytes().to_vec();
+        bytes.extend(format!("{header:<header_len$}").bytes());
+        bytes.extend_from_slice(data);
+        bytes
+    }
+
+    #[test]
+    fn load_reads_aligned_f32_in_place_and_converts_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = Weights::new();
+        w.insert(
+            "conv",
+            ArrayD::from_shape_vec(IxDyn(&[2, 1, 1, 2]), vec![1., -2., 3., 0.25]).unwrap(),
+        );
+        w.insert(
+            "bias",
+            ArrayD::from_shape_vec(IxDyn(&[3]), vec![0.5, 0., -1.]).unwrap(),
+        );
+        let path = dir.path().join("w.safetensors");
+        w.save(&path).unwrap();
+        let back = Weights::load(&path).unwrap();
+        assert_eq!(back, w);
+        assert!(back.shared("conv").unwrap().is_mapped());
+        assert!(back.shared("bias").unwrap().is_mapped());
+        assert_eq!(back.shape("conv"), Some(&[2, 1, 1, 2][..]));
+        // Shared handles and removed tensors outlive the set and its map.
+        let conv = back.shared("conv").unwrap();
+        let mut rest = back.clone();
+        drop(back);
+        assert_eq!(rest.remove("bias").unwrap(), w.get("bias").unwrap());
+        drop(rest);
+        assert_eq!(conv.view(), w.get("conv").unwrap());
+
+        // F32 values at an offset that is not a multiple of 4, and F16 values: decoded copies.
+        let header = r#"{"h":{"dtype":"F16","shape":[2],"data_offsets":[0,4]},"odd":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#;
+        let mut data = vec![0x00, 0x3c, 0x00, 0xc0];
+        data.extend(2.5f32.to_le_bytes());
+        let len = header.len() + (4 - (8 + header.len()) % 4) % 4 + 1;
+        let path = dir.path().join("odd.safetensors");
+        std::fs::write(&path, raw_file(header, len, &data)).unwrap();
+        let odd = Weights::load(&path).unwrap();
+        assert!(!odd.shared("odd").unwrap().is_mapped());
+        assert!(!odd.shared("h").unwrap().is_mapped());
+        assert_eq!(odd.get("odd").unwrap().as_slice().unwrap(), &[2.5]);
+        assert_eq!(odd.get("h").unwrap().as_slice().unwrap(), &[1.0, -2.0]);
     }
 
     #[test]

@@ -215,7 +215,7 @@ struct CacheKey {
 }
 
 impl CacheKey {
-    fn new(w: &ArrayD<f32>, param: ParamMod) -> Self {
+    fn new(w: ArrayViewD<'_, f32>, param: ParamMod) -> Self {
         let mut sample = [0f32; 8];
         let n = w.len();
         if let Some(ws) = w.as_slice_memory_order() {
@@ -236,11 +236,11 @@ impl CacheKey {
 
 impl WeightCache {
     /// `m(w)`, from the cache when it was computed before; `None` for the identity.
-    fn get(&self, w: &ArrayD<f32>, m: ParamMod) -> Option<Arc<ArrayD<f32>>> {
+    fn get(&self, w: ArrayViewD<'_, f32>, m: ParamMod) -> Option<Arc<ArrayD<f32>>> {
         if m == ParamMod::Identity {
             return None;
         }
-        let key = CacheKey::new(w, m);
+        let key = CacheKey::new(w.view(), m);
         let mut entries = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((_, a)) = entries.iter().find(|(k, _)| *k == key) {
             return Some(a.clone());
@@ -546,14 +546,14 @@ pub fn stab_text(s: Stabilizer) -> String {
     }
 }
 
-fn modify_weight(w: &ArrayD<f32>, m: ParamMod) -> Option<ArrayD<f32>> {
+fn modify_weight(w: ArrayViewD<'_, f32>, m: ParamMod) -> Option<ArrayD<f32>> {
     (m != ParamMod::Identity).then(|| w.mapv(|v| m.apply(v)))
 }
 
-fn modify_bias(b: &ArrayD<f32>, m: BiasMod) -> Option<ArrayD<f32>> {
+fn modify_bias(b: ArrayViewD<'_, f32>, m: BiasMod) -> Option<ArrayD<f32>> {
     Some(match m {
         BiasMod::None => return None,
-        BiasMod::Identity => b.clone(),
+        BiasMod::Identity => b.to_owned(),
         BiasMod::Positive => b.mapv(|v| v.max(0.0)),
         BiasMod::Negative => b.mapv(|v| v.min(0.0)),
         BiasMod::Gamma { gamma, positive } => {
@@ -578,8 +578,10 @@ fn branch_sum<A: LinalgScalar + From<f32> + std::ops::AddAssign + Send + Sync>(
     let mut acc: Option<ArrayD<A>> = None;
     for (k, b) in t.branches.iter().enumerate().filter(|(k, _)| live[*k]) {
         let xi = inputs[k].as_ref().map(|a| a.view()).unwrap_or(x.view());
-        let wi = weights[k].as_deref().unwrap_or(lin.weight);
-        let mut f = fwd(k, xi, wi.view());
+        let wi = weights[k]
+            .as_deref()
+            .map_or(lin.weight.view(), |w| w.view());
+        let mut f = fwd(k, xi, wi);
         if b.sign != 1.0 {
             let c = A::from(b.sign);
             f.mapv_inplace(|v| v * c);
@@ -806,7 +808,7 @@ impl BasicRule {
                 weights.push(if dead || map {
                     None
                 } else {
-                    self.cache.get(lin.weight, b.param)
+                    self.cache.get(lin.weight.view(), b.param)
                 });
                 inputs.push(xi);
             }
@@ -867,7 +869,10 @@ impl BasicRule {
                     }
                     sign
                 };
-                let bias = lin.bias.and_then(|b| modify_bias(b, t.bias));
+                let bias = lin
+                    .bias
+                    .as_ref()
+                    .and_then(|b| modify_bias(b.view(), t.bias));
                 let bias64: Option<Vec<f64>> =
                     bias.map(|b| b.iter().map(|&v| f64::from(v)).collect());
                 if !self.f64_denominators || definite().is_some() {
@@ -907,7 +912,9 @@ impl BasicRule {
                 }),
             }
             for (k, b) in t.branches.iter().enumerate().filter(|(k, _)| live[*k]) {
-                let wi = weights[k].as_deref().unwrap_or(lin.weight);
+                let wi = weights[k]
+                    .as_deref()
+                    .map_or(lin.weight.view(), |w| w.view());
                 let mut g = match mapped[k] {
                     Some(m) => kernels::dense_transpose_mapped(
                         s.view()
@@ -976,16 +983,16 @@ mod tests {
     fn modified_weights_are_made_once_per_tensor_and_modifier() {
         let cache = WeightCache::default();
         let w = array![[1.0f32, -2.0], [-3.0, 4.0]].into_dyn();
-        let a = cache.get(&w, ParamMod::Positive).unwrap();
-        let b = cache.get(&w, ParamMod::Positive).unwrap();
+        let a = cache.get(w.view(), ParamMod::Positive).unwrap();
+        let b = cache.get(w.view(), ParamMod::Positive).unwrap();
         assert!(Arc::ptr_eq(&a, &b));
         assert_eq!(*a, array![[1.0f32, 0.0], [0.0, 4.0]].into_dyn());
-        let n = cache.get(&w, ParamMod::Negative).unwrap();
+        let n = cache.get(w.view(), ParamMod::Negative).unwrap();
         assert_eq!(*n, array![[0.0f32, -2.0], [-3.0, 0.0]].into_dyn());
-        assert!(cache.get(&w, ParamMod::Identity).is_none());
+        assert!(cache.get(w.view(), ParamMod::Identity).is_none());
         // Another tensor of the same shape (other address, other values) gets its own.
         let w2 = ArrayD::from_shape_vec(IxDyn(&[2, 2]), vec![5.0f32, 6.0, 7.0, -8.0]).unwrap();
-        let c = cache.get(&w2, ParamMod::Positive).unwrap();
+        let c = cache.get(w2.view(), ParamMod::Positive).unwrap();
         assert_eq!(*c, array![[5.0f32, 6.0], [7.0, 0.0]].into_dyn());
         assert_eq!(cache.0.lock().unwrap().len(), 3);
     }

@@ -83,7 +83,7 @@ impl<'a> NodeContext<'a> {
     }
 
     /// Parameter `name` of the node.
-    pub fn param(&self, name: &str) -> Option<&'a ArrayD<f32>> {
+    pub fn param(&self, name: &str) -> Option<ArrayViewD<'a, f32>> {
         self.graph.param(self.id, name)
     }
 
@@ -119,9 +119,9 @@ pub struct Linear<'a> {
     /// Dense or Conv, with the geometry.
     pub kind: LinearKind,
     /// The weight (`[out, in]` or `[O, C/groups, kh, kw]`).
-    pub weight: &'a ArrayD<f32>,
+    pub weight: ArrayViewD<'a, f32>,
     /// The bias `[out]`, if any.
-    pub bias: Option<&'a ArrayD<f32>>,
+    pub bias: Option<ArrayViewD<'a, f32>>,
 }
 
 impl Linear<'_> {
@@ -149,22 +149,18 @@ impl Linear<'_> {
 
     /// `T(s, w)`: the transpose of the map with weight `w` (the gradient w.r.t. the input);
     /// `s` is `[rows, ...out]`.
-    pub fn transpose(&self, s: ArrayViewD<'_, f32>, w: &ArrayD<f32>) -> ArrayD<f32> {
+    pub fn transpose(&self, s: ArrayViewD<'_, f32>, w: ArrayViewD<'_, f32>) -> ArrayD<f32> {
         match &self.kind {
             LinearKind::Dense => kernels::dense_transpose(
                 s.into_dimensionality::<Ix2>()
                     .expect("dense relevance is 2-D"),
-                w.view()
-                    .into_dimensionality::<Ix2>()
-                    .expect("dense weight is 2-D"),
+                w.into_dimensionality::<Ix2>().expect("dense weight is 2-D"),
             )
             .into_dyn(),
             LinearKind::Conv(g) => kernels::conv2d_transpose(
                 s.into_dimensionality::<Ix4>()
                     .expect("conv relevance is 4-D"),
-                w.view()
-                    .into_dimensionality::<Ix4>()
-                    .expect("conv weight is 4-D"),
+                w.into_dimensionality::<Ix4>().expect("conv weight is 4-D"),
                 g,
             )
             .into_dyn(),

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use lrp_ir::{Graph, Op};
+use lrp_ir::{Graph, Op, SharedTensor};
 use lrp_onnx::proto::{
     self, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
     TensorShapeProto, TypeProto, ValueInfoProto,
@@ -33,7 +33,7 @@ fn init_name(key: &str) -> String {
 const BLOB_ALIGN: usize = 64;
 
 /// The weight tensors the nodes use, in name order.
-fn used_weights(graph: &Graph) -> Vec<(&str, &ndarray::ArrayD<f32>)> {
+fn used_weights(graph: &Graph) -> Vec<(&str, ndarray::ArrayViewD<'_, f32>)> {
     let used: std::collections::HashSet<&str> = graph
         .nodes()
         .iter()
@@ -52,24 +52,42 @@ pub enum WeightData<'a> {
     /// In one blob returned beside the model (little-endian f32, each tensor at a multiple of
     /// 64 bytes), which the initializers reference as the external data file named here.
     Blob(&'a str),
-    /// Supplied by the caller when the session opens ([`supplied_weights`], ONNX Runtime's
-    /// `AddExternalInitializers`, which uses the caller's memory without a copy). The initializers only
-    /// declare the tensors: their external data placeholder names the working directory `.`,
-    /// because ONNX Runtime checks that an external data location exists before a supplied
-    /// initializer replaces it.
+    /// Supplied by the caller when the session opens ([`supplied_weights`]: ONNX Runtime's
+    /// `AddInitializer`, which uses the caller's memory without a copy, or
+    /// `AddExternalInitializers`, which copies). The initializers only declare the tensors:
+    /// their external data placeholder names the working directory `.`, because ONNX Runtime
+    /// checks that an external data location exists before a supplied initializer replaces it.
     Supplied,
 }
 
-/// The weights the exported model of `graph` uses, with their initializer names, for
-/// [`WeightData::Supplied`]: shared handles, not copies.
-pub fn supplied_weights(graph: &Graph) -> Vec<(String, Arc<ndarray::ArrayD<f32>>)> {
+/// One weight for [`WeightData::Supplied`]: its initializer name, a shared handle on its values
+/// (not a copy), and whether only Dense nodes read it. ONNX Runtime's optimisations rewrite or
+/// fold the weights of other nodes (Conv kernels into its blocked layout, batch norms into
+/// convolutions), and leave those of its `Gemm` as they are.
+#[derive(Debug, Clone)]
+pub struct SuppliedWeight {
+    /// The initializer's name in the exported model.
+    pub name: String,
+    /// The values.
+    pub tensor: SharedTensor,
+    /// Whether Dense nodes, and no others, read it.
+    pub dense_only: bool,
+}
+
+/// The weights the exported model of `graph` uses, for [`WeightData::Supplied`].
+pub fn supplied_weights(graph: &Graph) -> Vec<SuppliedWeight> {
+    let not_dense: std::collections::HashSet<&str> = graph
+        .nodes()
+        .iter()
+        .filter(|n| !matches!(n.op, Op::Dense))
+        .flat_map(|n| n.params.values().map(String::as_str))
+        .collect();
     used_weights(graph)
         .into_iter()
-        .map(|(k, _)| {
-            (
-                init_name(k),
-                graph.weights().shared(k).expect("a used weight exists"),
-            )
+        .map(|(k, _)| SuppliedWeight {
+            name: init_name(k),
+            tensor: graph.weights().shared(k).expect("a used weight exists"),
+            dense_only: !not_dense.contains(k),
         })
         .collect()
 }
@@ -112,7 +130,7 @@ fn weight_initializers(
 
 /// The weights in one blob, each at a multiple of [`BLOB_ALIGN`] bytes (zero padding between
 /// them), and their offsets.
-fn weights_blob(weights: &[(&str, &ndarray::ArrayD<f32>)]) -> (Arc<[u8]>, Vec<usize>) {
+fn weights_blob(weights: &[(&str, ndarray::ArrayViewD<'_, f32>)]) -> (Arc<[u8]>, Vec<usize>) {
     let mut offsets = Vec::with_capacity(weights.len() + 1);
     let mut total = 0usize;
     for (_, a) in weights {

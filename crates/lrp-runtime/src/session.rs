@@ -3,14 +3,14 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use lrp_ir::{Graph, NodeId};
+use lrp_ir::{Graph, NodeId, SharedTensor};
 use ndarray::{ArrayD, ArrayViewD};
 use ort::environment::Environment;
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::TensorRef;
 
-use crate::export::{ExportOutputs, WeightData, supplied_weights, to_onnx};
+use crate::export::{ExportOutputs, SuppliedWeight, WeightData, supplied_weights, to_onnx};
 
 /// The name under which the weights of an exported graph are given to ONNX Runtime.
 const WEIGHTS_FILE: &str = "lrp-graph-weights.bin";
@@ -136,12 +136,27 @@ impl Activations {
     }
 }
 
-/// Weights handed to ONNX Runtime in their own memory (`AddExternalInitializers`): the ONNX values
-/// over them, released on drop, and the handles that keep the memory alive until then.
+/// How [`SuppliedWeights::add`] hands weights to ONNX Runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sharing {
+    /// Dense weights as shared initializers, which ONNX Runtime reads in place; all others as
+    /// external initializers, which it copies (and may rewrite: Conv kernels into its blocked
+    /// layout, batch norms into convolutions). Reading in place saves a copy of most of a
+    /// classifier's weights in a cold process (0.5 GB for VGG16); a shared initializer must not
+    /// be one that an optimisation reads, which fails on its placeholder.
+    InPlace,
+    /// Every weight as an external initializer (copied).
+    Copied,
+}
+
+/// Weights handed to ONNX Runtime from their own memory: the ONNX values over them, released on
+/// drop, and the handles that keep the memory alive until then.
 #[derive(Default)]
 struct SuppliedWeights {
     values: Vec<*mut ort::sys::OrtValue>,
-    _tensors: Vec<std::sync::Arc<ArrayD<f32>>>,
+    _tensors: Vec<SharedTensor>,
+    /// Whether some weight is read in place (not copied by ONNX Runtime).
+    in_place: bool,
 }
 
 // SAFETY: the values are read-only tensors over memory this struct keeps alive; they are only
@@ -151,11 +166,12 @@ unsafe impl Send for SuppliedWeights {}
 unsafe impl Sync for SuppliedWeights {}
 
 impl SuppliedWeights {
-    /// Adds every `(initializer name, tensor)` to `builder` as an initializer over the
-    /// tensor's own memory.
+    /// Adds every weight to `builder` as an initializer over the tensor's own memory, shared or
+    /// external as `sharing` says.
     fn add(
         builder: &mut ort::session::builder::SessionBuilder,
-        weights: Vec<(String, std::sync::Arc<ArrayD<f32>>)>,
+        weights: Vec<SuppliedWeight>,
+        sharing: Sharing,
     ) -> Result<Self, String> {
         use ort::AsPointer;
         use ort::sys::{ONNXTensorElementDataType, OrtAllocatorType, OrtMemType};
@@ -171,7 +187,13 @@ impl SuppliedWeights {
             )
         })?;
         let add_all = || -> Result<(), String> {
-            for (name, t) in weights {
+            for SuppliedWeight {
+                name,
+                tensor,
+                dense_only,
+            } in weights
+            {
+                let t = tensor.view();
                 if !t.is_standard_layout() || t.is_empty() {
                     return Err(format!("weight '{name}' cannot be shared"));
                 }
@@ -179,7 +201,9 @@ impl SuppliedWeights {
                 let cname = std::ffi::CString::new(name).map_err(|e| e.to_string())?;
                 let mut value = std::ptr::null_mut();
                 // SAFETY: the data pointer and byte length describe `t`'s contiguous elements,
-                // which `out` keeps alive (and unchanged) until the value is released.
+                // which `out` keeps alive (and unchanged) until the value is released. ONNX
+                // Runtime only reads initializers; one read in place from a mapped weights file
+                // is in a private, writable map, so even a write could not fault.
                 ort_status(unsafe {
                     (api.CreateTensorWithDataAsOrtValue)(
                         info,
@@ -192,18 +216,27 @@ impl SuppliedWeights {
                     )
                 })?;
                 out.values.push(value);
-                out._tensors.push(t);
-                // SAFETY: the options pointer is the builder's own; the value outlives the
-                // session (see `Forward`'s field order). External initializers replace the
-                // model's before its optimisation, and their data is not copied.
-                let (names, values) = ([cname.as_ptr()], [value as *const _]);
+                drop(t);
+                out._tensors.push(tensor);
+                let in_place = sharing == Sharing::InPlace && dense_only;
+                out.in_place |= in_place;
+                // SAFETY: the options pointer is the builder's own, and the name and value are
+                // live for the call; the value outlives the session (see `Forward`'s field
+                // order). A shared initializer replaces the model's declaration of the same
+                // name and is used where it is; an external one replaces it before the model is
+                // optimised, from a copy.
                 ort_status(unsafe {
-                    (api.AddExternalInitializers)(
-                        builder.ptr() as *mut _,
-                        names.as_ptr(),
-                        values.as_ptr(),
-                        1,
-                    )
+                    if in_place {
+                        (api.AddInitializer)(builder.ptr() as *mut _, cname.as_ptr(), value)
+                    } else {
+                        let (names, values) = ([cname.as_ptr()], [value as *const _]);
+                        (api.AddExternalInitializers)(
+                            builder.ptr() as *mut _,
+                            names.as_ptr(),
+                            values.as_ptr(),
+                            1,
+                        )
+                    }
                 })?;
             }
             Ok(())
@@ -266,22 +299,23 @@ impl std::fmt::Debug for Forward {
 impl Forward {
     /// Exports `graph` with the requested outputs and opens a session on `device`, with
     /// `threads` intra-op threads (None: ONNX Runtime's default, all cores). ONNX Runtime reads
-    /// the weights in the graph's own memory (no copy); where it refuses that, from an
-    /// in-memory copy.
+    /// the weights that no Conv node reads (most of a classifier's) in the graph's own memory,
+    /// and copies the Conv weights into its blocked layout; where it refuses that, it copies
+    /// them all, from the graph's memory or else from an in-memory weights file.
     pub fn new(
         graph: &Graph,
         device: Device,
         outputs: ExportOutputs,
         threads: Option<usize>,
     ) -> Result<Self, RuntimeError> {
-        match Self::open(graph, device, &outputs, threads, WeightData::Supplied) {
-            Err(RuntimeError::Ort { .. }) => Self::open(
-                graph,
-                device,
-                &outputs,
-                threads,
-                WeightData::Blob(WEIGHTS_FILE),
-            ),
+        let open = |data, sharing| Self::open(graph, device, &outputs, threads, data, sharing);
+        match open(WeightData::Supplied, Sharing::InPlace) {
+            Err(RuntimeError::Ort { .. }) => match open(WeightData::Supplied, Sharing::Copied) {
+                Err(RuntimeError::Ort { .. }) => {
+                    open(WeightData::Blob(WEIGHTS_FILE), Sharing::Copied)
+                }
+                done => done,
+            },
             done => done,
         }
     }
@@ -292,6 +326,7 @@ impl Forward {
         outputs: &ExportOutputs,
         threads: Option<usize>,
         data: WeightData<'_>,
+        sharing: Sharing,
     ) -> Result<Self, RuntimeError> {
         let env = environment()?;
         let (model, blob) = to_onnx(graph, outputs, data);
@@ -330,7 +365,7 @@ impl Forward {
                     .map_err(|e| ort_err(e.into()))?;
                 SuppliedWeights::default()
             }
-            None => SuppliedWeights::add(&mut builder, supplied_weights(graph))
+            None => SuppliedWeights::add(&mut builder, supplied_weights(graph), sharing)
                 .map_err(|m| ort_err(ort::Error::new(m)))?,
         };
         let session = builder.commit_from_memory(&bytes).map_err(ort_err)?;
@@ -356,9 +391,10 @@ impl Forward {
         })
     }
 
-    /// Whether ONNX Runtime reads the weights in the graph's own memory (else in a copy).
+    /// Whether ONNX Runtime reads weights in the graph's own memory (the Dense weights; it
+    /// copies the rest).
     pub fn shares_weights(&self) -> bool {
-        !self.supplied.values.is_empty()
+        self.supplied.in_place
     }
 
     /// Runs a batch `[N, ...input shape]` and returns the exposed activations (copied out of
@@ -516,7 +552,7 @@ mod tests {
 
     #[test]
     fn shared_and_copied_weights_give_the_same_outputs() {
-        // The in-memory copy is only the fallback of `Forward::new`: run it directly.
+        // The copies are only the fallbacks of `Forward::new`: run each directly.
         let model = VggConfig::new(10, 32, 4)
             .width_div(8)
             .classifier_width(64)
@@ -530,8 +566,8 @@ mod tests {
         )
         .unwrap();
         let outs = ExportOutputs::Final;
-        let run = |data| {
-            let mut f = Forward::open(&graph, Device::Cpu, &outs, Some(1), data).unwrap();
+        let run = |data, sharing| {
+            let mut f = Forward::open(&graph, Device::Cpu, &outs, Some(1), data, sharing).unwrap();
             let shared = f.shares_weights();
             let y = f
                 .run(x.view())
@@ -541,9 +577,11 @@ mod tests {
                 .clone();
             (shared, y)
         };
-        let (shared, a) = run(WeightData::Supplied);
-        let (copied, b) = run(WeightData::Blob(WEIGHTS_FILE));
-        assert!(shared && !copied);
+        let (shared, a) = run(WeightData::Supplied, Sharing::InPlace);
+        let (supplied_copied, b) = run(WeightData::Supplied, Sharing::Copied);
+        let (copied, c) = run(WeightData::Blob(WEIGHTS_FILE), Sharing::Copied);
+        assert!(shared && !supplied_copied && !copied);
         assert_eq!(a, b);
+        assert_eq!(a, c);
     }
 }

@@ -77,3 +77,49 @@ fn the_session_keeps_the_weights_it_shares() {
     assert_eq!(got, want);
     drop(other);
 }
+
+#[test]
+fn a_loaded_graph_is_run_from_its_mapped_weights_file() {
+    let model = VggConfig::new(10, 32, 5)
+        .width_div(8)
+        .classifier_width(64)
+        .build();
+    let mut graph = import_onnx_model(&model, "mem.onnx".as_ref(), "m")
+        .expect("import")
+        .graph;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.ron");
+    graph.save(&path).unwrap();
+    let loaded = lrp_ir::Graph::load(&path).unwrap();
+    assert!(
+        loaded
+            .weights()
+            .iter()
+            .all(|(k, _)| loaded.weights().shared(k).unwrap().is_mapped()),
+        "every f32 weight is read in place"
+    );
+    let x = ArrayD::from_shape_vec(
+        IxDyn(&[2, 3, 32, 32]),
+        random_normal(11, 2 * 3 * 32 * 32, 1.0),
+    )
+    .unwrap();
+    let run = |g: &lrp_ir::Graph| {
+        let mut fwd = Forward::new(g, Device::Cpu, ExportOutputs::Final, Some(1)).unwrap();
+        assert!(fwd.shares_weights());
+        let y = fwd
+            .run(x.view())
+            .unwrap()
+            .get(g.output_id())
+            .unwrap()
+            .clone();
+        (fwd, y)
+    };
+    let (_, want) = run(&graph);
+    let (mut fwd, got) = run(&loaded);
+    assert_eq!(got, want);
+    // The session keeps the map alive after the graph is gone.
+    let out = loaded.output_id();
+    drop(loaded);
+    let again = fwd.run(x.view()).unwrap().get(out).unwrap().clone();
+    assert_eq!(again, want);
+}

@@ -63,14 +63,14 @@ impl Rule for GammaByDepth {
         // z = x·W_γ + b_γ, one row per image, summed in f64: with γ the products have both
         // signs and can cancel.
         let mut z = linear.forward(x.mapv(f64::from).view(), w.mapv(f64::from).view());
-        if let Some(b) = linear.bias {
+        if let Some(b) = &linear.bias {
             linear.add_bias(&mut z, &b.map(|v| f64::from(boost(v))));
         }
         let denominator = z.mapv(|z| self.stabilizer.apply_f64(z) as f32);
         // s = R / stab(z): relevance row m belongs to image m / maps.
         let mut s = r_out.to_owned();
         zip_rows(&mut s, denominator.view(), ctx.maps, |r, d| *r /= d);
-        let mut r_in = linear.transpose(s.view(), &w);
+        let mut r_in = linear.transpose(s.view(), w.view());
         mul_rows(&mut r_in, x, ctx.maps);
         Ok(vec![r_in])
     }
