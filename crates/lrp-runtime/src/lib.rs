@@ -1,7 +1,7 @@
 //! Forward passes of lrp-graph graphs on ONNX Runtime.
 //!
 //! The IR is exported back to an ONNX model ([`export::to_onnx`]; ONNX Runtime reads the
-//! weights in the graph's own memory, see [`export::WeightData`]) in which the nodes' outputs
+//! Dense weights in the graph's own memory, see [`Forward::new`]) in which the nodes' outputs
 //! the caller selects ([`ExportOutputs`]) are also graph outputs, so that one ORT run returns
 //! the activations the relevance pass needs ([`Forward::run`]). ONNX Runtime is loaded at run time from its shared library
 //! ([`ort_library`]).

@@ -299,9 +299,9 @@ impl std::fmt::Debug for Forward {
 impl Forward {
     /// Exports `graph` with the requested outputs and opens a session on `device`, with
     /// `threads` intra-op threads (None: ONNX Runtime's default, all cores). ONNX Runtime reads
-    /// the weights that no Conv node reads (most of a classifier's) in the graph's own memory,
-    /// and copies the Conv weights into its blocked layout; where it refuses that, it copies
-    /// them all, from the graph's memory or else from an in-memory weights file.
+    /// the Dense weights (most of a classifier's) in the graph's own memory and copies the
+    /// others (Conv kernels into its blocked layout); where it refuses that, it copies them all,
+    /// from the graph's memory or else from an in-memory weights file.
     pub fn new(
         graph: &Graph,
         device: Device,
