@@ -498,7 +498,9 @@ fn remake_relu(acts: &ActivationViews<'_>, g: &Graph, id: NodeId) -> ArrayD<f32>
         .expect("a remade ReLU reads an exported output")
         .as_standard_layout();
     let xs = x.as_slice().expect("standard layout");
-    let out = lrp_kernels::kernels::par_rows(1, xs.len(), |_, i| xs[i].max(0.0));
+    let out = lrp_kernels::kernels::par_rows_with(1, xs.len(), |_, span, out| {
+        out.extend(xs[span].iter().map(|v| v.max(0.0)))
+    });
     ArrayD::from_shape_vec(x.raw_dim(), out).expect("same length")
 }
 

@@ -148,6 +148,45 @@ fn conv_backend() -> Option<std::sync::Arc<dyn Sconv>> {
 /// `rows × row_len` values, `f(row, i)` at position `i` of row `row`, computed in parallel
 /// (rows, and long rows in pieces) straight into fresh memory: no zeroing pass first.
 pub fn par_rows(rows: usize, row_len: usize, f: impl Fn(usize, usize) -> f32 + Sync) -> Vec<f32> {
+    par_rows_with(rows, row_len, |m, span, out| {
+        out.extend(span.map(|i| f(m, i)))
+    })
+}
+
+/// The front of one piece of a row that [`par_rows_with`] is filling: values are appended in
+/// order.
+pub struct RowWriter<'a> {
+    dst: &'a mut [std::mem::MaybeUninit<f32>],
+    written: usize,
+}
+
+impl RowWriter<'_> {
+    /// Appends `values` after those written so far; values beyond the piece's end are dropped
+    /// (and [`par_rows_with`] then panics, as it does for a piece left short).
+    #[inline]
+    pub fn extend(&mut self, values: impl IntoIterator<Item = f32>) {
+        let mut n = 0;
+        for (d, v) in self.dst[self.written..].iter_mut().zip(values) {
+            d.write(v);
+            n += 1;
+        }
+        self.written += n;
+    }
+
+    /// How many values the piece still needs.
+    pub fn remaining(&self) -> usize {
+        self.dst.len() - self.written
+    }
+}
+
+/// `rows × row_len` values computed in parallel (rows, and long rows in pieces) straight into
+/// fresh memory: `f(row, span, out)` appends the values of positions `span` of row `row` to
+/// `out`, in order, e.g. from zipped slices, which vectorise. Panics if a piece is left short.
+pub fn par_rows_with(
+    rows: usize,
+    row_len: usize,
+    f: impl Fn(usize, std::ops::Range<usize>, &mut RowWriter<'_>) + Sync,
+) -> Vec<f32> {
     let len = rows * row_len;
     let mut out = Vec::with_capacity(len);
     let piece = row_len.clamp(1, 1 << 16);
@@ -156,12 +195,15 @@ pub fn par_rows(rows: usize, row_len: usize, f: impl Fn(usize, usize) -> f32 + S
         .enumerate()
         .for_each(|(m, row)| {
             row.par_chunks_mut(piece).enumerate().for_each(|(p, dst)| {
-                for (j, d) in dst.iter_mut().enumerate() {
-                    d.write(f(m, p * piece + j));
-                }
+                let start = p * piece;
+                let span = start..start + dst.len();
+                let mut w = RowWriter { dst, written: 0 };
+                f(m, span, &mut w);
+                assert_eq!(w.remaining(), 0, "par_rows_with: a piece was left short");
             });
         });
-    // SAFETY: the chunks above cover all `len` elements, and each was written once.
+    // SAFETY: the chunks above cover all `len` elements, and each piece was written in full
+    // (asserted) before this point.
     unsafe { out.set_len(len) };
     out
 }

@@ -38,6 +38,7 @@ impl Stabilizer {
     }
 
     /// [`Stabilizer::apply`] in f64 (`e` widened from f32).
+    #[inline]
     pub fn apply_f64(&self, d: f64) -> f64 {
         match *self {
             Stabilizer::SignEpsilon(e) => {

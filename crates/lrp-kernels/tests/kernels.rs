@@ -960,3 +960,28 @@ fn par_rows_writes_every_position_of_every_row() {
     assert!(par_rows(0, 5, |_, _| 1.0).is_empty());
     assert!(par_rows(4, 0, |_, _| 1.0).is_empty());
 }
+
+#[test]
+fn par_rows_with_fills_rows_from_slices_in_runs() {
+    // Rows longer than one parallel piece, filled in runs of 10 (as a per-unit bias would be).
+    let (rows, len) = (2, (1 << 16) + 25);
+    let src: Vec<f32> = (0..rows * len).map(|k| k as f32).collect();
+    let v = lrp_kernels::kernels::par_rows_with(rows, len, |m, span, out| {
+        let mut i = span.start;
+        while i < span.end {
+            let end = ((i / 10 + 1) * 10).min(span.end);
+            out.extend(src[m * len + i..m * len + end].iter().map(|x| x + 0.5));
+            i = end;
+        }
+        assert_eq!(out.remaining(), 0);
+    });
+    assert!(v.iter().zip(&src).all(|(a, b)| *a == b + 0.5));
+}
+
+#[test]
+#[should_panic(expected = "left short")]
+fn par_rows_with_refuses_a_piece_left_short() {
+    lrp_kernels::kernels::par_rows_with(2, 8, |_, span, out| {
+        out.extend(span.skip(1).map(|i| i as f32))
+    });
+}

@@ -623,24 +623,45 @@ fn divide_rows<A: Copy + Into<f64> + Sync>(
     let row = (ds.len() / d.shape()[0].max(1)).max(1);
     let units = d.shape().get(1).copied().unwrap_or(1).max(1);
     let per_unit = (row / units).max(1);
-    let divided = |m: usize, i: usize, rv: f32| {
-        let dv: f64 = ds[(m / maps) * row + i].into();
-        let b = bias.map_or(0.0, |b| b[i / per_unit]);
-        (rv as f64 / stab.apply_f64(dv + b)) as f32
+    // Positions `span` of row `m` in runs of one output unit each (one bias value):
+    // `run(unit's bias, start, end)`.
+    let by_unit = |span: std::ops::Range<usize>, run: &mut dyn FnMut(f64, usize, usize)| {
+        let mut i = span.start;
+        while i < span.end {
+            let u = i / per_unit;
+            let end = ((u + 1) * per_unit).min(span.end);
+            run(bias.map_or(0.0, |b| b[u]), i, end);
+            i = end;
+        }
     };
+    let divided = move |rv: f32, dv: A, b: f64| (rv as f64 / stab.apply_f64(dv.into() + b)) as f32;
     if let Some(mut s) = own {
         let ss = s.as_slice_mut().expect("standard layout");
         ss.par_chunks_mut(row).enumerate().for_each(|(m, chunk)| {
-            for (i, v) in chunk.iter_mut().enumerate() {
-                *v = divided(m, i, *v);
-            }
+            let drow = &ds[(m / maps) * row..][..row];
+            by_unit(0..row, &mut |b, lo, hi| {
+                for (v, &dv) in chunk[lo..hi].iter_mut().zip(&drow[lo..hi]) {
+                    *v = divided(*v, dv, b);
+                }
+            });
         });
         return s;
     }
     let r = r.view();
     let r = r.as_standard_layout();
     let rs = r.as_slice().expect("standard layout");
-    let out = kernels::par_rows(rs.len() / row, row, |m, i| divided(m, i, rs[m * row + i]));
+    let out = kernels::par_rows_with(rs.len() / row, row, |m, span, out| {
+        let drow = &ds[(m / maps) * row..][..row];
+        let rrow = &rs[m * row..][..row];
+        by_unit(span, &mut |b, lo, hi| {
+            out.extend(
+                rrow[lo..hi]
+                    .iter()
+                    .zip(&drow[lo..hi])
+                    .map(|(&rv, &dv)| divided(rv, dv, b)),
+            )
+        });
+    });
     ArrayD::from_shape_vec(r.raw_dim(), out).expect("same length as r")
 }
 

@@ -233,8 +233,10 @@ pub fn map_rows(
         rs.len(),
         xs.len()
     );
-    let out = kernels::par_rows(rs.len() / row, row, |m, i| {
-        f(rs[m * row + i], xs[(m / maps) * row + i])
+    let out = kernels::par_rows_with(rs.len() / row, row, |m, span, out| {
+        let xr = &xs[(m / maps) * row..][span.clone()];
+        let rr = &rs[m * row..][span];
+        out.extend(rr.iter().zip(xr).map(|(&r, &x)| f(r, x)));
     });
     ArrayD::from_shape_vec(r.raw_dim(), out).expect("same length as r")
 }
