@@ -1295,22 +1295,15 @@ pub fn maxpool_winner_take_all(
         && g.output[1] * 2 == w;
     let mut out = Vec::with_capacity(len);
     // Image by image, and within an image channel by channel (the k maps' planes of a channel
-    // together), in parallel: every (image, channel) zeroes and writes its own planes.
+    // together), in parallel: every (image, channel) writes all of its own planes.
     out.spare_capacity_mut()[..len]
         .par_chunks_mut(k * c * hw)
         .enumerate()
         .for_each(|(ni, image)| {
-            let mut by_channel: Vec<Vec<&mut [f32]>> =
+            let mut by_channel: Vec<Vec<&mut [std::mem::MaybeUninit<f32>]>> =
                 (0..c).map(|_| Vec::with_capacity(k)).collect();
             for row in image.chunks_mut(c * hw) {
                 for (ci, plane) in row.chunks_mut(hw).enumerate() {
-                    for v in plane.iter_mut() {
-                        v.write(0.0);
-                    }
-                    // SAFETY: every element of the plane was written just above.
-                    let plane = unsafe {
-                        std::slice::from_raw_parts_mut(plane.as_mut_ptr() as *mut f32, hw)
-                    };
                     by_channel[ci].push(plane);
                 }
             }
@@ -1319,37 +1312,37 @@ pub fn maxpool_winner_take_all(
                 .enumerate()
                 .for_each(|(ci, mut planes)| {
                     let plane = &xs[(ni * c + ci) * hw..][..hw];
-                    let mut arg = vec![usize::MAX; p];
-                    if pairs {
-                        // 2×2 windows tiling the plane (the same choice as below).
-                        let ow = g.output[1];
-                        for (j, a) in arg.iter_mut().enumerate() {
-                            let i0 = (j / ow) * 2 * w + (j % ow) * 2;
-                            let mut best = i0;
-                            for i in [i0 + 1, i0 + w, i0 + w + 1] {
-                                if plane[i] > plane[best] {
-                                    best = i;
-                                }
-                            }
-                            *a = best;
-                        }
-                    } else {
-                        for_each_window(&wh, &ww, |j, a, b| {
-                            let mut best = usize::MAX;
-                            let mut best_v = f32::NEG_INFINITY;
-                            for i in window_indices(a, b, g.dilations, w) {
-                                let v = plane[i];
-                                if best == usize::MAX || v > best_v {
-                                    best = i;
-                                    best_v = v;
-                                }
-                            }
-                            arg[j] = best;
-                        });
-                    }
-                    for (kk, op) in planes.iter_mut().enumerate() {
+                    let maps = (0..planes.len()).map(|kk| {
                         let row = (ni * k + kk) * c + ci;
-                        let rp = &rs[row * p..][..p];
+                        &rs[row * p..][..p]
+                    });
+                    if pairs {
+                        for (op, rp) in planes.iter_mut().zip(maps) {
+                            maxpool_pairs_plane(plane, rp, op, w);
+                        }
+                        return;
+                    }
+                    let mut arg = vec![usize::MAX; p];
+                    for_each_window(&wh, &ww, |j, a, b| {
+                        let mut best = usize::MAX;
+                        let mut best_v = f32::NEG_INFINITY;
+                        for i in window_indices(a, b, g.dilations, w) {
+                            let v = plane[i];
+                            if best == usize::MAX || v > best_v {
+                                best = i;
+                                best_v = v;
+                            }
+                        }
+                        arg[j] = best;
+                    });
+                    for (op, rp) in planes.iter_mut().zip(maps) {
+                        for v in op.iter_mut() {
+                            v.write(0.0);
+                        }
+                        // SAFETY: every element of the plane was written just above.
+                        let op = unsafe {
+                            std::slice::from_raw_parts_mut(op.as_mut_ptr() as *mut f32, hw)
+                        };
                         for (&i, &rv) in arg.iter().zip(rp) {
                             if i != usize::MAX {
                                 op[i] += rv;
@@ -1358,9 +1351,42 @@ pub fn maxpool_winner_take_all(
                     }
                 });
         });
-    // SAFETY: the planes above cover all `len` elements, each zeroed before it was added to.
+    // SAFETY: the planes above cover all `len` elements, each written in full (directly by
+    // `maxpool_pairs_plane`, or zeroed before it was added to).
     unsafe { out.set_len(len) };
     Array4::from_shape_vec((m, c, h, w), out).expect("sized")
+}
+
+/// One plane of [`maxpool_winner_take_all`] for 2×2 windows that tile a plane `w` wide: every
+/// element of `out` is written, `R_j` at the first maximum of window `j` (row-major, as in the
+/// general path: a later position wins only when strictly greater), 0 elsewhere.
+fn maxpool_pairs_plane(x: &[f32], r: &[f32], out: &mut [std::mem::MaybeUninit<f32>], w: usize) {
+    let ow = w / 2;
+    let rows = x.chunks_exact(2 * w).zip(out.chunks_exact_mut(2 * w));
+    for ((xr, or), rr) in rows.zip(r.chunks_exact(ow)) {
+        let (xt, xb) = xr.split_at(w);
+        let (ot, ob) = or.split_at_mut(w);
+        let windows = xt
+            .chunks_exact(2)
+            .zip(xb.chunks_exact(2))
+            .zip(ot.chunks_exact_mut(2).zip(ob.chunks_exact_mut(2)))
+            .zip(rr);
+        for (((t, b), (o1, o2)), &rv) in windows {
+            let mut best = 0;
+            let mut best_v = t[0];
+            for (q, v) in [(1, t[1]), (2, b[0]), (3, b[1])] {
+                if v > best_v {
+                    best = q;
+                    best_v = v;
+                }
+            }
+            let at = |q: usize| if q == best { rv } else { 0.0 };
+            o1[0].write(at(0));
+            o1[1].write(at(1));
+            o2[0].write(at(2));
+            o2[1].write(at(3));
+        }
+    }
 }
 
 /// Shared body of the proportional rules: `R_i = Σ_j x_i · R_j · f_j` with `f_j` from the window

@@ -158,12 +158,26 @@ fn conv_transpose(g: &ConvGeometry) -> Option<NodeKey> {
     })
 }
 
-/// `w'[c, o, a, b] = w[o, c, kh − 1 − a, kw − 1 − b]`.
+/// `w'[c, o, a, b] = w[o, c, kh − 1 − a, kw − 1 − b]`: each `kh × kw` block reversed, built in
+/// parallel.
 fn flip_kernel(w: ArrayView4<f32>) -> Array4<f32> {
     let (o, c, kh, kw) = w.dim();
-    Array4::from_shape_fn((c, o, kh, kw), |(ci, oi, a, b)| {
-        w[[oi, ci, kh - 1 - a, kw - 1 - b]]
-    })
+    let k = kh * kw;
+    let w = w.as_standard_layout();
+    let ws = w.as_slice().expect("standard layout");
+    // Row `ci` of the result holds blocks (oi, ci) of `w` for every `oi`, each reversed.
+    let out = lrp_kernels::kernels::par_rows_with(c, o * k, |ci, span, dst| {
+        let mut p = span.start;
+        while p < span.end {
+            let (oi, j) = (p / k, p % k);
+            let end = ((oi + 1) * k).min(span.end);
+            let block = &ws[(oi * c + ci) * k..][..k];
+            // Positions j..j + (end − p) of the reversed block.
+            dst.extend(block[k - (j + end - p)..k - j].iter().rev().copied());
+            p = end;
+        }
+    });
+    Array4::from_shape_vec((c, o, kh, kw), out).expect("c·o·kh·kw values")
 }
 
 fn ints(name: &str, v: &[usize]) -> AttributeProto {
@@ -217,5 +231,25 @@ fn node_model(key: &NodeKey) -> ModelProto {
             ..Default::default()
         }),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flipped_kernels_match_the_definition() {
+        // A non-square kernel, and rows (o·kh·kw values) longer than one parallel piece, so
+        // that pieces start inside a block.
+        for (o, c, kh, kw) in [(3, 2, 2, 3), (7300, 2, 3, 3)] {
+            let w = Array4::from_shape_fn((o, c, kh, kw), |(a, b, y, x)| {
+                (((a * 31 + b) * 7 + y) * 5 + x) as f32
+            });
+            let want = Array4::from_shape_fn((c, o, kh, kw), |(ci, oi, a, b)| {
+                w[[oi, ci, kh - 1 - a, kw - 1 - b]]
+            });
+            assert_eq!(flip_kernel(w.view()), want, "{o}x{c}x{kh}x{kw}");
+        }
     }
 }
