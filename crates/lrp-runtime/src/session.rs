@@ -308,14 +308,20 @@ impl Forward {
         outputs: ExportOutputs,
         threads: Option<usize>,
     ) -> Result<Self, RuntimeError> {
-        let open = |data, sharing| Self::open(graph, device, &outputs, threads, data, sharing);
-        match open(WeightData::Supplied, Sharing::InPlace) {
-            Err(RuntimeError::Ort { .. }) => match open(WeightData::Supplied, Sharing::Copied) {
-                Err(RuntimeError::Ort { .. }) => {
-                    open(WeightData::Blob(WEIGHTS_FILE), Sharing::Copied)
+        // The attempts that have a fallback keep ONNX Runtime's own error log quiet: their
+        // failure is expected on some graphs, and the next attempt follows.
+        let open = |data, sharing, quiet| {
+            Self::open(graph, device, &outputs, threads, data, sharing, quiet)
+        };
+        match open(WeightData::Supplied, Sharing::InPlace, true) {
+            Err(RuntimeError::Ort { .. }) => {
+                match open(WeightData::Supplied, Sharing::Copied, true) {
+                    Err(RuntimeError::Ort { .. }) => {
+                        open(WeightData::Blob(WEIGHTS_FILE), Sharing::Copied, false)
+                    }
+                    done => done,
                 }
-                done => done,
-            },
+            }
             done => done,
         }
     }
@@ -327,6 +333,7 @@ impl Forward {
         threads: Option<usize>,
         data: WeightData<'_>,
         sharing: Sharing,
+        quiet: bool,
     ) -> Result<Self, RuntimeError> {
         let env = environment()?;
         let (model, blob) = to_onnx(graph, outputs, data);
@@ -343,6 +350,11 @@ impl Forward {
         if let Some(n) = threads {
             builder = builder
                 .with_intra_threads(n)
+                .map_err(|e| ort_err(e.into()))?;
+        }
+        if quiet {
+            builder = builder
+                .with_log_level(ort::logging::LogLevel::Fatal)
                 .map_err(|e| ort_err(e.into()))?;
         }
         match device {
@@ -567,7 +579,8 @@ mod tests {
         .unwrap();
         let outs = ExportOutputs::Final;
         let run = |data, sharing| {
-            let mut f = Forward::open(&graph, Device::Cpu, &outs, Some(1), data, sharing).unwrap();
+            let mut f =
+                Forward::open(&graph, Device::Cpu, &outs, Some(1), data, sharing, false).unwrap();
             let shared = f.shares_weights();
             let y = f
                 .run(x.view())
