@@ -511,7 +511,6 @@ fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "unknown panic".into())
 }
 
-/// Adds `rin` to the relevance waiting at `src` (several consumers add up).
 /// Relevance that has arrived at a tensor, with its [`row_sums`] while it came from one
 /// consumer only.
 struct Pending {

@@ -52,20 +52,30 @@ fn resnet18_shaped() {
     check(&ResNetConfig::new(10, 32, 2).width_div(8).build(), 32, 3);
 }
 
-#[test]
-fn the_session_keeps_the_weights_it_shares() {
-    let model = VggConfig::new(10, 32, 3)
+/// A small VGG-shaped graph (32×32 inputs, seeded weights), imported in memory.
+fn small_vgg(seed: u64) -> lrp_ir::Graph {
+    let model = VggConfig::new(10, 32, seed)
         .width_div(8)
         .classifier_width(64)
         .build();
-    let graph = import_onnx_model(&model, "mem.onnx".as_ref(), "m")
+    import_onnx_model(&model, "mem.onnx".as_ref(), "m")
         .expect("import")
-        .graph;
-    let x = ArrayD::from_shape_vec(
+        .graph
+}
+
+/// Two seeded 3×32×32 inputs.
+fn two_images(seed: u64) -> ArrayD<f32> {
+    ArrayD::from_shape_vec(
         IxDyn(&[2, 3, 32, 32]),
-        random_normal(9, 2 * 3 * 32 * 32, 1.0),
+        random_normal(seed, 2 * 3 * 32 * 32, 1.0),
     )
-    .unwrap();
+    .unwrap()
+}
+
+#[test]
+fn the_session_keeps_the_weights_it_shares() {
+    let graph = small_vgg(3);
+    let x = two_images(9);
     let mut fwd = Forward::new(&graph, Device::Cpu, ExportOutputs::Final, Some(1)).unwrap();
     assert!(fwd.shares_weights());
     let out = graph.output_id();
@@ -80,13 +90,7 @@ fn the_session_keeps_the_weights_it_shares() {
 
 #[test]
 fn a_loaded_graph_is_run_from_its_mapped_weights_file() {
-    let model = VggConfig::new(10, 32, 5)
-        .width_div(8)
-        .classifier_width(64)
-        .build();
-    let mut graph = import_onnx_model(&model, "mem.onnx".as_ref(), "m")
-        .expect("import")
-        .graph;
+    let mut graph = small_vgg(5);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.ron");
     graph.save(&path).unwrap();
@@ -98,11 +102,7 @@ fn a_loaded_graph_is_run_from_its_mapped_weights_file() {
             .all(|(k, _)| loaded.weights().shared(k).unwrap().is_mapped()),
         "every f32 weight is read in place"
     );
-    let x = ArrayD::from_shape_vec(
-        IxDyn(&[2, 3, 32, 32]),
-        random_normal(11, 2 * 3 * 32 * 32, 1.0),
-    )
-    .unwrap();
+    let x = two_images(11);
     let run = |g: &lrp_ir::Graph| {
         let mut fwd = Forward::new(g, Device::Cpu, ExportOutputs::Final, Some(1)).unwrap();
         assert!(fwd.shares_weights());
