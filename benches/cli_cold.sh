@@ -8,6 +8,8 @@
 #   benches/cli_cold.sh 8 3 lrp-epsilon,sglrp,sglrp-seq-b,epsilon-plus,lrp-a
 #
 # THREADS (default: all cores) is passed as --threads. Needs scripts/setup.sh to have run.
+# LRP_BENCH_BIN_DIR, if set, names a folder holding prebuilt `lrp-graph` and `bench_model`
+# binaries (for a machine without cargo); otherwise both are built here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BATCH=${1:-8}
@@ -15,11 +17,17 @@ REPS=${2:-3}
 METHODS=${3:-lrp-epsilon,sglrp,sglrp-seq-b,epsilon-plus,lrp-a}
 THREADS=${4:-$(nproc)}
 WORK=${LRP_BENCH_DIR:-target/cli-bench}
-cargo build --release --quiet --bin lrp-graph --example bench_model
-BIN=target/release/lrp-graph
+if [ -n "${LRP_BENCH_BIN_DIR:-}" ]; then
+  BIN=$LRP_BENCH_BIN_DIR/lrp-graph
+  MODEL=$LRP_BENCH_BIN_DIR/bench_model
+else
+  cargo build --release --quiet --bin lrp-graph --example bench_model
+  BIN=target/release/lrp-graph
+  MODEL=target/release/examples/bench_model
+fi
 mkdir -p "$WORK"
-[ -f "$WORK/vgg16.onnx" ] || target/release/examples/bench_model "$WORK" "$BATCH" >/dev/null
-[ -f "$WORK/batch$BATCH.npy" ] && [ -f "$WORK/bounds.txt" ] || target/release/examples/bench_model "$WORK" "$BATCH" >/dev/null
+[ -f "$WORK/vgg16.onnx" ] || "$MODEL" "$WORK" "$BATCH" >/dev/null
+[ -f "$WORK/batch$BATCH.npy" ] && [ -f "$WORK/bounds.txt" ] || "$MODEL" "$WORK" "$BATCH" >/dev/null
 { read -r LOW; read -r HIGH; } < "$WORK/bounds.txt"
 [ -f "$WORK/vgg16.ron" ] || "$BIN" convert "$WORK/vgg16.onnx" -o "$WORK/vgg16.ron" --no-check >/dev/null
 

@@ -27,7 +27,7 @@
 //! | `--reps R` | `LRP_BENCH_REPS` | 3 | timed explain runs per configuration (median); predict runs max(R, 10) |
 //! | `--warmup W` | `LRP_BENCH_WARMUP` | 1 | untimed runs first (predict: at least 2) |
 //! | `--methods a,b` | `LRP_BENCH_METHODS` | `lrp-epsilon,sglrp,sglrp-seq-b` | methods (below) |
-//! | `--threads T` | `LRP_BENCH_THREADS` | ONNX Runtime's default | intra-op threads |
+//! | `--threads 16,4,1` | `LRP_BENCH_THREADS` | all cores | thread counts, each timed in turn: ONNX Runtime intra-op threads and relevance-pass workers |
 //! | `--width-div D` | `LRP_BENCH_WIDTH_DIV` | 1 (4 quick) | VGG channel divisor |
 //! | `--seed S` | `LRP_BENCH_SEED` | testkit's DEFAULT_SEED | weights; input uses S+1 |
 //! | `--model M` | `LRP_BENCH_MODEL` | `vgg16` | `vgg16` or `resnet50` (torchvision's architectures) |
@@ -71,7 +71,8 @@ struct Options {
     reps: usize,
     warmup: usize,
     methods: Vec<String>,
-    threads: Option<usize>,
+    /// Thread counts to time in turn; `None`: ONNX Runtime's and rayon's defaults (all cores).
+    threads: Vec<Option<usize>>,
     width_div: usize,
     seed: u64,
     model: Model,
@@ -175,7 +176,17 @@ fn parse_options(args: &[String]) -> Options {
             .map(|m| m.trim().to_string())
             .filter(|m| !m.is_empty())
             .collect(),
-        threads: threads.map(|v| parse_num("threads", &v)),
+        threads: match threads {
+            None => vec![None],
+            Some(v) => v
+                .split(',')
+                .filter(|t| !t.trim().is_empty())
+                .map(|t| match parse_num("threads", t) {
+                    0 => fail("threads must be ≥ 1"),
+                    t => Some(t),
+                })
+                .collect(),
+        },
         width_div: width_div.map_or(if quick { 4 } else { 1 }, |v| parse_num("width-div", &v)),
         seed: seed.map_or(lrp_testkit::DEFAULT_SEED, |v| parse_num("seed", &v)),
         model: match model.as_deref().unwrap_or("vgg16") {
@@ -356,6 +367,7 @@ struct ExplainRow {
     method: String,
     batch: usize,
     hw: usize,
+    threads: usize,
     predict: f64,
     predict_peak: Option<f64>,
     explain: f64,
@@ -372,9 +384,14 @@ fn predict_reps(o: &Options) -> usize {
     o.reps.max(10)
 }
 
-fn time_predict(graph: &lrp_graph::ir::Graph, batch: &ArrayD<f32>, o: &Options) -> PredictRow {
+fn time_predict(
+    graph: &lrp_graph::ir::Graph,
+    batch: &ArrayD<f32>,
+    threads: Option<usize>,
+    o: &Options,
+) -> PredictRow {
     let reset = reset_peak_rss();
-    let mut fwd = Forward::new(graph, Device::Cpu, ExportOutputs::Final, o.threads)
+    let mut fwd = Forward::new(graph, Device::Cpu, ExportOutputs::Final, threads)
         .unwrap_or_else(|e| fail(&format!("predict session: {e}")));
     for _ in 0..o.warmup {
         fwd.run(batch.view())
@@ -402,11 +419,12 @@ fn time_explain(
     bounds: &Bounds,
     method: &str,
     reg: &Registry,
+    threads: Option<usize>,
     o: &Options,
 ) -> (f64, (f64, f64, f64), f64, f64, Option<f64>) {
     let config = method_config(method, reg);
     let reset = reset_peak_rss();
-    let mut ex = Explainer::new(graph.clone(), config, reg, Device::Cpu, o.threads)
+    let mut ex = Explainer::new(graph.clone(), config, reg, Device::Cpu, threads)
         .unwrap_or_else(|e| fail(&format!("{method}: {e}")));
     let opts = ExplainOptions {
         bounds: Some(bounds.clone()),
@@ -485,14 +503,18 @@ fn main() {
     }
     let cw = if o.quick { 1024 } else { 4096 };
     eprintln!(
-        "explain_vs_predict: {} width_div {} classifier {cw}, sizes {:?} (batch, hw), {} warm-up + {} timed runs, methods {:?}, ORT threads {}",
+        "explain_vs_predict: {} width_div {} classifier {cw}, sizes {:?} (batch, hw), {} warm-up + {} timed runs, methods {:?}, threads {} (ONNX Runtime and relevance pass)",
         o.model.name(),
         o.width_div,
         o.sizes,
         o.warmup,
         o.reps,
         o.methods,
-        o.threads.map_or("default".into(), |t| t.to_string())
+        o.threads
+            .iter()
+            .map(|t| t.map_or("all cores".into(), |t| t.to_string()))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     let peak_resettable = reset_peak_rss();
     let mut rows: Vec<ExplainRow> = Vec::new();
@@ -530,28 +552,39 @@ fn main() {
             let (x, low, high) = lrp_testkit::torch_image_batch(o.seed.wrapping_add(1), n, hw);
             let batch = ArrayD::from_shape_vec(IxDyn(&[n, 3, hw, hw]), x).expect("sized");
             let bounds = Bounds { low, high };
-            let p = time_predict(&graph, &batch, &o);
-            eprintln!("  batch {n}: predict median {:.3} s", p.median);
-            for m in &o.methods {
-                let load_before = loadavg();
-                let (explain, cpu, forward, relevance, peak) =
-                    time_explain(&graph, &batch, &bounds, m, &reg, &o);
-                eprintln!(
-                    "  batch {n}: {m} explain median {explain:.3} s ({:.1}x predict)",
-                    explain / p.median
-                );
-                rows.push(ExplainRow {
-                    method: m.clone(),
-                    batch: n,
-                    hw,
-                    predict: p.median,
-                    predict_peak: p.peak,
-                    explain,
-                    cpu,
-                    forward,
-                    relevance,
-                    peak,
-                    load: format!("{load_before} → {}", loadavg()),
+            for &threads in &o.threads {
+                // The relevance pass's workers: a pool of this size around every run.
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads.unwrap_or(0))
+                    .build()
+                    .unwrap_or_else(|e| fail(&format!("thread pool: {e}")));
+                let workers = pool.current_num_threads();
+                pool.install(|| {
+                    let p = time_predict(&graph, &batch, threads, &o);
+                    eprintln!("  batch {n}, {workers} threads: predict median {:.3} s", p.median);
+                    for m in &o.methods {
+                        let load_before = loadavg();
+                        let (explain, cpu, forward, relevance, peak) =
+                            time_explain(&graph, &batch, &bounds, m, &reg, threads, &o);
+                        eprintln!(
+                            "  batch {n}, {workers} threads: {m} explain median {explain:.3} s ({:.1}x predict)",
+                            explain / p.median
+                        );
+                        rows.push(ExplainRow {
+                            method: m.clone(),
+                            batch: n,
+                            hw,
+                            threads: workers,
+                            predict: p.median,
+                            predict_peak: p.peak,
+                            explain,
+                            cpu,
+                            forward,
+                            relevance,
+                            peak,
+                            load: format!("{load_before} → {}", loadavg()),
+                        });
+                    }
                 });
             }
         }
@@ -568,15 +601,18 @@ fn main() {
     );
     println!();
     println!(
-        "| method | batch | predict median s | explain median s | ratio | forward part s | relevance part s | relevance ÷ forward | explain CPU s per run (user / sys) | minor page faults per run | peak RSS (predict / explain) | loadavg 1/5/15 min (before → after) |"
+        "| method | batch | threads | predict median s | explain median s | ratio | forward part s | relevance part s | relevance ÷ forward | explain CPU s per run (user / sys) | minor page faults per run | peak RSS (predict / explain) | loadavg 1/5/15 min (before → after) |"
     );
-    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
+    println!(
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+    );
     for r in &rows {
         println!(
-            "| {} | {}×{}² | {:.4} | {:.3} | {:.1}× | {:.3} | {:.3} | {:.1}× | {:.2} / {:.2} | {:.0}k | {} / {} | {} |",
+            "| {} | {}×{}² | {} | {:.4} | {:.3} | {:.1}× | {:.3} | {:.3} | {:.1}× | {:.2} / {:.2} | {:.0}k | {} / {} | {} |",
             r.method,
             r.batch,
             r.hw,
+            r.threads,
             r.predict,
             r.explain,
             r.explain / r.predict,

@@ -444,3 +444,30 @@ fn cuda_without_the_feature_is_a_clear_error() {
     ]);
     assert_fails(&o, 2, &["CUDA", "--features cuda"]);
 }
+
+#[test]
+fn zero_threads_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ron = dir.path().join("m.ron");
+    let o = convert(&fixture("mlp.onnx"), &ron, &["--no-check"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let input = fixture("mlp.input.npy");
+    let (ron, input) = (ron.to_str().unwrap(), input.to_str().unwrap());
+    let o = lrp(&["predict", ron, "--input", input, "--threads", "0"]);
+    assert_fails(&o, 2, &["--threads", "at least 1"]);
+    let out = dir.path().join("out");
+    let out = out.to_str().unwrap();
+    let o = lrp(&[
+        "explain",
+        ron,
+        "--input",
+        input,
+        "--out",
+        out,
+        "--threads",
+        "0",
+    ]);
+    assert_fails(&o, 2, &["--threads", "at least 1"]);
+    let o = lrp(&["predict", ron, "--input", input, "--threads", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}

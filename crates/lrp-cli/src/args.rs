@@ -153,7 +153,8 @@ pub struct ExplainArgs {
     /// Where the forward pass runs.
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     pub device: DeviceArg,
-    /// ONNX Runtime intra-op threads (default: all cores).
+    /// Threads of the forward pass (ONNX Runtime intra-op) and of the relevance pass (default:
+    /// all cores).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
     /// Also write the relevance at the nodes whose names match this glob (`*`, `?`, `[...]`;
@@ -214,7 +215,8 @@ pub struct PredictArgs {
     /// Where the forward pass runs.
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     pub device: DeviceArg,
-    /// ONNX Runtime intra-op threads (default: all cores).
+    /// Threads of the forward pass (ONNX Runtime intra-op) and of the relevance pass (default:
+    /// all cores).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
 }

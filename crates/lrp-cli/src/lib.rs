@@ -95,6 +95,18 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
 
 /// Runs a parsed command line with the rules of `registry`.
 pub fn execute_with(cli: Cli, registry: &Registry) -> anyhow::Result<()> {
+    let threads = match &cli.command {
+        Command::Predict(a) => a.threads,
+        Command::Explain(a) => a.threads,
+        _ => None,
+    };
+    if let Some(n) = threads {
+        if n == 0 {
+            return Err(anyhow::anyhow!("--threads must be at least 1"));
+        }
+        // The relevance pass's own workers: the first command of a process sizes them.
+        lrp_kernels::set_threads(n);
+    }
     match cli.command {
         Command::Convert(a) => convert::run(a),
         Command::Inspect(a) => inspect::run(a, registry),

@@ -9,3 +9,13 @@ mod stabilizer;
 
 pub use kernels::{ConvGeometry, KernelError, PoolGeometry};
 pub use stabilizer::Stabilizer;
+
+/// Sizes the process-wide worker pool that runs these kernels (rayon's global pool) to
+/// `threads` workers; by default it has one per core. Only the first call in a process, made
+/// before any kernel ran, takes effect: returns whether this call did.
+pub fn set_threads(threads: usize) -> bool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .is_ok()
+}
