@@ -11,7 +11,7 @@ use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::{TensorRef, TensorRefMut};
 
-use crate::session::{RuntimeError, environment, ort_status};
+use crate::session::{RuntimeError, environment, ort_status, use_shared_arena};
 
 /// The sessions of one kind of node, by key, on `threads` intra-op threads.
 pub(crate) struct OneNode<K> {
@@ -54,7 +54,7 @@ impl<K: Eq + Hash + Clone> OneNode<K> {
         }
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         if !sessions.contains_key(key) {
-            let session = open(&model(key), self.threads)?;
+            let session = open(&model(key), self.threads, false)?;
             sessions.insert(key.clone(), session);
         }
         let session = sessions.get_mut(key).expect("inserted above");
@@ -85,8 +85,13 @@ impl<K: Eq + Hash + Clone> OneNode<K> {
     }
 }
 
-/// A session for `model` on `threads` intra-op threads.
-fn open(model: &ModelProto, threads: Option<usize>) -> Result<Session, ort::Error> {
+/// A session for `model` on `threads` intra-op threads; `quiet`: ONNX Runtime logs only fatal
+/// errors (for a probe whose failure is an answer).
+pub(crate) fn open(
+    model: &ModelProto,
+    threads: Option<usize>,
+    quiet: bool,
+) -> Result<Session, ort::Error> {
     let bytes = lrp_onnx::encode_model(model);
     let env = environment().map_err(|e| ort::Error::new(e.to_string()))?;
     let mut builder = Session::builder(env)?
@@ -95,9 +100,15 @@ fn open(model: &ModelProto, threads: Option<usize>) -> Result<Session, ort::Erro
         // Idle threads must not spin: the relevance pass's own threads run in between.
         .with_intra_op_spinning(false)
         .map_err(|e| -> ort::Error { e.into() })?;
+    builder = use_shared_arena(builder)?;
     if let Some(n) = threads {
         builder = builder
             .with_intra_threads(n)
+            .map_err(|e| -> ort::Error { e.into() })?;
+    }
+    if quiet {
+        builder = builder
+            .with_log_level(ort::logging::LogLevel::Fatal)
             .map_err(|e| -> ort::Error { e.into() })?;
     }
     builder.commit_from_memory(&bytes)

@@ -1,8 +1,8 @@
 //! ONNX Runtime's convolutions as the relevance kernels' `Sconv`: the forward map and its
 //! transpose agree with the kernels' own on every geometry kind (strides, pads larger than
-//! the kernel, dilations, groups, odd sizes that leave rows unread, few input channels), write
-//! every element of the output, and the kernels route large convolutions to the backend in
-//! scope.
+//! the kernel, dilations, groups, odd sizes that leave rows unread, few input channels, channel
+//! counts in whole blocks of the blocked-layout kernels and not), write every element of the
+//! output, and the kernels route large convolutions to the backend in scope.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -51,6 +51,16 @@ const CASES: &[Case] = &[
     // Few input channels (a first layer): the transpose runs as ConvTranspose.
     ([3, 13, 11], 16, [3, 3], [1, 1], [1, 1, 1, 1], [1, 1], 1),
     ([2, 12, 10], 8, [3, 3], [1, 1], [2, 2, 2, 2], [2, 2], 1),
+    // Channels in whole blocks and not (padded to blocks, in and out), on the blocked kernels
+    // where the processor has them; 18 is no multiple of 4, so its forward map runs plain.
+    ([32, 12, 11], 48, [3, 3], [1, 1], [1, 1, 1, 1], [1, 1], 1),
+    ([20, 13, 12], 24, [3, 3], [1, 1], [1, 1, 1, 1], [1, 1], 1),
+    ([24, 15, 14], 40, [3, 3], [2, 2], [1, 1, 1, 1], [1, 1], 1),
+    ([16, 12, 10], 20, [3, 2], [1, 1], [0, 1, 2, 0], [1, 1], 1),
+    ([20, 14, 13], 36, [3, 3], [1, 1], [2, 2, 2, 2], [2, 2], 1),
+    ([36, 9, 9], 20, [1, 1], [2, 2], [0, 0, 0, 0], [1, 1], 1),
+    ([18, 10, 9], 20, [3, 3], [1, 1], [1, 1, 1, 1], [1, 1], 1),
+    ([64, 10, 10], 16, [3, 3], [1, 1], [1, 1, 1, 1], [1, 1], 2),
 ];
 
 fn geometry(case: &Case) -> ConvGeometry {
