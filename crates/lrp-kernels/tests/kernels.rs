@@ -128,26 +128,35 @@ fn dense_adjoint() {
 
 #[test]
 fn mapped_dense_kernels_equal_the_mapped_weight() {
-    // 300,000 inputs: a block holds 3 weight rows, so 7 outputs take 3 blocks (the last short).
+    // Blocks of 2^20 weight elements: with 300,000 inputs a block holds 3 weight rows, so 7
+    // outputs take 3 blocks (the last short); with 40,000 inputs, 26 rows, so 70 outputs take 3
+    // blocks. The input of the second case is a transposed view.
     let mut rng = Rng::new(11);
-    let x: Array2<f32> = rng.array((2, 300_000));
-    let w: Array2<f32> = rng.array((7, 300_000));
-    let s: Array2<f32> = rng.array((3, 7));
-    let f = |v: f32| v.max(0.0) * 1.5;
-    let wf = w.mapv(f);
     let close = |a: &Array2<f32>, b: &Array2<f32>| {
+        assert_eq!(a.dim(), b.dim());
         let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
         let diff = a.iter().zip(b).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
         assert!(diff <= 1e-5 * scale, "{diff} of {scale}");
     };
-    close(
-        &dense_forward_mapped(x.view(), w.view(), f),
-        &dense_forward(x.view(), wf.view()),
-    );
-    close(
-        &dense_transpose_mapped(s.view(), w.view(), f),
-        &dense_transpose(s.view(), wf.view()),
-    );
+    let f = |v: f32| v.max(0.0) * 1.5;
+    for (maps, outputs, inputs, transposed) in [(2, 7, 300_000, false), (5, 70, 40_000, true)] {
+        let x: Array2<f32> = if transposed {
+            rng.array((inputs, maps)).reversed_axes()
+        } else {
+            rng.array((maps, inputs))
+        };
+        let w: Array2<f32> = rng.array((outputs, inputs));
+        let s: Array2<f32> = rng.array((maps + 1, outputs));
+        let wf = w.mapv(f);
+        close(
+            &dense_forward_mapped(x.view(), w.view(), f),
+            &dense_forward(x.view(), wf.view()),
+        );
+        close(
+            &dense_transpose_mapped(s.view(), w.view(), f),
+            &dense_transpose(s.view(), wf.view()),
+        );
+    }
 }
 
 #[test]
