@@ -57,7 +57,7 @@ struct NodeKey {
 /// layer); that one, and any other transpose, runs as `ConvTranspose`.
 ///
 /// Where the processor has ONNX Runtime's blocked-layout (NCHWc) kernels, a one-group `Conv`
-/// runs on them, as ONNX Runtime's own forward pass does (`Layout::Blocked`, or
+/// with a kernel larger than 1×1 runs on them, as ONNX Runtime's own forward pass does (`Layout::Blocked`, or
 /// `Layout::Direct` for inputs with fewer channels than a block): the kernel is put into the
 /// blocked layout here on each call, and the batch runs in groups of images that keep ONNX
 /// Runtime's reordered copies small ([`NCHWC_RUN_BYTES`]). That is 5–25 % faster than the plain
@@ -648,6 +648,11 @@ mod tests {
         let key = conv.blocked_key(&plain, 3, o).unwrap();
         assert_eq!(key.layout, Layout::Direct);
         assert!(conv.blocked_key(&plain, 18, o).is_none());
+        let one_by_one = NodeKey {
+            kernel: [1, 1],
+            ..plain.clone()
+        };
+        assert!(conv.blocked_key(&one_by_one, c, o).is_none());
     }
 
     #[test]
