@@ -57,12 +57,13 @@ struct NodeKey {
 /// layer); that one, and any other transpose, runs as `ConvTranspose`.
 ///
 /// Where the processor has ONNX Runtime's blocked-layout (NCHWc) kernels, a one-group `Conv`
-/// with a kernel larger than 1×1 runs on them, as ONNX Runtime's own forward pass does (`Layout::Blocked`, or
-/// `Layout::Direct` for inputs with fewer channels than a block): the kernel is put into the
-/// blocked layout here on each call, and the batch runs in groups of images that keep ONNX
-/// Runtime's reordered copies small ([`NCHWC_RUN_BYTES`]). That is 5–25 % faster than the plain
-/// `Conv` on 2 cores, and scales with cores as the forward pass does (docs/performance.md).
-/// If a blocked run fails, the plain `Conv` takes the work.
+/// with a kernel larger than 1×1 runs on them, as ONNX Runtime's own forward pass does
+/// (`Layout::Blocked`, or `Layout::Direct` for inputs with fewer channels than a block): the
+/// kernel is put into the blocked layout here on each call, and the batch runs in groups of
+/// images that keep ONNX Runtime's reordered copies small ([`NCHWC_RUN_BYTES`]). Per
+/// convolution that is 4–24 % faster than the plain `Conv` on 2 cores, and it scales with cores
+/// as the forward pass does (docs/performance.md). If a blocked run fails, the plain `Conv`
+/// takes the work.
 ///
 /// One session per node kind and attributes, with every dimension symbolic, made on first use;
 /// weights travel as inputs, so one session serves every layer of that geometry.
