@@ -60,7 +60,7 @@ struct NodeKey {
 /// with a kernel larger than 1×1 runs on them, as ONNX Runtime's own forward pass does
 /// (`Layout::Blocked`, or `Layout::Direct` for inputs with fewer channels than a block): the
 /// kernel is put into the blocked layout here on each call, and the batch runs in groups of
-/// images that keep ONNX Runtime's reordered copies small ([`NCHWC_RUN_BYTES`]). Per
+/// images that keep ONNX Runtime's reordered copies small (32 MB of input and output). Per
 /// convolution that is 4–24 % faster than the plain `Conv` on 2 cores, and it scales with cores
 /// as the forward pass does (docs/performance.md). If a blocked run fails, the plain `Conv`
 /// takes the work.
