@@ -126,6 +126,8 @@ pub struct Explainer {
 
 impl Explainer {
     /// Canonicalises `graph`, assigns the rules of `config` and opens the forward session.
+    /// `threads` is ONNX Runtime's intra-op thread count (None: all cores); the relevance
+    /// pass's own work runs on the current rayon pool (see `lrp_kernels::set_threads`).
     pub fn new(
         graph: Graph,
         config: RuleConfig,
