@@ -97,6 +97,19 @@ pub trait Sconv: Send + Sync + std::fmt::Debug {
         g: &ConvGeometry,
         out: ArrayViewMut4<f32>,
     ) -> bool;
+
+    /// `s = ` [`conv2d_transpose`]`(s, w, g)` in place, for a geometry whose transpose has the
+    /// relevance's own shape; `s` is in standard layout. Returns false, leaving `s` as it was,
+    /// when it cannot; the default never can.
+    fn transpose_in_place(
+        &self,
+        s: ArrayViewMut4<f32>,
+        w: ArrayView4<f32>,
+        g: &ConvGeometry,
+    ) -> bool {
+        let _ = (s, w, g);
+        false
+    }
 }
 
 /// The kernels from outside this crate in use on a thread (see [`use_backends`]); `None`: the
@@ -785,6 +798,29 @@ fn conv2d_forward_budget<A: LinalgScalar + Send + Sync>(
 /// (any `M`), `w` is `[O, C/groups, kh, kw]`, the result `[M, C, H, W]`.
 pub fn conv2d_transpose(s: ArrayView4<f32>, w: ArrayView4<f32>, g: &ConvGeometry) -> Array4<f32> {
     conv2d_transpose_budget(s, w, g, COL_BUDGET)
+}
+
+/// [`conv2d_transpose`] of a relevance the caller hands over: where the transpose has the
+/// relevance's own shape (a convolution that keeps its channel count and size) and the
+/// [`Sconv`] in use can, the result is written over `s`, which saves a fresh array of its size.
+pub fn conv2d_transpose_owned(
+    mut s: Array4<f32>,
+    w: ArrayView4<f32>,
+    g: &ConvGeometry,
+) -> Array4<f32> {
+    let m = g.check("conv2d_transpose", s.shape(), g.output);
+    g.check_weight("conv2d_transpose", w.shape());
+    let cols = Cols::new(g);
+    let (o, kg, p) = (g.output[0], cols.kg, cols.p);
+    if g.input == g.output
+        && s.is_standard_layout()
+        && m * o * p * kg >= PARALLEL_MIN_MACS
+        && let Some(b) = conv_backend()
+        && b.transpose_in_place(s.view_mut(), w.as_standard_layout().view(), g)
+    {
+        return s;
+    }
+    conv2d_transpose(s.view(), w, g)
 }
 
 fn conv2d_transpose_budget(

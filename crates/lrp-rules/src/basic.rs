@@ -932,13 +932,18 @@ impl BasicRule {
                     }
                 }),
             }
+            // The last live branch may take `s` over (its transpose can be written in place).
+            let last = live.iter().rposition(|&l| l).expect("a live branch");
+            let mut s = Some(s);
             for (k, b) in t.branches.iter().enumerate().filter(|(k, _)| live[*k]) {
                 let wi = weights[k]
                     .as_deref()
                     .map_or(lin.weight.view(), |w| w.view());
                 let mut g = match mapped[k] {
                     Some(m) => kernels::dense_transpose_mapped(
-                        s.view()
+                        s.as_ref()
+                            .expect("taken by the last branch only")
+                            .view()
                             .into_dimensionality::<Ix2>()
                             .expect("dense relevance is 2-D"),
                         lin.weight
@@ -948,7 +953,11 @@ impl BasicRule {
                         |v| m.apply(v),
                     )
                     .into_dyn(),
-                    None => lin.transpose(s.view(), wi),
+                    None if k == last => lin.transpose_owned(s.take().expect("taken once"), wi),
+                    None => lin.transpose(
+                        s.as_ref().expect("taken by the last branch only").view(),
+                        wi,
+                    ),
                 };
                 let xi = inputs[k].as_ref().map(|a| a.view()).unwrap_or(x.view());
                 mul_rows(&mut g, xi, maps);

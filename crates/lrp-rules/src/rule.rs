@@ -167,6 +167,22 @@ impl Linear<'_> {
         }
     }
 
+    /// [`transpose`](Self::transpose) of a relevance the caller hands over, which a
+    /// convolution that keeps its channel count and size may overwrite with the result instead
+    /// of filling a fresh array.
+    pub fn transpose_owned(&self, s: ArrayD<f32>, w: ArrayViewD<'_, f32>) -> ArrayD<f32> {
+        match &self.kind {
+            LinearKind::Dense => self.transpose(s.view(), w),
+            LinearKind::Conv(g) => kernels::conv2d_transpose_owned(
+                s.into_dimensionality::<Ix4>()
+                    .expect("conv relevance is 4-D"),
+                w.into_dimensionality::<Ix4>().expect("conv weight is 4-D"),
+                g,
+            )
+            .into_dyn(),
+        }
+    }
+
     /// Adds a per-output-unit (per-channel for Conv) bias `b` to `z`.
     pub fn add_bias<A: Copy + std::ops::AddAssign>(&self, z: &mut ArrayD<A>, b: &ArrayD<A>) {
         let b = b.as_slice().expect("bias is contiguous");

@@ -240,6 +240,54 @@ impl Sconv for OrtConv {
         };
         result.is_ok()
     }
+
+    /// On the blocked kernels only: their first node (the input's reorder, or the blocked
+    /// convolution reading an unreordered input) reads a run's whole input before the last
+    /// node (the output's reorder) writes the result, so input and output may be the same
+    /// images. A plain `Conv` reads and writes as it goes, so it is never run in place.
+    fn transpose_in_place(
+        &self,
+        mut s: ArrayViewMut4<f32>,
+        w: ArrayView4<f32>,
+        g: &ConvGeometry,
+    ) -> bool {
+        let channels = s.shape()[1];
+        let Some(key) = flipped_conv(g).and_then(|k| self.blocked_key(&k, channels, channels))
+        else {
+            return false;
+        };
+        let Some(b) = self.block() else {
+            return false;
+        };
+        if !s.is_standard_layout() || g.input_shape() != g.output_shape() {
+            return false;
+        }
+        let kernel = blocked_kernel(w, true, b, key.layout == Layout::Blocked);
+        let n = s.shape()[0];
+        let per_image = 2 * s.len() / n.max(1) * std::mem::size_of::<f32>();
+        let step = (self.run_bytes / per_image.max(1)).clamp(1, n.max(1));
+        let mut i = 0;
+        while i < n {
+            let mut si = s.slice_axis_mut(Axis(0), Slice::from(i..(i + step).min(n)));
+            // SAFETY: the view covers the same live, standard-layout images as `si`, which is
+            // not touched from Rust while ONNX Runtime runs; ONNX Runtime reads them all
+            // before it writes any (above).
+            let input = unsafe { ArrayView4::from_shape_ptr(si.raw_dim(), si.as_ptr()) };
+            if let Err(e) = self.run(key.clone(), input, kernel.view(), si.view_mut()) {
+                // A refused run writes nothing (the output's reorder writes last, after its
+                // shape check): on the first, the caller transposes out of place instead. Later
+                // images are already overwritten, so a failure there cannot fall back.
+                if i == 0 {
+                    return false;
+                }
+                panic!(
+                    "ONNX Runtime failed part-way through a convolution transposed in place: {e}"
+                );
+            }
+            i += step;
+        }
+        true
+    }
 }
 
 /// The kernel of a blocked convolution in ONNX Runtime's layouts, zero-padded to whole blocks
@@ -654,6 +702,52 @@ mod tests {
             ..plain.clone()
         };
         assert!(conv.blocked_key(&one_by_one, c, o).is_none());
+    }
+
+    #[test]
+    fn transposes_in_place_match_out_of_place() {
+        let conv = OrtConv {
+            // Two images per run: the third run has one.
+            run_bytes: 2 * 2 * 32 * 9 * 8 * 4,
+            ..OrtConv::new(Some(2)).unwrap()
+        };
+        if conv.block().is_none() {
+            return;
+        }
+        let op = lrp_ir::Op::Conv {
+            kernel: [3, 3],
+            strides: [1, 1],
+            pads: [1, 1, 1, 1],
+            dilations: [1, 1],
+            groups: 1,
+        };
+        for c in [32usize, 18] {
+            let g = ConvGeometry::new(&op, &[c, 9, 8], &[c, c, 3, 3]).unwrap();
+            let w =
+                Array4::from_shape_vec((c, c, 3, 3), lrp_testkit::random_normal(4, c * c * 9, 1.0))
+                    .unwrap();
+            let s0 = Array4::from_shape_vec(
+                (5, c, 9, 8),
+                lrp_testkit::random_normal(5, 5 * c * 72, 1.0),
+            )
+            .unwrap();
+            let want = lrp_kernels::kernels::conv2d_transpose(s0.view(), w.view(), &g);
+            let mut s = s0.clone();
+            let done = conv.transpose_in_place(s.view_mut(), w.view(), &g);
+            if c % 4 == 0 {
+                assert!(done, "{c} channels run on the blocked kernels");
+                let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let err = s
+                    .iter()
+                    .zip(&want)
+                    .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(err <= 1e-5 * scale, "{err} against {scale}");
+            } else {
+                // The plain Conv reads as it writes: never in place, and `s` is untouched.
+                assert!(!done);
+                assert_eq!(s, s0);
+            }
+        }
     }
 
     #[test]

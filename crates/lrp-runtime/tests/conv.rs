@@ -113,6 +113,45 @@ fn forward_and_transpose_match_the_kernels() {
     }
 }
 
+#[test]
+fn owned_transposes_match_with_and_without_the_backend() {
+    // Same channels and size in and out (written in place by the blocked kernels where the
+    // processor has them), and a geometry that changes the channels (never in place).
+    let ort = std::sync::Arc::new(OrtConv::new(Some(2)).unwrap());
+    for case in [
+        ([32, 20, 18], 32, [3, 3], [1, 1], [1, 1, 1, 1], [1, 1], 1),
+        ([32, 20, 18], 48, [3, 3], [1, 1], [1, 1, 1, 1], [1, 1], 1),
+    ] {
+        let g = geometry(&case);
+        let [o, oh, ow] = g.output_shape();
+        let wt = tensor(g.weight_shape(), 41);
+        let s = tensor([3, o, oh, ow], 42);
+        let want = conv2d_transpose(s.view(), wt.view(), &g);
+        let own = lrp_kernels::kernels::conv2d_transpose_owned(s.clone(), wt.view(), &g);
+        assert!(max_rel(&own, &want) < 1e-5, "{case:?} without a backend");
+        let given = s.clone();
+        let at = given.as_ptr();
+        let got = {
+            let _guard = use_backends(Backends {
+                sgemm: None,
+                conv: Some(ort.clone()),
+            });
+            lrp_kernels::kernels::conv2d_transpose_owned(given, wt.view(), &g)
+        };
+        assert_eq!(got.dim(), want.dim());
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // The blocked kernels are there: the same shape is written in place.
+            assert_eq!(got.as_ptr() == at, o == 32, "{case:?}");
+        }
+        assert!(
+            max_rel(&got, &want) < 1e-5,
+            "{case:?}: {}",
+            max_rel(&got, &want)
+        );
+    }
+}
+
 #[derive(Debug)]
 struct Counting {
     inner: OrtConv,
