@@ -413,6 +413,15 @@ impl ConvGeometry {
     pub fn output_shape(&self) -> [usize; 3] {
         self.output
     }
+    /// Whether the map (or its transpose) over `images` images is large enough to go to the
+    /// [`Sconv`] in use: at least [`PARALLEL_MIN_MACS`] multiply-adds.
+    fn for_backend(&self, images: usize) -> bool {
+        let [c, _, _] = self.input;
+        let [o, oh, ow] = self.output;
+        images * o * oh * ow * (c / self.groups) * self.kernel[0] * self.kernel[1]
+            >= PARALLEL_MIN_MACS
+    }
+
     /// Weight shape `[O, C/groups, kh, kw]`.
     pub fn weight_shape(&self) -> [usize; 4] {
         [
@@ -738,7 +747,7 @@ fn conv2d_forward_budget<A: LinalgScalar + Send + Sync>(
     let xs = x.as_slice().expect("standard layout");
     let w = w.as_standard_layout();
     if std::any::TypeId::of::<A>() == std::any::TypeId::of::<f32>()
-        && n * o * p * kg >= PARALLEL_MIN_MACS
+        && g.for_backend(n)
         && let Some(b) = conv_backend()
     {
         // SAFETY: A is f32 (checked above), so these are the same standard-layout arrays
@@ -810,11 +819,9 @@ pub fn conv2d_transpose_owned(
 ) -> Array4<f32> {
     let m = g.check("conv2d_transpose", s.shape(), g.output);
     g.check_weight("conv2d_transpose", w.shape());
-    let cols = Cols::new(g);
-    let (o, kg, p) = (g.output[0], cols.kg, cols.p);
     if g.input == g.output
         && s.is_standard_layout()
-        && m * o * p * kg >= PARALLEL_MIN_MACS
+        && g.for_backend(m)
         && let Some(b) = conv_backend()
         && b.transpose_in_place(s.view_mut(), w.as_standard_layout().view(), g)
     {
@@ -841,7 +848,7 @@ fn conv2d_transpose_budget(
     let s = s.as_standard_layout();
     let ss = s.as_slice().expect("standard layout");
     let w = w.as_standard_layout();
-    if m * o * p * kg >= PARALLEL_MIN_MACS
+    if g.for_backend(m)
         && let Some(b) = conv_backend()
         // SAFETY: f32.
         && let Some(out) = unsafe {
