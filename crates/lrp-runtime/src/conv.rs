@@ -153,20 +153,27 @@ impl OrtConv {
             return false;
         };
         let kernel = blocked_kernel(w, flip, b, key.layout == Layout::Blocked);
-        let n = x.shape()[0];
-        let per_image = (x.len() + out.len()) / n.max(1) * std::mem::size_of::<f32>();
-        let step = (self.run_bytes / per_image.max(1)).clamp(1, n.max(1));
-        let mut i = 0;
-        while i < n {
-            let part = Slice::from(i..(i + step).min(n));
-            let xi = x.slice_axis(Axis(0), part);
-            let oi = out.slice_axis_mut(Axis(0), part);
+        for part in self.runs(x.shape()[0], x.len() + out.len()) {
+            let (xi, oi) = (
+                x.slice_axis(Axis(0), part),
+                out.slice_axis_mut(Axis(0), part),
+            );
             if self.run(key.clone(), xi, kernel.view(), oi).is_err() {
                 return false;
             }
-            i += step;
         }
         true
+    }
+
+    /// The groups of images, in order, in which a batch of `n` runs on the blocked kernels when
+    /// its input and output hold `values` values together: as many images per run as fit in
+    /// `run_bytes`, at least one.
+    fn runs(&self, n: usize, values: usize) -> impl Iterator<Item = Slice> {
+        let per_image = values / n.max(1) * std::mem::size_of::<f32>();
+        let step = (self.run_bytes / per_image.max(1)).clamp(1, n.max(1));
+        (0..n)
+            .step_by(step)
+            .map(move |i| Slice::from(i..(i + step).min(n)))
     }
 
     /// Runs `key` on `x` and `w` into `out`; an error when the result's shape is not `out`'s.
@@ -189,17 +196,7 @@ impl Sconv for OrtConv {
         g: &ConvGeometry,
         mut out: ArrayViewMut4<f32>,
     ) -> bool {
-        let key = NodeKey {
-            op: "Conv",
-            kernel: g.kernel(),
-            strides: g.strides(),
-            pads: g.pads(),
-            dilations: g.dilations(),
-            groups: g.groups(),
-            output_padding: [0, 0],
-            layout: Layout::Plain,
-            out_channels: 0,
-        };
+        let key = conv_key(g);
         if let Some(k) = self.blocked_key(&key, x.shape()[1], out.shape()[1])
             && self.run_blocked(&k, x, w, false, out.view_mut())
         {
@@ -263,12 +260,8 @@ impl Sconv for OrtConv {
             return false;
         }
         let kernel = blocked_kernel(w, true, b, key.layout == Layout::Blocked);
-        let n = s.shape()[0];
-        let per_image = 2 * s.len() / n.max(1) * std::mem::size_of::<f32>();
-        let step = (self.run_bytes / per_image.max(1)).clamp(1, n.max(1));
-        let mut i = 0;
-        while i < n {
-            let mut si = s.slice_axis_mut(Axis(0), Slice::from(i..(i + step).min(n)));
+        for (i, part) in self.runs(s.shape()[0], 2 * s.len()).enumerate() {
+            let mut si = s.slice_axis_mut(Axis(0), part);
             // SAFETY: the view covers the same live, standard-layout images as `si`, which is
             // not touched from Rust while ONNX Runtime runs; ONNX Runtime reads them all
             // before it writes any (above).
@@ -284,7 +277,6 @@ impl Sconv for OrtConv {
                     "ONNX Runtime failed part-way through a convolution transposed in place: {e}"
                 );
             }
-            i += step;
         }
         true
     }
@@ -316,33 +308,34 @@ fn blocked_kernel(w: ArrayView4<f32>, flip: bool, b: usize, blocked_input: bool)
             0.0
         }
     };
-    let ob = o.div_ceil(b);
-    if blocked_input {
-        let cb = c.div_ceil(b);
-        // One row per (output block, input block): kh·kw blocks of b × b.
-        let data = lrp_kernels::kernels::par_rows_with(ob * cb, k * b * b, |row, span, dst| {
-            let (o0, c0) = (row / cb * b, row % cb * b);
-            let all =
-                (0..k).flat_map(|yx| (0..b).flat_map(move |bi| (0..b).map(move |bo| (yx, bi, bo))));
-            dst.extend(
-                all.skip(span.start)
-                    .take(span.len())
-                    .map(|(yx, bi, bo)| value(o0 + bo, c0 + bi, yx / kw, yx % kw)),
-            );
-        });
-        Array4::from_shape_vec((ob * b, cb * b, kh, kw), data).expect("whole blocks")
-    } else {
-        // One row per (output block, input channel): kh·kw runs of b.
-        let data = lrp_kernels::kernels::par_rows_with(ob * c, k * b, |row, span, dst| {
-            let (o0, ci) = (row / c * b, row % c);
-            let all = (0..k).flat_map(|yx| (0..b).map(move |bo| (yx, bo)));
-            dst.extend(
-                all.skip(span.start)
-                    .take(span.len())
-                    .map(|(yx, bo)| value(o0 + bo, ci, yx / kw, yx % kw)),
-            );
-        });
-        Array4::from_shape_vec((ob * b, c, kh, kw), data).expect("whole blocks")
+    // Input channels per block: `b`, or 1 when the input is read unblocked.
+    let bi = if blocked_input { b } else { 1 };
+    let (ob, cb) = (o.div_ceil(b), c.div_ceil(bi));
+    // One row per (output block, input block): kh·kw blocks of bi × b.
+    let data = lrp_kernels::kernels::par_rows_with(ob * cb, k * bi * b, |row, span, dst| {
+        let (o0, c0) = (row / cb * b, row % cb * bi);
+        let all = (0..k).flat_map(|yx| (0..bi).flat_map(move |i| (0..b).map(move |j| (yx, i, j))));
+        dst.extend(
+            all.skip(span.start)
+                .take(span.len())
+                .map(|(yx, i, j)| value(o0 + j, c0 + i, yx / kw, yx % kw)),
+        );
+    });
+    Array4::from_shape_vec((ob * b, cb * bi, kh, kw), data).expect("whole blocks")
+}
+
+/// The forward map as a plain `Conv`.
+fn conv_key(g: &ConvGeometry) -> NodeKey {
+    NodeKey {
+        op: "Conv",
+        kernel: g.kernel(),
+        strides: g.strides(),
+        pads: g.pads(),
+        dilations: g.dilations(),
+        groups: g.groups(),
+        output_padding: [0, 0],
+        layout: Layout::Plain,
+        out_channels: 0,
     }
 }
 
@@ -613,6 +606,34 @@ mod tests {
         }
     }
 
+    /// A seeded `[a, b, c, d]` tensor.
+    fn random(shape: (usize, usize, usize, usize), seed: u64) -> Array4<f32> {
+        let len = shape.0 * shape.1 * shape.2 * shape.3;
+        Array4::from_shape_vec(shape, lrp_testkit::random_normal(seed, len, 1.0)).unwrap()
+    }
+
+    /// A 3×3 convolution, stride 1, padding 1 (the size kept), `c` → `o` channels on `h × w`.
+    fn same_size(c: usize, h: usize, w: usize, o: usize) -> ConvGeometry {
+        let op = lrp_ir::Op::Conv {
+            kernel: [3, 3],
+            strides: [1, 1],
+            pads: [1, 1, 1, 1],
+            dilations: [1, 1],
+            groups: 1,
+        };
+        ConvGeometry::new(&op, &[c, h, w], &[o, c, 3, 3]).unwrap()
+    }
+
+    /// `got` equals `want` to f32 rounding, relative to `want`'s largest value.
+    fn assert_close(got: &Array4<f32>, want: &Array4<f32>) {
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let err = got
+            .iter()
+            .zip(want)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(err <= 1e-5 * scale, "{err} against {scale}");
+    }
+
     #[test]
     fn blocked_runs_in_groups_of_images_match_one_run() {
         let conv = OrtConv::new(Some(2)).unwrap();
@@ -624,51 +645,17 @@ mod tests {
             return;
         }
         let (n, c, h, wd, o) = (5usize, 32usize, 9usize, 8usize, 24usize);
-        let x = Array4::from_shape_vec(
-            (n, c, h, wd),
-            lrp_testkit::random_normal(1, n * c * h * wd, 1.0),
-        )
-        .unwrap();
-        let w = Array4::from_shape_vec((o, c, 3, 3), lrp_testkit::random_normal(2, o * c * 9, 1.0))
-            .unwrap();
-        let op = lrp_ir::Op::Conv {
-            kernel: [3, 3],
-            strides: [1, 1],
-            pads: [1, 1, 1, 1],
-            dilations: [1, 1],
-            groups: 1,
-        };
-        let g = ConvGeometry::new(&op, &[c, h, wd], &[o, c, 3, 3]).unwrap();
-        let plain = NodeKey {
-            op: "Conv",
-            kernel: [3, 3],
-            strides: [1, 1],
-            pads: [1, 1, 1, 1],
-            dilations: [1, 1],
-            groups: 1,
-            output_padding: [0, 0],
-            layout: Layout::Plain,
-            out_channels: 0,
-        };
+        let x = random((n, c, h, wd), 1);
+        let w = random((o, c, 3, 3), 2);
+        let g = same_size(c, h, wd, o);
+        let plain = conv_key(&g);
         // Two images per run (the last run has one) against one run of all five.
         let small = OrtConv {
             run_bytes: 2 * (c + o) * h * wd * 4,
             ..OrtConv::new(Some(2)).unwrap()
         };
-        let close = |got: &Array4<f32>, want: &Array4<f32>| {
-            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let err = got
-                .iter()
-                .zip(want)
-                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-            assert!(err <= 1e-5 * scale, "{err} against {scale}");
-        };
         // The forward map (32 → 24 channels) and the transpose's flipped kernel (24 → 32).
-        let s = Array4::from_shape_vec(
-            (n, o, h, wd),
-            lrp_testkit::random_normal(3, n * o * h * wd, 1.0),
-        )
-        .unwrap();
+        let s = random((n, o, h, wd), 3);
         for (input, flip, want) in [
             (
                 &x,
@@ -691,7 +678,7 @@ mod tests {
             assert!(small.run_blocked(&key, input.view(), w.view(), flip, runs.view_mut()));
             assert!(whole.iter().all(|v| v.is_finite()), "every element written");
             assert_eq!(runs, whole);
-            close(&whole, &want);
+            assert_close(&whole, &want);
         }
         // An input narrower than a block is read as it is.
         let key = conv.blocked_key(&plain, 3, o).unwrap();
@@ -714,34 +701,16 @@ mod tests {
         if conv.block().is_none() {
             return;
         }
-        let op = lrp_ir::Op::Conv {
-            kernel: [3, 3],
-            strides: [1, 1],
-            pads: [1, 1, 1, 1],
-            dilations: [1, 1],
-            groups: 1,
-        };
         for c in [32usize, 18] {
-            let g = ConvGeometry::new(&op, &[c, 9, 8], &[c, c, 3, 3]).unwrap();
-            let w =
-                Array4::from_shape_vec((c, c, 3, 3), lrp_testkit::random_normal(4, c * c * 9, 1.0))
-                    .unwrap();
-            let s0 = Array4::from_shape_vec(
-                (5, c, 9, 8),
-                lrp_testkit::random_normal(5, 5 * c * 72, 1.0),
-            )
-            .unwrap();
+            let g = same_size(c, 9, 8, c);
+            let w = random((c, c, 3, 3), 4);
+            let s0 = random((5, c, 9, 8), 5);
             let want = lrp_kernels::kernels::conv2d_transpose(s0.view(), w.view(), &g);
             let mut s = s0.clone();
             let done = conv.transpose_in_place(s.view_mut(), w.view(), &g);
             if c % 4 == 0 {
                 assert!(done, "{c} channels run on the blocked kernels");
-                let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-                let err = s
-                    .iter()
-                    .zip(&want)
-                    .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-                assert!(err <= 1e-5 * scale, "{err} against {scale}");
+                assert_close(&s, &want);
             } else {
                 // The plain Conv reads as it writes: never in place, and `s` is untouched.
                 assert!(!done);
