@@ -356,22 +356,23 @@ impl Forward {
         outputs: ExportOutputs,
         threads: Option<usize>,
     ) -> Result<Self, RuntimeError> {
-        // The attempts that have a fallback keep ONNX Runtime's own error log quiet: their
-        // failure is expected on some graphs, and the next attempt follows.
-        let open = |data, sharing, quiet| {
-            Self::open(graph, device, &outputs, threads, data, sharing, quiet)
-        };
-        match open(WeightData::Supplied, Sharing::InPlace, true) {
-            Err(RuntimeError::Ort { .. }) => {
-                match open(WeightData::Supplied, Sharing::Copied, true) {
-                    Err(RuntimeError::Ort { .. }) => {
-                        open(WeightData::Blob(WEIGHTS_FILE), Sharing::Copied, false)
-                    }
-                    done => done,
-                }
+        // In order, until ONNX Runtime accepts one. The attempts that have a fallback keep
+        // ONNX Runtime's own error log quiet: their failure is expected on some graphs.
+        let mut attempts = [
+            (WeightData::Supplied, Sharing::InPlace),
+            (WeightData::Supplied, Sharing::Copied),
+            (WeightData::Blob(WEIGHTS_FILE), Sharing::Copied),
+        ]
+        .into_iter()
+        .peekable();
+        while let Some((data, sharing)) = attempts.next() {
+            let fallback = attempts.peek().is_some();
+            match Self::open(graph, device, &outputs, threads, data, sharing, fallback) {
+                Err(RuntimeError::Ort { .. }) if fallback => continue,
+                done => return done,
             }
-            done => done,
         }
+        unreachable!("the last attempt returns")
     }
 
     fn open(
