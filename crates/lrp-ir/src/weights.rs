@@ -151,7 +151,10 @@ impl Weights {
         // SAFETY: a private (copy-on-write) map, which nothing here writes; the file must not
         // be truncated or changed in place while the weights are alive (documented above).
         let decoded = match unsafe { memmap2::MmapOptions::new().map_copy(&file) } {
-            Ok(map) => Self::from_map(Arc::new(map)),
+            Ok(map) => {
+                let map = Arc::new(map);
+                Self::read(&map, Some(&map))
+            }
             // Not mappable (a pipe, say): read it whole.
             Err(_) => Self::from_bytes(&std::fs::read(path).map_err(io)?),
         };
@@ -161,9 +164,15 @@ impl Weights {
         })
     }
 
-    /// Decodes a mapped safetensors file, keeping aligned little-endian f32 tensors in place.
-    fn from_map(map: Arc<memmap2::MmapMut>) -> Result<Self, String> {
-        let st = SafeTensors::deserialize(&map[..])
+    /// Decodes safetensors bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
+        Self::read(bytes, None)
+    }
+
+    /// Decodes `bytes`; where they are `map`'s, aligned little-endian f32 tensors stay in it
+    /// and the rest are converted into arrays of their own.
+    fn read(bytes: &[u8], map: Option<&Arc<memmap2::MmapMut>>) -> Result<Self, String> {
+        let st = SafeTensors::deserialize(bytes)
             .map_err(|e| format!("not a valid safetensors file: {e}"))?;
         let mut tensors = BTreeMap::new();
         for (name, view) in st.iter() {
@@ -172,28 +181,15 @@ impl Weights {
                 && view.dtype() == Dtype::F32
                 && bytemuck::try_cast_slice::<u8, f32>(data).is_ok()
                 && data.len() == view.shape().iter().product::<usize>() * 4;
-            let stored = if in_place {
-                Stored::Mapped {
-                    file: Arc::clone(&map),
+            let stored = match map {
+                Some(map) if in_place => Stored::Mapped {
+                    file: Arc::clone(map),
                     offset: data.as_ptr() as usize - map.as_ptr() as usize,
                     shape: view.shape().to_vec(),
-                }
-            } else {
-                Stored::Owned(Arc::new(decode(name, &view)?))
+                },
+                _ => Stored::Owned(Arc::new(decode(name, &view)?)),
             };
             tensors.insert(name.to_owned(), SharedTensor(stored));
-        }
-        Ok(Weights { tensors })
-    }
-
-    /// Decodes safetensors bytes.
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
-        let st = SafeTensors::deserialize(bytes)
-            .map_err(|e| format!("not a valid safetensors file: {e}"))?;
-        let mut tensors = BTreeMap::new();
-        for (name, view) in st.iter() {
-            let arr = decode(name, &view)?;
-            tensors.insert(name.to_owned(), SharedTensor(Stored::Owned(Arc::new(arr))));
         }
         Ok(Weights { tensors })
     }
