@@ -311,15 +311,18 @@ fn blocked_kernel(w: ArrayView4<f32>, flip: bool, b: usize, blocked_input: bool)
     // Input channels per block: `b`, or 1 when the input is read unblocked.
     let bi = if blocked_input { b } else { 1 };
     let (ob, cb) = (o.div_ceil(b), c.div_ceil(bi));
-    // One row per (output block, input block): kh·kw blocks of bi × b.
+    // One row per (output block, input block): kh·kw blocks of bi × b, each a run of b output
+    // channels for one input channel.
     let data = lrp_kernels::kernels::par_rows_with(ob * cb, k * bi * b, |row, span, dst| {
         let (o0, c0) = (row / cb * b, row % cb * bi);
-        let all = (0..k).flat_map(|yx| (0..bi).flat_map(move |i| (0..b).map(move |j| (yx, i, j))));
-        dst.extend(
-            all.skip(span.start)
-                .take(span.len())
-                .map(|(yx, i, j)| value(o0 + j, c0 + i, yx / kw, yx % kw)),
-        );
+        for run in span.start / b..span.end.div_ceil(b) {
+            let (yx, ci) = (run / bi, c0 + run % bi);
+            let (y, x) = (yx / kw, yx % kw);
+            // The part of this run inside the piece.
+            let lo = span.start.saturating_sub(run * b);
+            let hi = (span.end - run * b).min(b);
+            dst.extend((lo..hi).map(|j| value(o0 + j, ci, y, x)));
+        }
     });
     Array4::from_shape_vec((ob * b, cb * bi, kh, kw), data).expect("whole blocks")
 }
@@ -552,11 +555,17 @@ mod tests {
 
     #[test]
     fn blocked_kernels_match_the_layouts() {
-        let (o, c, kh, kw, b) = (5usize, 11usize, 2usize, 3usize, 4usize);
-        let w = Array4::from_shape_fn((o, c, kh, kw), |(a, i, y, x)| {
-            (((a * 31 + i) * 7 + y) * 5 + x) as f32 + 1.0
-        });
-        for flip in [false, true] {
+        // Channel counts that are no multiple of the block, a non-square kernel; and a kernel
+        // whose blocked rows (17·17·16·16 values) are longer than one parallel piece.
+        for (o, c, kh, kw, b, flip) in [
+            (5usize, 11usize, 2usize, 3usize, 4usize, false),
+            (5, 11, 2, 3, 4, true),
+            (3, 2, 17, 17, 16, false),
+            (3, 2, 17, 17, 16, true),
+        ] {
+            let w = Array4::from_shape_fn((o, c, kh, kw), |(a, i, y, x)| {
+                (((a * 31 + i) * 7 + y) * 5 + x) as f32 + 1.0
+            });
             // The convolution's own kernel k[o', c', y, x].
             let (ko, kc) = if flip { (c, o) } else { (o, c) };
             let k = |oi: usize, ci: usize, y: usize, x: usize| {
