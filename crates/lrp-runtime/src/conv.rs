@@ -61,7 +61,7 @@ struct NodeKey {
 /// (`Layout::Blocked`, or `Layout::Direct` for inputs with fewer channels than a block): the
 /// kernel is put into the blocked layout here on each call, and the batch runs in groups of
 /// images that keep ONNX Runtime's reordered copies small (32 MB of input and output). Per
-/// convolution that is 4–24 % faster than the plain `Conv` on 2 cores, and it scales with cores
+/// convolution that is 3–24 % faster than the plain `Conv` on 2 cores, and it scales with cores
 /// as the forward pass does (docs/performance.md). If a blocked run fails, the plain `Conv`
 /// takes the work.
 ///
@@ -118,7 +118,7 @@ impl OrtConv {
     ) -> Option<NodeKey> {
         let b = self.block()?;
         // A 1×1 convolution is one matrix product on the plain layout already; the reorders
-        // would only add to it (ResNet-50's relevance pass ran 6–12 % slower with them).
+        // would only add to it (ResNet-50's relevance pass ran 9–12 % slower with them).
         if plain.op != "Conv" || plain.groups != 1 || out_channels == 0 || plain.kernel == [1, 1] {
             return None;
         }
