@@ -19,42 +19,37 @@ impl Stabilizer {
     /// [`ZeroGuard`]: Stabilizer::ZeroGuard
     #[inline]
     pub fn apply(&self, d: f32) -> f32 {
-        match *self {
-            Stabilizer::SignEpsilon(e) => {
-                if d >= 0.0 {
-                    d + e
-                } else {
-                    d - e
-                }
-            }
-            Stabilizer::ZeroGuard(e) => {
-                if d == 0.0 {
-                    d + e
-                } else {
-                    d
-                }
-            }
+        // One form for both, without a branch per value (the loops over whole tensors then
+        // vectorise): the offset added where d > 0, d < 0 and otherwise (±0, NaN).
+        let (pos, neg, zero) = self.offsets();
+        d + if d > 0.0 {
+            pos
+        } else if d < 0.0 {
+            neg
+        } else {
+            zero
         }
     }
 
     /// [`Stabilizer::apply`] in f64 (`e` widened from f32).
     #[inline]
     pub fn apply_f64(&self, d: f64) -> f64 {
+        let (pos, neg, zero) = self.offsets();
+        d + if d > 0.0 {
+            f64::from(pos)
+        } else if d < 0.0 {
+            f64::from(neg)
+        } else {
+            f64::from(zero)
+        }
+    }
+
+    /// The offsets added to a positive, a negative and a zero (or NaN) denominator.
+    #[inline]
+    fn offsets(&self) -> (f32, f32, f32) {
         match *self {
-            Stabilizer::SignEpsilon(e) => {
-                if d >= 0.0 {
-                    d + e as f64
-                } else {
-                    d - e as f64
-                }
-            }
-            Stabilizer::ZeroGuard(e) => {
-                if d == 0.0 {
-                    d + e as f64
-                } else {
-                    d
-                }
-            }
+            Stabilizer::SignEpsilon(e) => (e, -e, e),
+            Stabilizer::ZeroGuard(e) => (0.0, 0.0, e),
         }
     }
 
@@ -78,6 +73,9 @@ mod tests {
         assert_eq!(s.apply(1.0), 1.25);
         assert_eq!(s.apply(-1.0), -1.25);
         assert!(s.apply(f32::NAN).is_nan());
+        assert_eq!(s.apply_f64(-0.0), 0.25);
+        assert_eq!(s.apply_f64(-1.0), -1.25);
+        assert!(s.apply_f64(f64::NAN).is_nan());
     }
 
     #[test]
@@ -87,6 +85,10 @@ mod tests {
         assert_eq!(s.apply(-0.0), 1e-7);
         assert_eq!(s.apply(-3.0), -3.0);
         assert_eq!(s.apply(1e-30), 1e-30);
+        assert_eq!(s.apply(-1e-30), -1e-30);
+        assert!(s.apply(f32::NAN).is_nan());
+        assert_eq!(s.apply_f64(0.0), f64::from(1e-7f32));
+        assert_eq!(s.apply_f64(-2.5), -2.5);
     }
 
     #[test]
