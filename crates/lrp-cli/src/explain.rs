@@ -408,6 +408,7 @@ impl Writer<'_> {
             bounds: self.plan.bounds.clone(),
             relu: if self.a.relu { Some(true) } else { None },
             keep: keep.to_vec(),
+            group_bytes: None,
         }
     }
 
@@ -1067,7 +1068,11 @@ fn record(
         "conservation_gap": ex.conservation_gap[i],
         "node_relevance_sums": nodes,
         "notes": ex.notes[i].iter().map(|n| n.to_string()).collect::<Vec<_>>(),
-        "timings": {"forward_seconds": ex.forward_seconds, "relevance_seconds": ex.relevance_seconds},
+        "timings": {
+            "forward_seconds": ex.forward_seconds,
+            "relevance_seconds": ex.relevance_seconds,
+            "image_groups": ex.groups.as_ref().map(|(from, images)| json!({"from": from, "images": images})),
+        },
     })
 }
 

@@ -22,7 +22,7 @@ use lrp_rules::{
     Assignment, BatchNormMode, Bounds, NodeContext, Registry, RuleConfig, Signal, SignalNote,
 };
 use lrp_runtime::{ActivationViews, Device, ExportOutputs, Forward, RuntimeError};
-use ndarray::{Array2, ArrayD, ArrayViewD, Ix2, IxDyn};
+use ndarray::{Array2, ArrayD, ArrayViewD, Axis, Ix2, IxDyn, Slice};
 use rayon::prelude::*;
 
 /// Errors of the relevance pass.
@@ -78,7 +78,16 @@ pub struct ExplainOptions {
     pub relu: Option<bool>,
     /// Nodes whose relevance to return (their names).
     pub keep: Vec<String>,
+    /// The largest relevance tensor, in bytes, the pass makes for several images at once
+    /// (None: [`DEFAULT_GROUP_BYTES`]). From the first node where a tensor of the whole batch
+    /// is larger, the pass runs one group of images at a time, as many as fit; the result is
+    /// the same, but freed memory is reused instead of new memory touched. `Some(usize::MAX)`
+    /// runs the whole batch at once.
+    pub group_bytes: Option<usize>,
 }
+
+/// The default of [`ExplainOptions::group_bytes`]: 32 MiB.
+pub const DEFAULT_GROUP_BYTES: usize = 32 << 20;
 
 /// The explanation of one batch.
 #[derive(Debug, Clone)]
@@ -109,8 +118,11 @@ pub struct Explanation {
     /// Seconds spent in the relevance pass.
     pub relevance_seconds: f64,
     /// Seconds each node's rule took (including the checks of its result), in the order the
-    /// relevance pass visited them.
+    /// relevance pass first visited them, summed over the groups of images.
     pub node_seconds: Vec<(String, f64)>,
+    /// The node from which the pass ran one group of images at a time, and the images a group
+    /// held (see [`ExplainOptions::group_bytes`]); None when the whole batch went at once.
+    pub groups: Option<(String, usize)>,
 }
 
 /// A graph prepared for explanations with one rule configuration.
@@ -303,153 +315,53 @@ fn relevance_pass(
             .expect("logit relevance"),
         Some(initial_sums.clone()),
     );
-    let input_name = g.input().name.clone();
-    let mut node_sums = vec![(String::new(), Vec::new()); g.nodes().len()];
-    let mut remade: HashMap<NodeId, ArrayD<f32>> = HashMap::new();
-    let mut kept = Vec::new();
-    let mut node_seconds = Vec::with_capacity(g.nodes().len());
-    for &id in g.topo_order().iter().rev() {
-        let node = &g.nodes()[id];
-        let t_node = Instant::now();
-        // A remade ReLU output lives from its first consumer (visited earlier) to its node.
-        let remade_here = remade.remove(&id);
-        let Some(Pending { r, sums }) = pending.remove(&node.name) else {
-            node_sums[id] = (node.name.clone(), vec![vec![0.0; maps]; n]);
-            continue;
-        };
-        let own_output = match acts.get(id) {
-            Some(_) => None,
-            None => Some(remade_here.unwrap_or_else(|| remake_relu(acts, g, id))),
-        };
-        for s in &node.inputs {
-            if let Some(sid) = g.node_id(s)
-                && acts.get(sid).is_none()
-            {
-                remade
-                    .entry(sid)
-                    .or_insert_with(|| remake_relu(acts, g, sid));
-            }
-        }
-        let sums = sums.unwrap_or_else(|| row_sums(r.view(), n, maps));
-        node_sums[id] = (node.name.clone(), sums);
-        if opts.keep.contains(&node.name) {
-            kept.push((node.name.clone(), r.clone()));
-        }
-        let inputs: Vec<_> = node
-            .inputs
-            .iter()
-            .map(|s| {
-                if *s == input_name {
-                    batch.view()
-                } else {
-                    let sid = g.node_id(s).expect("validated");
-                    match acts.get(sid) {
-                        Some(a) => a.view(),
-                        None => remade[&sid].view(),
-                    }
-                }
-            })
-            .collect();
-        let ctx = NodeContext {
-            graph: g,
-            id,
-            inputs,
-            output: match &own_output {
-                Some(a) => a.view(),
-                None => acts.get(id).expect("exported").view(),
-            },
-            maps,
-            bounds: opts.bounds.as_ref(),
-        };
-        let rule = assignment.rule(id);
-        // Relevance that passes unchanged (ReLU, Flatten) moves on without a copy.
-        // (A plugin whose answer panics is simply called.)
-        if let [src] = node.inputs.as_slice()
-            && std::panic::catch_unwind(AssertUnwindSafe(|| rule.moves_unchanged(&ctx)))
-                .unwrap_or(false)
-        {
-            let mut want = vec![n * maps];
-            want.extend_from_slice(g.tensor_shape(src).expect("validated"));
-            if r.len() == want.iter().product::<usize>() {
-                let r = if r.is_standard_layout() {
-                    r
-                } else {
-                    r.as_standard_layout().into_owned()
-                };
-                let rin = r
-                    .into_shape_with_order(IxDyn(&want))
-                    .expect("standard layout, same length");
-                deposit(&mut pending, src, rin, Some(node_sums[id].1.clone()));
-                node_seconds.push((node.name.clone(), t_node.elapsed().as_secs_f64()));
-                continue;
-            }
-        }
-        let fail = |message: String| ExplainError::Rule {
-            node: node.name.clone(),
-            op: node.op.kind(),
-            rule: rule.describe(),
-            message,
-        };
-        let outs = std::panic::catch_unwind(AssertUnwindSafe(|| rule.relevance_owned(&ctx, r)))
-            .map_err(|p| fail(format!("the rule panicked: {}", panic_text(&p))))?
-            .map_err(fail)?;
-        if outs.len() != node.inputs.len() {
-            return Err(fail(format!(
-                "returned {} relevance arrays for {} inputs",
-                outs.len(),
-                node.inputs.len()
-            )));
-        }
-        for (k, (src, rin)) in node.inputs.iter().zip(outs).enumerate() {
-            let mut want = vec![n * maps];
-            want.extend_from_slice(g.tensor_shape(src).expect("validated"));
-            if rin.shape() != want.as_slice() {
-                return Err(fail(format!(
-                    "returned shape {:?} for input {k} ('{src}'), expected {want:?}",
-                    rin.shape()
-                )));
-            }
-            // The sums are finite exactly when every value is (f64 sums of f32 values cannot
-            // overflow), so only a non-finite sum needs the search for the value.
-            let sums = row_sums(rin.view(), n, maps);
-            if sums.iter().flatten().any(|v| !v.is_finite())
-                && let Some(v) = first_non_finite(&rin)
-            {
-                return Err(fail(format!(
-                    "produced {v} in the relevance of input {k} ('{src}')"
-                )));
-            }
-            deposit(&mut pending, src, rin, Some(sums));
-        }
-        node_seconds.push((node.name.clone(), t_node.elapsed().as_secs_f64()));
-    }
-    // In the requested order, with zeros where the relevance did not arrive.
-    let kept = opts
-        .keep
-        .iter()
-        .map(|name| {
-            let r = match kept.iter().position(|(k, _)| k == name) {
-                Some(i) => kept.swap_remove(i).1,
-                None => {
-                    let mut s = vec![n * maps];
-                    s.extend_from_slice(g.tensor_shape(name).expect("checked to be a node"));
-                    ArrayD::zeros(IxDyn(&s))
-                }
-            };
-            (name.clone(), r)
-        })
-        .collect();
-    let (r_input, input_sums) = match pending.remove(&input_name) {
-        Some(Pending { r, sums }) => {
-            let sums = sums.unwrap_or_else(|| row_sums(r.view(), n, maps));
-            (r, sums)
-        }
-        None => {
-            let mut s = vec![n * maps];
-            s.extend_from_slice(&g.input().shape);
-            (ArrayD::zeros(IxDyn(&s)), vec![vec![0.0; maps]; n])
-        }
+    let order: Vec<NodeId> = g.topo_order().iter().rev().copied().collect();
+    let budget = opts.group_bytes.unwrap_or(DEFAULT_GROUP_BYTES);
+    let (split, group) = image_groups(g, &order, n, maps, budget);
+    let walk = Walk {
+        g,
+        assignment,
+        maps,
+        opts,
     };
+    let mut gathered = Gathered::new(g, n, maps, &opts.keep);
+    // The nodes before the split see the whole batch; those after it one group of images at a
+    // time, each group starting from its rows of the relevance pending at the split.
+    walk.run(
+        &order[..split],
+        acts,
+        batch.view(),
+        &mut pending,
+        0,
+        &mut gathered,
+    )?;
+    if split < order.len() {
+        for start in (0..n).step_by(group) {
+            let images = start..(start + group).min(n);
+            let mut part = pending
+                .iter()
+                .map(|(name, p)| (name.clone(), p.rows(images.clone(), maps)))
+                .collect();
+            walk.run(
+                &order[split..],
+                &acts.images(images.clone()),
+                batch.slice_axis(Axis(0), Slice::from(images.clone())),
+                &mut part,
+                start,
+                &mut gathered,
+            )?;
+            gathered.input(g, &mut part, start, maps);
+        }
+    } else {
+        gathered.input(g, &mut pending, 0, maps);
+    }
+    let Gathered {
+        node_sums,
+        node_seconds,
+        kept,
+        input: (r_input, input_sums),
+        ..
+    } = gathered;
     let conservation_gap = input_sums
         .iter()
         .zip(&initial_sums)
@@ -466,16 +378,270 @@ fn relevance_pass(
         node_sums: g
             .topo_order()
             .iter()
-            .map(|&i| node_sums[i].clone())
+            .map(|&i| (g.nodes()[i].name.clone(), node_sums[i].clone()))
             .collect(),
         initial_sums,
         conservation_gap,
         notes,
-        kept,
+        kept: opts.keep.iter().cloned().zip(kept).collect(),
         forward_seconds,
         relevance_seconds: t1.elapsed().as_secs_f64(),
         node_seconds,
+        groups: (split < order.len()).then(|| (g.nodes()[order[split]].name.clone(), group)),
     })
+}
+
+/// Where the pass starts to run in groups of images, and how many images a group holds: the
+/// first node (in `order`) one of whose tensors, for the whole batch and every map, is larger
+/// than `budget` bytes, and the most images whose largest tensor from there on fits `budget`
+/// (at least one). `(order.len(), n)` when every tensor fits, or when one group would hold the
+/// whole batch.
+fn image_groups(
+    g: &Graph,
+    order: &[NodeId],
+    n: usize,
+    maps: usize,
+    budget: usize,
+) -> (usize, usize) {
+    // Bytes per image of the largest relevance tensor a node's rule takes or returns.
+    let per_image = |id: NodeId| -> usize {
+        let node = &g.nodes()[id];
+        let elements = std::iter::once(g.shape(id))
+            .chain(node.inputs.iter().filter_map(|s| g.tensor_shape(s)))
+            .map(|s| s.iter().product::<usize>())
+            .max()
+            .unwrap_or(0);
+        elements * maps * std::mem::size_of::<f32>()
+    };
+    let Some(split) = order
+        .iter()
+        .position(|&id| per_image(id).saturating_mul(n) > budget)
+    else {
+        return (order.len(), n);
+    };
+    let largest = order[split..].iter().map(|&id| per_image(id)).max();
+    let group = (budget / largest.unwrap_or(1).max(1)).clamp(1, n);
+    if group >= n {
+        (order.len(), n)
+    } else {
+        (split, group)
+    }
+}
+
+/// What one walk over nodes needs besides the activations.
+struct Walk<'a> {
+    g: &'a Graph,
+    assignment: &'a Assignment,
+    maps: usize,
+    opts: &'a ExplainOptions,
+}
+
+/// What the walks gather for the whole batch: per-node sums and rule times, the kept maps and
+/// the input's relevance, each written at the rows of the images a walk covered.
+struct Gathered {
+    /// Per node id: sums per image and map.
+    node_sums: Vec<Vec<Vec<f64>>>,
+    /// Seconds per node, in the order the nodes were first visited.
+    node_seconds: Vec<(String, f64)>,
+    /// Index of each visited node in `node_seconds`.
+    seconds_at: HashMap<NodeId, usize>,
+    /// The maps of [`ExplainOptions::keep`], in its order.
+    kept: Vec<ArrayD<f32>>,
+    /// The input's relevance `[N·maps, ...]` and its sums.
+    input: (ArrayD<f32>, Vec<Vec<f64>>),
+}
+
+impl Gathered {
+    fn new(g: &Graph, n: usize, maps: usize, keep: &[String]) -> Self {
+        let zeros = |s: &[usize]| {
+            let mut shape = vec![n * maps];
+            shape.extend_from_slice(s);
+            ArrayD::zeros(IxDyn(&shape))
+        };
+        Gathered {
+            node_sums: vec![vec![vec![0.0; maps]; n]; g.nodes().len()],
+            node_seconds: Vec::with_capacity(g.nodes().len()),
+            seconds_at: HashMap::new(),
+            kept: keep
+                .iter()
+                .map(|k| zeros(g.tensor_shape(k).expect("checked to be a node")))
+                .collect(),
+            input: (zeros(&g.input().shape), vec![vec![0.0; maps]; n]),
+        }
+    }
+
+    /// Adds `seconds` to node `id`'s time.
+    fn time(&mut self, id: NodeId, name: &str, seconds: f64) {
+        let at = *self.seconds_at.entry(id).or_insert_with(|| {
+            self.node_seconds.push((name.to_string(), 0.0));
+            self.node_seconds.len() - 1
+        });
+        self.node_seconds[at].1 += seconds;
+    }
+
+    /// Writes the relevance that reached the graph input in a walk from image `start` on.
+    fn input(
+        &mut self,
+        g: &Graph,
+        pending: &mut HashMap<String, Pending>,
+        start: usize,
+        maps: usize,
+    ) {
+        if let Some(Pending { r, sums }) = pending.remove(&g.input().name) {
+            let n = r.shape()[0] / maps;
+            let sums = sums.unwrap_or_else(|| row_sums(r.view(), n, maps));
+            write_rows(&mut self.input.0, &r, start * maps);
+            self.input.1[start..start + n].clone_from_slice(&sums);
+        }
+    }
+}
+
+/// Copies `part` into `whole` from row `at` on.
+fn write_rows(whole: &mut ArrayD<f32>, part: &ArrayD<f32>, at: usize) {
+    let rows = part.shape()[0];
+    whole
+        .slice_axis_mut(Axis(0), Slice::from(at..at + rows))
+        .assign(part);
+}
+
+impl Walk<'_> {
+    /// Runs the rules of `nodes` (in this order) on the images from `start` on whose
+    /// activations are `acts` and input `batch`, taking the relevance from `pending` and
+    /// leaving there what reaches tensors outside `nodes`.
+    fn run(
+        &self,
+        nodes: &[NodeId],
+        acts: &ActivationViews<'_>,
+        batch: ArrayViewD<'_, f32>,
+        pending: &mut HashMap<String, Pending>,
+        start: usize,
+        gathered: &mut Gathered,
+    ) -> Result<(), ExplainError> {
+        let Walk {
+            g,
+            assignment,
+            maps,
+            opts,
+        } = *self;
+        let n = acts.batch();
+        let input_name = &g.input().name;
+        let mut remade: HashMap<NodeId, ArrayD<f32>> = HashMap::new();
+        for &id in nodes {
+            let node = &g.nodes()[id];
+            let t_node = Instant::now();
+            // A remade ReLU output lives from its first consumer (visited earlier) to its node.
+            let remade_here = remade.remove(&id);
+            let Some(Pending { r, sums }) = pending.remove(&node.name) else {
+                continue;
+            };
+            let own_output = match acts.get(id) {
+                Some(_) => None,
+                None => Some(remade_here.unwrap_or_else(|| remake_relu(acts, g, id))),
+            };
+            for s in &node.inputs {
+                if let Some(sid) = g.node_id(s)
+                    && acts.get(sid).is_none()
+                {
+                    remade
+                        .entry(sid)
+                        .or_insert_with(|| remake_relu(acts, g, sid));
+                }
+            }
+            let sums = sums.unwrap_or_else(|| row_sums(r.view(), n, maps));
+            gathered.node_sums[id][start..start + n].clone_from_slice(&sums);
+            if let Some(k) = opts.keep.iter().position(|k| *k == node.name) {
+                write_rows(&mut gathered.kept[k], &r, start * maps);
+            }
+            let inputs: Vec<_> = node
+                .inputs
+                .iter()
+                .map(|s| {
+                    if s == input_name {
+                        batch.view()
+                    } else {
+                        let sid = g.node_id(s).expect("validated");
+                        match acts.get(sid) {
+                            Some(a) => a.view(),
+                            None => remade[&sid].view(),
+                        }
+                    }
+                })
+                .collect();
+            let ctx = NodeContext {
+                graph: g,
+                id,
+                inputs,
+                output: match &own_output {
+                    Some(a) => a.view(),
+                    None => acts.get(id).expect("exported").view(),
+                },
+                maps,
+                bounds: opts.bounds.as_ref(),
+            };
+            let rule = assignment.rule(id);
+            // Relevance that passes unchanged (ReLU, Flatten) moves on without a copy.
+            // (A plugin whose answer panics is simply called.)
+            if let [src] = node.inputs.as_slice()
+                && std::panic::catch_unwind(AssertUnwindSafe(|| rule.moves_unchanged(&ctx)))
+                    .unwrap_or(false)
+            {
+                let mut want = vec![n * maps];
+                want.extend_from_slice(g.tensor_shape(src).expect("validated"));
+                if r.len() == want.iter().product::<usize>() {
+                    let r = if r.is_standard_layout() {
+                        r
+                    } else {
+                        r.as_standard_layout().into_owned()
+                    };
+                    let rin = r
+                        .into_shape_with_order(IxDyn(&want))
+                        .expect("standard layout, same length");
+                    deposit(pending, src, rin, Some(sums));
+                    gathered.time(id, &node.name, t_node.elapsed().as_secs_f64());
+                    continue;
+                }
+            }
+            let fail = |message: String| ExplainError::Rule {
+                node: node.name.clone(),
+                op: node.op.kind(),
+                rule: rule.describe(),
+                message,
+            };
+            let outs = std::panic::catch_unwind(AssertUnwindSafe(|| rule.relevance_owned(&ctx, r)))
+                .map_err(|p| fail(format!("the rule panicked: {}", panic_text(&p))))?
+                .map_err(fail)?;
+            if outs.len() != node.inputs.len() {
+                return Err(fail(format!(
+                    "returned {} relevance arrays for {} inputs",
+                    outs.len(),
+                    node.inputs.len()
+                )));
+            }
+            for (k, (src, rin)) in node.inputs.iter().zip(outs).enumerate() {
+                let mut want = vec![n * maps];
+                want.extend_from_slice(g.tensor_shape(src).expect("validated"));
+                if rin.shape() != want.as_slice() {
+                    return Err(fail(format!(
+                        "returned shape {:?} for input {k} ('{src}'), expected {want:?}",
+                        rin.shape()
+                    )));
+                }
+                // The sums are finite exactly when every value is (f64 sums of f32 values
+                // cannot overflow), so only a non-finite sum needs the search for the value.
+                let sums = row_sums(rin.view(), n, maps);
+                if sums.iter().flatten().any(|v| !v.is_finite())
+                    && let Some(v) = first_non_finite(&rin)
+                {
+                    return Err(fail(format!(
+                        "produced {v} in the relevance of input {k} ('{src}')"
+                    )));
+                }
+                deposit(pending, src, rin, Some(sums));
+            }
+            gathered.time(id, &node.name, t_node.elapsed().as_secs_f64());
+        }
+        Ok(())
+    }
 }
 
 /// Whether node `id` is a ReLU whose output the forward pass does not export: one that reads
@@ -518,6 +684,19 @@ fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
 struct Pending {
     r: ArrayD<f32>,
     sums: Option<Vec<Vec<f64>>>,
+}
+
+impl Pending {
+    /// The rows of images `images` (of `maps` maps each).
+    fn rows(&self, images: std::ops::Range<usize>, maps: usize) -> Pending {
+        Pending {
+            r: self
+                .r
+                .slice_axis(Axis(0), Slice::from(images.start * maps..images.end * maps))
+                .to_owned(),
+            sums: self.sums.as_ref().map(|s| s[images].to_vec()),
+        }
+    }
 }
 
 /// Adds `rin` (whose row sums are `sums`, if known) to the relevance pending at `src`.

@@ -11,6 +11,8 @@ use lrp_kernels::kernels::{self, ConvGeometry};
 /// Every rule is linear in the output relevance for a fixed forward pass. `r_out` holds
 /// [`NodeContext::maps`] relevance maps per input image, image-major: row `m` belongs to image
 /// `m / maps`. The result has one array per node input, each `[rows of r_out, ...input shape]`.
+/// A rule may be called for part of the batch (the engine runs large layers one group of images
+/// at a time), so it must treat each image on its own.
 pub trait Rule: Send + Sync + std::fmt::Debug {
     /// The relevance at each input of the node.
     fn relevance(
@@ -61,7 +63,7 @@ pub struct NodeContext<'a> {
     pub graph: &'a Graph,
     /// The node.
     pub id: NodeId,
-    /// The forward inputs of the node, each `[N, ...]`.
+    /// The forward inputs of the node, each `[N, ...]` (the `N` images the rule is called for).
     pub inputs: Vec<ArrayViewD<'a, f32>>,
     /// The forward output of the node, `[N, ...]`.
     pub output: ArrayViewD<'a, f32>,

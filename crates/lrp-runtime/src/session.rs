@@ -540,6 +540,29 @@ impl<'a> ActivationViews<'a> {
     pub fn get(&self, id: NodeId) -> Option<&ArrayViewD<'a, f32>> {
         self.values.get(id).and_then(|v| v.as_ref())
     }
+
+    /// The activations of images `images` (a range of the batch) only. Panics when the range is
+    /// empty or goes past the batch.
+    pub fn images(&self, images: std::ops::Range<usize>) -> ActivationViews<'a> {
+        assert!(
+            images.start < images.end && images.end <= self.batch,
+            "images {images:?} of a batch of {}",
+            self.batch
+        );
+        ActivationViews {
+            batch: images.len(),
+            values: self
+                .values
+                .iter()
+                .map(|v| {
+                    v.as_ref().map(|a| {
+                        a.clone()
+                            .slice_axis_move(ndarray::Axis(0), ndarray::Slice::from(images.clone()))
+                    })
+                })
+                .collect(),
+        }
+    }
 }
 
 #[cfg(feature = "cuda")]
