@@ -70,6 +70,7 @@ pub enum ParamMod {
 
 impl ParamMod {
     /// The modified value of one weight (`Identity`: `v` itself).
+    #[inline]
     pub fn apply(self, v: f32) -> f32 {
         match self {
             ParamMod::Identity => v,
@@ -82,6 +83,61 @@ impl ParamMod {
             }
         }
     }
+}
+
+/// `$body` with `$f` bound to `|v| m.apply(v)` for the modifier `m` fixed in each arm: a loop
+/// over a whole weight then runs without a match per value (which does not vectorise).
+macro_rules! with_param_mod {
+    ($m:expr, $f:ident => $body:expr) => {
+        match $m {
+            ParamMod::Identity => {
+                let $f = |v: f32| ParamMod::Identity.apply(v);
+                $body
+            }
+            ParamMod::Positive => {
+                let $f = |v: f32| ParamMod::Positive.apply(v);
+                $body
+            }
+            ParamMod::Negative => {
+                let $f = |v: f32| ParamMod::Negative.apply(v);
+                $body
+            }
+            ParamMod::Squared => {
+                let $f = |v: f32| ParamMod::Squared.apply(v);
+                $body
+            }
+            ParamMod::Ones => {
+                let $f = |v: f32| ParamMod::Ones.apply(v);
+                $body
+            }
+            ParamMod::Gamma {
+                gamma,
+                positive: true,
+            } => {
+                let $f = move |v: f32| {
+                    ParamMod::Gamma {
+                        gamma,
+                        positive: true,
+                    }
+                    .apply(v)
+                };
+                $body
+            }
+            ParamMod::Gamma {
+                gamma,
+                positive: false,
+            } => {
+                let $f = move |v: f32| {
+                    ParamMod::Gamma {
+                        gamma,
+                        positive: false,
+                    }
+                    .apply(v)
+                };
+                $body
+            }
+        }
+    };
 }
 
 /// The default of [`BasicRule::mapped_min_elements`].
@@ -547,7 +603,7 @@ pub fn stab_text(s: Stabilizer) -> String {
 }
 
 fn modify_weight(w: ArrayViewD<'_, f32>, m: ParamMod) -> Option<ArrayD<f32>> {
-    (m != ParamMod::Identity).then(|| w.mapv(|v| m.apply(v)))
+    (m != ParamMod::Identity).then(|| with_param_mod!(m, f => w.mapv(f)))
 }
 
 fn modify_bias(b: ArrayViewD<'_, f32>, m: BiasMod) -> Option<ArrayD<f32>> {
@@ -899,12 +955,13 @@ impl BasicRule {
                 if !self.f64_denominators || definite().is_some() {
                     let d = branch_sum(t, &lin, x.view(), &inputs, &weights, &live, |k, a, w| {
                         match mapped[k] {
-                            Some(m) => kernels::dense_forward_mapped(
-                                a.into_dimensionality::<Ix2>().expect("dense input is 2-D"),
-                                w.into_dimensionality::<Ix2>().expect("dense weight is 2-D"),
-                                |v| m.apply(v),
-                            )
-                            .into_dyn(),
+                            Some(m) => {
+                                let a = a.into_dimensionality::<Ix2>().expect("dense input is 2-D");
+                                let w =
+                                    w.into_dimensionality::<Ix2>().expect("dense weight is 2-D");
+                                with_param_mod!(m, f => kernels::dense_forward_mapped(a, w, f))
+                                    .into_dyn()
+                            }
                             None => lin.forward(a, w),
                         }
                     });
@@ -921,15 +978,12 @@ impl BasicRule {
             // Only where the term applies.
             match t.mask {
                 OutputMask::All => {}
+                // (A select, not a conditional store, so that the loop vectorises.)
                 OutputMask::Positive => zip_rows(&mut s, z.view(), maps, |r, zv| {
-                    if zv <= 0.0 {
-                        *r = 0.0
-                    }
+                    *r = if zv <= 0.0 { 0.0 } else { *r }
                 }),
                 OutputMask::Negative => zip_rows(&mut s, z.view(), maps, |r, zv| {
-                    if zv >= 0.0 {
-                        *r = 0.0
-                    }
+                    *r = if zv >= 0.0 { 0.0 } else { *r }
                 }),
             }
             // The last live branch may take `s` over (its transpose can be written in place).
@@ -940,19 +994,20 @@ impl BasicRule {
                     .as_deref()
                     .map_or(lin.weight.view(), |w| w.view());
                 let mut g = match mapped[k] {
-                    Some(m) => kernels::dense_transpose_mapped(
-                        s.as_ref()
+                    Some(m) => {
+                        let s = s
+                            .as_ref()
                             .expect("taken by the last branch only")
                             .view()
                             .into_dimensionality::<Ix2>()
-                            .expect("dense relevance is 2-D"),
-                        lin.weight
+                            .expect("dense relevance is 2-D");
+                        let w = lin
+                            .weight
                             .view()
                             .into_dimensionality::<Ix2>()
-                            .expect("dense weight is 2-D"),
-                        |v| m.apply(v),
-                    )
-                    .into_dyn(),
+                            .expect("dense weight is 2-D");
+                        with_param_mod!(m, f => kernels::dense_transpose_mapped(s, w, f)).into_dyn()
+                    }
                     None if k == last => lin.transpose_owned(s.take().expect("taken once"), wi),
                     None => lin.transpose(
                         s.as_ref().expect("taken by the last branch only").view(),

@@ -393,6 +393,9 @@ fn mapped_dense_weights_give_the_cached_result() {
     let rules = [
         BasicRule::alpha_beta(2.0, 1.0, BiasMode::Split, zg),
         BasicRule::gamma(0.25, false, zg),
+        // Generalised: W + γW⁺ where z > 0 and W + γW⁻ where z < 0 (both Gamma modifiers and
+        // both output masks).
+        BasicRule::gamma(0.25, true, zg),
         BasicRule::w_square(zg),
         BasicRule::z_box(
             Bounds {
