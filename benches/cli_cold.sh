@@ -16,35 +16,19 @@ BATCH=${1:-8}
 REPS=${2:-3}
 METHODS=${3:-lrp-epsilon,sglrp,sglrp-seq-b,epsilon-plus,lrp-a}
 THREADS=${4:-$(nproc)}
-WORK=${LRP_BENCH_DIR:-target/cli-bench}
-if [ -n "${LRP_BENCH_BIN_DIR:-}" ]; then
-  BIN=$LRP_BENCH_BIN_DIR/lrp-graph
-  MODEL=$LRP_BENCH_BIN_DIR/bench_model
-else
-  cargo build --release --quiet --bin lrp-graph --example bench_model
-  BIN=target/release/lrp-graph
-  MODEL=target/release/examples/bench_model
-fi
-mkdir -p "$WORK"
-[ -f "$WORK/vgg16.onnx" ] || "$MODEL" "$WORK" "$BATCH" >/dev/null
-[ -f "$WORK/batch$BATCH.npy" ] && [ -f "$WORK/bounds.txt" ] || "$MODEL" "$WORK" "$BATCH" >/dev/null
-{ read -r LOW; read -r HIGH; } < "$WORK/bounds.txt"
-[ -f "$WORK/vgg16.ron" ] || "$BIN" convert "$WORK/vgg16.onnx" -o "$WORK/vgg16.ron" --no-check >/dev/null
+# shellcheck source=benches/cold_setup.sh
+. benches/cold_setup.sh
 
 # median wall seconds and max peak RSS (MiB) of REPS runs of a command
 measure() {
   local times=() rss=0
   for _ in $(seq "$REPS"); do
-    local out
-    /usr/bin/time -o "$WORK/time.txt" -f "%e %M" "$@" >/dev/null 2>&1
-    out=$(tail -1 "$WORK/time.txt")
-    times+=("${out% *}")
-    local r=$(( ${out#* } / 1024 ))
+    local t r
+    read -r t r < <(run_once "$@")
+    times+=("$t")
     (( r > rss )) && rss=$r
   done
-  local med
-  med=$(printf '%s\n' "${times[@]}" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
-  echo "$med $rss"
+  echo "$(printf '%s\n' "${times[@]}" | median) $rss"
 }
 
 read -r P_T P_RSS < <(measure "$BIN" predict "$WORK/vgg16.ron" --input "$WORK/batch$BATCH.npy" --threads "$THREADS")
