@@ -394,8 +394,8 @@ fn relevance_pass(
 /// Where the pass starts to run in groups of images, and how many images a group holds: the
 /// first node (in `order`) one of whose tensors, for the whole batch and every map, is larger
 /// than `budget` bytes, and the most images whose largest tensor from there on fits `budget`
-/// (at least one). `(order.len(), n)` when every tensor fits, or when one group would hold the
-/// whole batch.
+/// (at least one, and fewer than `n`: the split node's own tensor does not fit for all `n`).
+/// `(order.len(), n)` when every tensor fits or the batch is one image.
 fn image_groups(
     g: &Graph,
     order: &[NodeId],
@@ -416,16 +416,16 @@ fn image_groups(
     let Some(split) = order
         .iter()
         .position(|&id| per_image(id).saturating_mul(n) > budget)
+        .filter(|_| n > 1)
     else {
         return (order.len(), n);
     };
-    let largest = order[split..].iter().map(|&id| per_image(id)).max();
-    let group = (budget / largest.unwrap_or(1).max(1)).clamp(1, n);
-    if group >= n {
-        (order.len(), n)
-    } else {
-        (split, group)
-    }
+    let largest = order[split..]
+        .iter()
+        .map(|&id| per_image(id))
+        .max()
+        .unwrap_or(1);
+    (split, (budget / largest.max(1)).clamp(1, n))
 }
 
 /// What one walk over nodes needs besides the activations.
