@@ -145,5 +145,9 @@ fn one_image_is_never_split() {
     let one = x.slice_axis(Axis(0), ndarray::Slice::from(0..1)).to_owned();
     let tiny = explain("vgg_small", "sglrp", &one, 1);
     assert_eq!(tiny.groups, None);
-    assert_same("one image", &tiny, &explain("vgg_small", "sglrp", &one, usize::MAX));
+    assert_same(
+        "one image",
+        &tiny,
+        &explain("vgg_small", "sglrp", &one, usize::MAX),
+    );
 }
