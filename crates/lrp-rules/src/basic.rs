@@ -693,13 +693,22 @@ fn divide_rows<A: Copy + Into<f64> + Sync>(
     let divided = move |rv: f32, dv: A, b: f64| (rv as f64 / stab.apply_f64(dv.into() + b)) as f32;
     if let Some(mut s) = own {
         let ss = s.as_slice_mut().expect("standard layout");
+        // Rows in parallel, long rows in pieces (a group of one image may have one row).
+        let piece = row.min(1 << 16);
         ss.par_chunks_mut(row).enumerate().for_each(|(m, chunk)| {
             let drow = &ds[(m / maps) * row..][..row];
-            by_unit(0..row, &mut |b, lo, hi| {
-                for (v, &dv) in chunk[lo..hi].iter_mut().zip(&drow[lo..hi]) {
-                    *v = divided(*v, dv, b);
-                }
-            });
+            chunk
+                .par_chunks_mut(piece)
+                .enumerate()
+                .for_each(|(p, part)| {
+                    let start = p * piece;
+                    by_unit(start..start + part.len(), &mut |b, lo, hi| {
+                        let values = &mut part[lo - start..hi - start];
+                        for (v, &dv) in values.iter_mut().zip(&drow[lo..hi]) {
+                            *v = divided(*v, dv, b);
+                        }
+                    });
+                });
         });
         return s;
     }
@@ -1096,6 +1105,45 @@ mod tests {
             assert_eq!(part_of(true, signs), plus, "x⁺ of {signs:?}");
             assert_eq!(part_of(false, signs), minus, "x⁻ of {signs:?}");
         }
+    }
+
+    #[test]
+    fn divisions_in_place_match_the_definition_across_pieces_and_units() {
+        // Rows of 3 units × 22500 values: longer than one parallel piece (65536), whose edge
+        // falls inside a unit; 2 images × 2 maps.
+        let (n, maps, units, per_unit) = (2, 2, 3, 22500);
+        let row = units * per_unit;
+        let d = ArrayD::from_shape_fn(IxDyn(&[n, units, per_unit]), |i| {
+            ((i[0] * 7 + i[1] * 3 + i[2]) % 11) as f32 - 5.0
+        });
+        let r = ArrayD::from_shape_fn(IxDyn(&[n * maps, units, per_unit]), |i| {
+            1.0 + ((i[0] + i[1] + i[2]) % 5) as f32
+        });
+        let bias = [0.5f64, -0.25, 0.0];
+        let stab = Stabilizer::SignEpsilon(0.1);
+        let want = ArrayD::from_shape_fn(r.raw_dim(), |i| {
+            let dv = f64::from(d[[i[0] / maps, i[1], i[2]]]) + bias[i[1]];
+            (f64::from(r[[i[0], i[1], i[2]]]) / stab.apply_f64(dv)) as f32
+        });
+        let in_place = divide_rows(
+            &RelevanceIn::Owned(None),
+            Some(r.clone()),
+            &d,
+            Some(&bias),
+            maps,
+            stab,
+        );
+        let read = divide_rows(
+            &RelevanceIn::View(r.view()),
+            None,
+            &d,
+            Some(&bias),
+            maps,
+            stab,
+        );
+        assert_eq!(in_place, want);
+        assert_eq!(read, want);
+        assert_eq!(want.len(), n * maps * row);
     }
 
     #[test]
