@@ -26,6 +26,9 @@ METHODS=(lrp-epsilon sglrp epsilon-plus lrp-a)
 LOG=$WORK/side_by_side.log
 : > "$LOG"
 
+# The number after "KEY": in the JSON file FILE.
+json_number() { grep -o "\"$1\": [0-9.]*" "$2" | grep -o '[0-9.]*$'; }
+
 peer() {
   local name=$1 python=$2 script=$3
   shift 3
@@ -37,11 +40,10 @@ peer() {
     echo "$name: $script failed (run it by hand to see why)" >&2
     exit 1
   fi
-  local field setup first warm
-  field() { grep -o "\"$1\": [0-9.]*" "$json" | grep -o '[0-9.]*$'; }
-  setup=$(field setup_s)
-  first=$(field first_call_s)
-  warm=$(field warm_call_s)
+  local setup first warm
+  setup=$(json_number setup_s "$json")
+  first=$(json_number first_call_s "$json")
+  warm=$(json_number warm_call_s "$json")
   echo "$name $(awk -v a="$setup" -v b="$first" 'BEGIN {print a + b}') $r $warm" >> "$LOG"
 }
 
