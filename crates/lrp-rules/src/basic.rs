@@ -978,7 +978,7 @@ impl BasicRule {
                 } else {
                     let d = branch_sum(t, &lin, x.view(), &inputs, &weights, &live, |k, a, w| {
                         let m = mapped[k].unwrap_or(ParamMod::Identity);
-                        let w = w.mapv(|v| f64::from(m.apply(v)));
+                        let w = with_param_mod!(m, f => w.mapv(|v| f64::from(f(v))));
                         lin.forward(a.mapv(f64::from).view(), w.view())
                     });
                     divide_rows(&r_in, own, &d, bias64.as_deref(), maps, stab)
