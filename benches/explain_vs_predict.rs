@@ -31,6 +31,7 @@
 //! | `--width-div D` | `LRP_BENCH_WIDTH_DIV` | 1 (4 quick) | VGG channel divisor |
 //! | `--seed S` | `LRP_BENCH_SEED` | testkit's DEFAULT_SEED | weights; input uses S+1 |
 //! | `--model M` | `LRP_BENCH_MODEL` | `vgg16` | `vgg16` or `resnet50` (torchvision's architectures) |
+//! | `--group-mib G` | `LRP_BENCH_GROUP_MIB` | the engine's (32) | `ExplainOptions::group_bytes` in MiB; `max`: the whole batch at once |
 //!
 //! A method is a preset name, a rule configuration file (`path/to/config.ron`), or
 //! `NAME+f32den`: preset NAME with every recomputed-denominator rule (AlphaBeta, ZPlus, ZBox,
@@ -76,6 +77,8 @@ struct Options {
     width_div: usize,
     seed: u64,
     model: Model,
+    /// `ExplainOptions::group_bytes`; None: the engine's default.
+    group_bytes: Option<usize>,
 }
 
 /// The benchmark's network.
@@ -121,6 +124,7 @@ fn parse_options(args: &[String]) -> Options {
     let mut width_div = env("LRP_BENCH_WIDTH_DIV");
     let mut seed = env("LRP_BENCH_SEED");
     let mut model = env("LRP_BENCH_MODEL");
+    let mut group_mib = env("LRP_BENCH_GROUP_MIB");
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = |slot: &mut Option<String>| {
@@ -141,6 +145,7 @@ fn parse_options(args: &[String]) -> Options {
             "--width-div" => value(&mut width_div),
             "--seed" => value(&mut seed),
             "--model" => value(&mut model),
+            "--group-mib" => value(&mut group_mib),
             other => fail(&format!(
                 "unknown argument '{other}' (see the header of benches/explain_vs_predict.rs)"
             )),
@@ -194,6 +199,10 @@ fn parse_options(args: &[String]) -> Options {
             "resnet50" => Model::ResNet50,
             other => fail(&format!("--model '{other}': vgg16 or resnet50")),
         },
+        group_bytes: group_mib.map(|v| match v.trim() {
+            "max" => usize::MAX,
+            g => parse_num::<usize>("group-mib", g).saturating_mul(1 << 20),
+        }),
     }
 }
 
@@ -428,6 +437,7 @@ fn time_explain(
         .unwrap_or_else(|e| fail(&format!("{method}: {e}")));
     let opts = ExplainOptions {
         bounds: Some(bounds.clone()),
+        group_bytes: o.group_bytes,
         ..ExplainOptions::default()
     };
     let run = |ex: &mut Explainer| {
@@ -503,7 +513,7 @@ fn main() {
     }
     let cw = if o.quick { 1024 } else { 4096 };
     eprintln!(
-        "explain_vs_predict: {} width_div {} classifier {cw}, sizes {:?} (batch, hw), {} warm-up + {} timed runs, methods {:?}, threads {} (ONNX Runtime and relevance pass)",
+        "explain_vs_predict: {} width_div {} classifier {cw}, sizes {:?} (batch, hw), {} warm-up + {} timed runs, methods {:?}, threads {} (ONNX Runtime and relevance pass), groups of images up to {}",
         o.model.name(),
         o.width_div,
         o.sizes,
@@ -514,7 +524,12 @@ fn main() {
             .iter()
             .map(|t| t.map_or("all cores".into(), |t| t.to_string()))
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(", "),
+        match o.group_bytes {
+            None => "the engine's default".to_string(),
+            Some(usize::MAX) => "the whole batch".to_string(),
+            Some(b) => format!("{} MiB", b >> 20),
+        }
     );
     let peak_resettable = reset_peak_rss();
     let mut rows: Vec<ExplainRow> = Vec::new();
