@@ -1371,8 +1371,10 @@ pub fn maxpool_winner_take_all(
                         &rs[row * p..][..p]
                     });
                     if pairs {
+                        // The winners once, for all of the channel's maps.
+                        let winners = pair_winners(plane, w);
                         for (op, rp) in planes.iter_mut().zip(maps) {
-                            maxpool_pairs_plane(plane, rp, op, w);
+                            write_pair_winners(&winners, rp, op, w);
                         }
                         return;
                     }
@@ -1406,26 +1408,19 @@ pub fn maxpool_winner_take_all(
                 });
         });
     // SAFETY: the planes above cover all `len` elements, each written in full (directly by
-    // `maxpool_pairs_plane`, or zeroed before it was added to).
+    // `write_pair_winners`, or zeroed before it was added to).
     unsafe { out.set_len(len) };
     Array4::from_shape_vec((m, c, h, w), out).expect("sized")
 }
 
-/// One plane of [`maxpool_winner_take_all`] for 2×2 windows that tile a plane `w` wide: every
-/// element of `out` is written, `R_j` at the first maximum of window `j` (row-major, as in the
-/// general path: a later position wins only when strictly greater), 0 elsewhere.
-fn maxpool_pairs_plane(x: &[f32], r: &[f32], out: &mut [std::mem::MaybeUninit<f32>], w: usize) {
-    let ow = w / 2;
-    let rows = x.chunks_exact(2 * w).zip(out.chunks_exact_mut(2 * w));
-    for ((xr, or), rr) in rows.zip(r.chunks_exact(ow)) {
+/// For 2×2 windows that tile a plane `w` wide, row-major: the position (0..4, row-major within
+/// the window) of each window's first maximum (a later position wins only when strictly
+/// greater, as in the general path of [`maxpool_winner_take_all`]).
+fn pair_winners(x: &[f32], w: usize) -> Vec<u8> {
+    let mut winners = Vec::with_capacity(x.len() / 4);
+    for xr in x.chunks_exact(2 * w) {
         let (xt, xb) = xr.split_at(w);
-        let (ot, ob) = or.split_at_mut(w);
-        let windows = xt
-            .chunks_exact(2)
-            .zip(xb.chunks_exact(2))
-            .zip(ot.chunks_exact_mut(2).zip(ob.chunks_exact_mut(2)))
-            .zip(rr);
-        for (((t, b), (o1, o2)), &rv) in windows {
+        for (t, b) in xt.chunks_exact(2).zip(xb.chunks_exact(2)) {
             let mut best = 0;
             let mut best_v = t[0];
             for (q, v) in [(1, t[1]), (2, b[0]), (3, b[1])] {
@@ -1434,7 +1429,28 @@ fn maxpool_pairs_plane(x: &[f32], r: &[f32], out: &mut [std::mem::MaybeUninit<f3
                     best_v = v;
                 }
             }
-            let at = |q: usize| if q == best { rv } else { 0.0 };
+            winners.push(best);
+        }
+    }
+    winners
+}
+
+/// One map's plane of [`maxpool_winner_take_all`] for 2×2 windows that tile a plane `w` wide:
+/// every element of `out` is written, `R_j` at window `j`'s winner (from [`pair_winners`]), 0
+/// elsewhere.
+fn write_pair_winners(winners: &[u8], r: &[f32], out: &mut [std::mem::MaybeUninit<f32>], w: usize) {
+    let ow = w / 2;
+    let rows = out
+        .chunks_exact_mut(2 * w)
+        .zip(r.chunks_exact(ow).zip(winners.chunks_exact(ow)));
+    for (or, (rr, wr)) in rows {
+        let (ot, ob) = or.split_at_mut(w);
+        let windows = ot
+            .chunks_exact_mut(2)
+            .zip(ob.chunks_exact_mut(2))
+            .zip(rr.iter().zip(wr));
+        for ((o1, o2), (&rv, &best)) in windows {
+            let at = |q: u8| if q == best { rv } else { 0.0 };
             o1[0].write(at(0));
             o1[1].write(at(1));
             o2[0].write(at(2));
