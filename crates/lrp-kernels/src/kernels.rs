@@ -1017,20 +1017,10 @@ fn mapped_block<'b>(
     buf.clear();
     buf.resize((o1 - o0) * inp, 0.0);
     buf.par_chunks_mut(inp).enumerate().for_each(|(i, dst)| {
-        let row = w.row(o0 + i);
-        match row.as_slice() {
-            // A contiguous row as a slice, so that the loop vectorises.
-            Some(src) => {
-                for (d, &v) in dst.iter_mut().zip(src) {
-                    *d = f(v);
-                }
-            }
-            None => {
-                for (d, &v) in dst.iter_mut().zip(row.iter()) {
-                    *d = f(v);
-                }
-            }
-        }
+        // Zip runs a contiguous row as a slice, so that the loop vectorises.
+        ndarray::Zip::from(ndarray::ArrayViewMut1::from(dst))
+            .and(w.row(o0 + i))
+            .for_each(|d, &v| *d = f(v));
     });
     ArrayView2::from_shape((o1 - o0, inp), &buf[..]).expect("sized")
 }

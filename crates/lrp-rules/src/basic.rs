@@ -86,54 +86,20 @@ impl ParamMod {
 }
 
 /// `$body` with `$f` bound to `|v| m.apply(v)` for the modifier `m` fixed in each arm: a loop
-/// over a whole weight then runs without a match per value (which does not vectorise).
+/// over a whole weight then runs without a match per value (which does not vectorise). Gamma's
+/// `positive` stays a captured value: both of its parts are a `max`/`min`, chosen by a select.
 macro_rules! with_param_mod {
     ($m:expr, $f:ident => $body:expr) => {
+        with_param_mod!(@arms $m, $f, $body, Identity, Positive, Negative, Squared, Ones)
+    };
+    (@arms $m:expr, $f:ident, $body:expr, $($unit:ident),*) => {
         match $m {
-            ParamMod::Identity => {
-                let $f = |v: f32| ParamMod::Identity.apply(v);
+            $(ParamMod::$unit => {
+                let $f = |v: f32| ParamMod::$unit.apply(v);
                 $body
-            }
-            ParamMod::Positive => {
-                let $f = |v: f32| ParamMod::Positive.apply(v);
-                $body
-            }
-            ParamMod::Negative => {
-                let $f = |v: f32| ParamMod::Negative.apply(v);
-                $body
-            }
-            ParamMod::Squared => {
-                let $f = |v: f32| ParamMod::Squared.apply(v);
-                $body
-            }
-            ParamMod::Ones => {
-                let $f = |v: f32| ParamMod::Ones.apply(v);
-                $body
-            }
-            ParamMod::Gamma {
-                gamma,
-                positive: true,
-            } => {
-                let $f = move |v: f32| {
-                    ParamMod::Gamma {
-                        gamma,
-                        positive: true,
-                    }
-                    .apply(v)
-                };
-                $body
-            }
-            ParamMod::Gamma {
-                gamma,
-                positive: false,
-            } => {
-                let $f = move |v: f32| {
-                    ParamMod::Gamma {
-                        gamma,
-                        positive: false,
-                    }
-                    .apply(v)
-                };
+            })*
+            ParamMod::Gamma { gamma, positive } => {
+                let $f = move |v: f32| ParamMod::Gamma { gamma, positive }.apply(v);
                 $body
             }
         }
