@@ -32,6 +32,7 @@
 //! | `--seed S` | `LRP_BENCH_SEED` | testkit's DEFAULT_SEED | weights; input uses S+1 |
 //! | `--model M` | `LRP_BENCH_MODEL` | `vgg16` | `vgg16` or `resnet50` (torchvision's architectures) |
 //! | `--group-mib G` | `LRP_BENCH_GROUP_MIB` | the engine's (32) | `ExplainOptions::group_bytes` in MiB; `max`: the whole batch at once |
+//! | `--conv3x3 C` | `LRP_BENCH_CONV3X3` | the engine's (`winograd`) | `ExplainOptions::conv3x3`: `winograd` or `direct` |
 //!
 //! A method is a preset name, a rule configuration file (`path/to/config.ron`), or
 //! `NAME+f32den`: preset NAME with every recomputed-denominator rule (AlphaBeta, ZPlus, ZBox,
@@ -55,7 +56,7 @@ use std::time::Instant;
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use lrp_graph::engine::{ExplainOptions, Explainer};
+use lrp_graph::engine::{Conv3x3, ExplainOptions, Explainer};
 use lrp_graph::kernels::Stabilizer;
 use lrp_graph::rules::basic::BasicRule;
 use lrp_graph::rules::{BiasMode, Bounds, ParamDecl, Params, Registry, Rule, RuleConfig};
@@ -79,6 +80,8 @@ struct Options {
     model: Model,
     /// `ExplainOptions::group_bytes`; None: the engine's default.
     group_bytes: Option<usize>,
+    /// `ExplainOptions::conv3x3`; None: the engine's default.
+    conv3x3: Option<Conv3x3>,
 }
 
 /// The benchmark's network.
@@ -125,6 +128,7 @@ fn parse_options(args: &[String]) -> Options {
     let mut seed = env("LRP_BENCH_SEED");
     let mut model = env("LRP_BENCH_MODEL");
     let mut group_mib = env("LRP_BENCH_GROUP_MIB");
+    let mut conv3x3 = env("LRP_BENCH_CONV3X3");
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = |slot: &mut Option<String>| {
@@ -146,6 +150,7 @@ fn parse_options(args: &[String]) -> Options {
             "--seed" => value(&mut seed),
             "--model" => value(&mut model),
             "--group-mib" => value(&mut group_mib),
+            "--conv3x3" => value(&mut conv3x3),
             other => fail(&format!(
                 "unknown argument '{other}' (see the header of benches/explain_vs_predict.rs)"
             )),
@@ -202,6 +207,11 @@ fn parse_options(args: &[String]) -> Options {
         group_bytes: group_mib.map(|v| match v.trim() {
             "max" => usize::MAX,
             g => parse_num::<usize>("group-mib", g).saturating_mul(1 << 20),
+        }),
+        conv3x3: conv3x3.map(|v| match v.trim() {
+            "winograd" => Conv3x3::Winograd,
+            "direct" => Conv3x3::Direct,
+            other => fail(&format!("--conv3x3 '{other}': winograd or direct")),
         }),
     }
 }
@@ -438,6 +448,7 @@ fn time_explain(
     let opts = ExplainOptions {
         bounds: Some(bounds.clone()),
         group_bytes: o.group_bytes,
+        conv3x3: o.conv3x3,
         ..ExplainOptions::default()
     };
     let run = |ex: &mut Explainer| {
@@ -513,7 +524,7 @@ fn main() {
     }
     let cw = if o.quick { 1024 } else { 4096 };
     eprintln!(
-        "explain_vs_predict: {} width_div {} classifier {cw}, sizes {:?} (batch, hw), {} warm-up + {} timed runs, methods {:?}, threads {} (ONNX Runtime and relevance pass), groups of images up to {}",
+        "explain_vs_predict: {} width_div {} classifier {cw}, sizes {:?} (batch, hw), {} warm-up + {} timed runs, methods {:?}, threads {} (ONNX Runtime and relevance pass), groups of images up to {}, 3x3 convolutions {}",
         o.model.name(),
         o.width_div,
         o.sizes,
@@ -529,6 +540,11 @@ fn main() {
             None => "the engine's default".to_string(),
             Some(usize::MAX) => "the whole batch".to_string(),
             Some(b) => format!("{} MiB", b >> 20),
+        },
+        match o.conv3x3 {
+            None => "the engine's default",
+            Some(Conv3x3::Winograd) => "winograd",
+            Some(Conv3x3::Direct) => "direct",
         }
     );
     let peak_resettable = reset_peak_rss();

@@ -154,7 +154,7 @@ fn main() -> Res<()> {
             bounds: Some(bounds.clone()),
             relu: None,
             keep: vec![],
-            group_bytes: None,
+            ..ExplainOptions::default()
         };
         let top = explainer.explain(&batch, &opts)?;
         // Per image: Some(true) top class = left digit, Some(false) = right digit, None = neither.

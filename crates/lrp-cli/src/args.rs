@@ -157,6 +157,11 @@ pub struct ExplainArgs {
     /// all cores).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+    /// How the relevance pass computes large 3×3, stride-1 convolutions: winograd (F(2×2, 3×3),
+    /// 2.25× fewer products) or direct (as every other convolution); results differ by
+    /// rounding only.
+    #[arg(long, value_enum, default_value_t = Conv3x3Arg::Winograd)]
+    pub conv3x3: Conv3x3Arg,
     /// Also write the relevance at the nodes whose names match this glob (`*`, `?`, `[...]`;
     /// repeatable) to `OUT/nodes/NAME.npy` (folder input: `OUT/nodes/NAME/<input>.npy`).
     #[arg(long, value_name = "GLOB")]
@@ -174,6 +179,15 @@ pub enum ProgressArg {
     Lines,
     /// Nothing.
     None,
+}
+
+/// How the relevance pass computes large 3×3, stride-1 convolutions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Conv3x3Arg {
+    /// Winograd's minimal filtering F(2×2, 3×3).
+    Winograd,
+    /// Like every other convolution.
+    Direct,
 }
 
 /// Where the forward pass runs.

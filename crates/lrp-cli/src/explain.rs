@@ -4,14 +4,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, anyhow, bail};
-use lrp_engine::{ExplainOptions, Explainer, Explanation, Targets};
+use lrp_engine::{Conv3x3, ExplainOptions, Explainer, Explanation, Targets};
 use lrp_ir::{Graph, Layout, Preprocess};
 use lrp_render::ChannelAxis;
 use lrp_rules::{Bounds, Registry, RuleConfig, presets};
 use ndarray::{ArrayD, Axis};
 use serde_json::json;
 
-use crate::args::{ExplainArgs, ProgressArg};
+use crate::args::{Conv3x3Arg, ExplainArgs, ProgressArg};
 use crate::predict::{softmax_f64, top_k};
 use crate::{folder, gallery};
 
@@ -409,6 +409,10 @@ impl Writer<'_> {
             relu: if self.a.relu { Some(true) } else { None },
             keep: keep.to_vec(),
             group_bytes: None,
+            conv3x3: Some(match self.a.conv3x3 {
+                Conv3x3Arg::Winograd => Conv3x3::Winograd,
+                Conv3x3Arg::Direct => Conv3x3::Direct,
+            }),
         }
     }
 

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use lrp_ir::{Graph, NodeId, Op};
+pub use lrp_kernels::kernels::Conv3x3;
 use lrp_kernels::kernels::{Backends, use_backends};
 use lrp_rules::{
     Assignment, BatchNormMode, Bounds, NodeContext, Registry, RuleConfig, Signal, SignalNote,
@@ -84,7 +85,13 @@ pub struct ExplainOptions {
     /// the same, but freed memory is reused instead of new memory touched. `Some(usize::MAX)`
     /// runs the whole batch at once.
     pub group_bytes: Option<usize>,
+    /// How the pass computes large 3×3, stride-1 convolutions and their transposes (None:
+    /// [`DEFAULT_CONV3X3`]); the choice changes results by rounding only.
+    pub conv3x3: Option<Conv3x3>,
 }
+
+/// The default of [`ExplainOptions::conv3x3`]: Winograd's F(2×2, 3×3), 2.25× fewer products.
+pub const DEFAULT_CONV3X3: Conv3x3 = Conv3x3::Winograd;
 
 /// The default of [`ExplainOptions::group_bytes`]: 32 MiB.
 pub const DEFAULT_GROUP_BYTES: usize = 32 << 20;
@@ -164,6 +171,7 @@ impl Explainer {
             Device::Cpu => Backends {
                 sgemm: Some(Arc::new(lrp_runtime::OrtSgemm::new(threads)?)),
                 conv: Some(Arc::new(lrp_runtime::OrtConv::new(threads)?)),
+                conv3x3: Conv3x3::Direct,
             },
             Device::Cuda => Backends::default(),
         };
@@ -253,7 +261,10 @@ impl Explainer {
                 "keep: '{name}' is not a node of the graph explained (see Explainer::nodes_matching)"
             )));
         }
-        let _backends = use_backends(self.backends.clone());
+        let _backends = use_backends(Backends {
+            conv3x3: opts.conv3x3.unwrap_or(DEFAULT_CONV3X3),
+            ..self.backends.clone()
+        });
         let t0 = Instant::now();
         let Explainer {
             forward,

@@ -23,7 +23,7 @@ use ndarray::{
 use ndarray::{LinalgScalar, ShapeBuilder};
 use rayon::prelude::*;
 
-use crate::Stabilizer;
+use crate::{Stabilizer, winograd};
 
 /// The op or shapes a geometry was asked to describe do not make a valid layer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -120,6 +120,26 @@ pub struct Backends {
     pub sgemm: Option<std::sync::Arc<dyn Sgemm>>,
     /// Large f32 convolutions and their transposes.
     pub conv: Option<std::sync::Arc<dyn Sconv>>,
+    /// How large f32 3×3 convolutions with stride 1 are computed (ahead of `conv`).
+    pub conv3x3: Conv3x3,
+}
+
+/// How the kernels compute large f32 convolutions with a 3×3 kernel, stride 1, no dilation
+/// and one group (and their transposes), the bulk of VGG- and ResNet-style networks.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Conv3x3 {
+    /// Like every other convolution: the [`Sconv`] in use, or im2col and a matrix product.
+    #[default]
+    Direct,
+    /// Winograd's minimal filtering F(2×2, 3×3) (Lavin & Gray, 2016): 16 products per 2×2
+    /// outputs and channel pair instead of 36. Its transforms' coefficients are 0, ±1 and ±½,
+    /// so results differ from a direct sum by rounding only (each output sums a few more
+    /// terms). Used where the processor has AVX2 and FMA or AVX-512 and both channel counts
+    /// are at least 8; elsewhere `Direct`.
+    Winograd,
 }
 
 thread_local! {
@@ -416,10 +436,68 @@ impl ConvGeometry {
     /// Whether the map (or its transpose) over `images` images is large enough to go to the
     /// [`Sconv`] in use: at least [`PARALLEL_MIN_MACS`] multiply-adds.
     fn for_backend(&self, images: usize) -> bool {
+        self.macs(images) >= PARALLEL_MIN_MACS
+    }
+
+    /// Multiply-adds of the map over `images` images.
+    fn macs(&self, images: usize) -> usize {
         let [c, _, _] = self.input;
         let [o, oh, ow] = self.output;
         images * o * oh * ow * (c / self.groups) * self.kernel[0] * self.kernel[1]
-            >= PARALLEL_MIN_MACS
+    }
+
+    /// Whether the map (and its transpose) over `images` images goes to Winograd's algorithm
+    /// (see [`Conv3x3::Winograd`]).
+    fn winograd(&self, images: usize) -> bool {
+        self.kernel == [3, 3]
+            && self.strides == [1, 1]
+            && self.dilations == [1, 1]
+            && self.groups == 1
+            && self.pads[0] <= 2
+            && self.pads[1] <= 2
+            && self.input[0] >= 8
+            && self.output[0] >= 8
+            && self.for_backend(images)
+            && BACKENDS.with(|c| c.borrow().conv3x3) == Conv3x3::Winograd
+            && winograd::fast()
+    }
+
+    /// The map over `x` (`[n, C, H, W]`, standard layout) by Winograd's algorithm.
+    fn winograd_forward(&self, x: &[f32], w: &[f32], n: usize) -> Array4<f32> {
+        let ([c, h, wd], [o, oh, ow]) = (self.input, self.output);
+        let f = winograd::Filter::new(w, o, c, false);
+        let shape = winograd::Shape {
+            n,
+            h,
+            w: wd,
+            top: self.pads[0],
+            left: self.pads[1],
+            oh,
+            ow,
+        };
+        let mut out = Array4::<f32>::uninit((n, o, oh, ow));
+        winograd::conv(x, &f, shape, out.as_slice_mut().expect("fresh array"));
+        // SAFETY: `conv` writes every element.
+        unsafe { out.assume_init() }
+    }
+
+    /// The transpose over `s` (`[m, O, OH, OW]`, standard layout) by Winograd's algorithm.
+    fn winograd_transpose(&self, s: &[f32], w: &[f32], m: usize) -> Array4<f32> {
+        let ([c, h, wd], [o, oh, ow]) = (self.input, self.output);
+        let f = winograd::Filter::new(w, o, c, true);
+        let shape = winograd::Shape {
+            n: m,
+            h: oh,
+            w: ow,
+            top: 2 - self.pads[0],
+            left: 2 - self.pads[1],
+            oh: h,
+            ow: wd,
+        };
+        let mut out = Array4::<f32>::uninit((m, c, h, wd));
+        winograd::conv(s, &f, shape, out.as_slice_mut().expect("fresh array"));
+        // SAFETY: `conv` writes every element.
+        unsafe { out.assume_init() }
     }
 
     /// Weight shape `[O, C/groups, kh, kw]`.
@@ -746,6 +824,17 @@ fn conv2d_forward_budget<A: LinalgScalar + Send + Sync>(
     let x = x.as_standard_layout();
     let xs = x.as_slice().expect("standard layout");
     let w = w.as_standard_layout();
+    if std::any::TypeId::of::<A>() == std::any::TypeId::of::<f32>() && g.winograd(n) {
+        // SAFETY: A is f32 (checked above), so these are the same standard-layout slices
+        // retyped, and the result is an array of A.
+        unsafe {
+            let xs = std::slice::from_raw_parts(xs.as_ptr() as *const f32, xs.len());
+            let ws = w.as_slice().expect("standard layout");
+            let ws = std::slice::from_raw_parts(ws.as_ptr() as *const f32, ws.len());
+            let out = std::mem::ManuallyDrop::new(g.winograd_forward(xs, ws, n));
+            return std::ptr::read(&*out as *const Array4<f32> as *const Array4<A>);
+        }
+    }
     if std::any::TypeId::of::<A>() == std::any::TypeId::of::<f32>()
         && g.for_backend(n)
         && let Some(b) = conv_backend()
@@ -822,6 +911,7 @@ pub fn conv2d_transpose_owned(
     if g.input == g.output
         && s.is_standard_layout()
         && g.for_backend(m)
+        && !g.winograd(m)
         && let Some(b) = conv_backend()
         && b.transpose_in_place(s.view_mut(), w.as_standard_layout().view(), g)
     {
@@ -848,6 +938,9 @@ fn conv2d_transpose_budget(
     let s = s.as_standard_layout();
     let ss = s.as_slice().expect("standard layout");
     let w = w.as_standard_layout();
+    if g.winograd(m) {
+        return g.winograd_transpose(ss, w.as_slice().expect("standard layout"), m);
+    }
     if g.for_backend(m)
         && let Some(b) = conv_backend()
         // SAFETY: f32.

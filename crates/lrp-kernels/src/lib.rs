@@ -6,6 +6,7 @@
 
 pub mod kernels;
 mod stabilizer;
+mod winograd;
 
 pub use kernels::{ConvGeometry, KernelError, PoolGeometry};
 pub use stabilizer::Stabilizer;

@@ -136,6 +136,7 @@ fn owned_transposes_match_with_and_without_the_backend() {
             let _guard = use_backends(Backends {
                 sgemm: None,
                 conv: Some(ort.clone()),
+                ..Backends::default()
             });
             lrp_kernels::kernels::conv2d_transpose_owned(given, wt.view(), &g)
         };
@@ -203,6 +204,7 @@ fn the_kernels_route_large_convolutions_to_the_backend() {
         let _guard = use_backends(Backends {
             sgemm: None,
             conv: Some(counting.clone()),
+            ..Backends::default()
         });
         (
             conv2d_forward(x.view(), wt.view(), &g),
@@ -219,6 +221,7 @@ fn the_kernels_route_large_convolutions_to_the_backend() {
         let _guard = use_backends(Backends {
             sgemm: None,
             conv: Some(counting.clone()),
+            ..Backends::default()
         });
         conv2d_forward(
             tensor([1, 2, 4, 4], 4).view(),

@@ -75,6 +75,7 @@ fn matmul_uses_the_backend_in_scope() {
         let _guard = use_backends(Backends {
             sgemm: Some(counting.clone()),
             conv: None,
+            ..Backends::default()
         });
         let mut out = Array2::<f32>::zeros((m, n));
         matmul(a.view(), b.view(), &mut out.view_mut());

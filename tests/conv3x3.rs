@@ -1,0 +1,86 @@
+//! The relevance pass computes 3×3, stride-1 convolutions by Winograd's F(2×2, 3×3) unless told
+//! otherwise (`ExplainOptions::conv3x3`). Its maps, passes and node sums are those of the direct
+//! convolutions up to rounding, for one- and two-pass signals and for rules that convolve
+//! modified weights (z⁺, αβ, z^B); and the two are not bit-identical, so the Winograd path ran.
+
+mod common;
+
+use common::*;
+use lrp_engine::{Conv3x3, ExplainOptions, Explainer, Explanation};
+use lrp_rules::{Bounds, Registry};
+use ndarray::{ArrayD, Axis, concatenate};
+
+/// Four images from the fixture's two (originals and blends), so the convolutions are large
+/// enough for the fast paths.
+fn images(model: &str) -> ArrayD<f32> {
+    let x = read_npy(&fixture(&format!("{model}.input.npy")));
+    let (a, b) = (x.index_axis(Axis(0), 0), x.index_axis(Axis(0), 1));
+    let blends = [a.to_owned(), b.to_owned(), &a * 0.5 + &b * 0.5, &a - &b];
+    let views: Vec<_> = blends
+        .iter()
+        .map(|v| v.view().insert_axis(Axis(0)))
+        .collect();
+    concatenate(Axis(0), &views).unwrap()
+}
+
+fn explain(model: &str, method: &str, x: &ArrayD<f32>, conv3x3: Conv3x3) -> Explanation {
+    let reg = Registry::with_builtins();
+    let graph = lrp_import::import_onnx(&fixture(&format!("{model}.onnx")))
+        .unwrap()
+        .graph;
+    let config = lrp_rules::presets::preset(method, &reg).unwrap();
+    let mut ex = Explainer::new(graph, config, &reg, lrp_runtime::Device::Cpu, Some(1)).unwrap();
+    ex.explain(
+        x,
+        &ExplainOptions {
+            bounds: Some(Bounds {
+                low: vec![-3.0],
+                high: vec![3.0],
+            }),
+            conv3x3: Some(conv3x3),
+            ..Default::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("{model}, {method}: {e}"))
+}
+
+/// Largest difference relative to the largest magnitude of `want`.
+fn max_rel(got: &ArrayD<f32>, want: &ArrayD<f32>) -> f32 {
+    assert_eq!(got.shape(), want.shape());
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
+    got.iter()
+        .zip(want)
+        .fold(0f32, |m, (g, w)| m.max((g - w).abs()))
+        / scale
+}
+
+#[test]
+fn winograd_matches_the_direct_convolutions() {
+    // (resnet_block's convolutions are below the size that goes to either fast path)
+    for model in ["vgg_small"] {
+        let x = images(model);
+        for method in ["lrp-epsilon", "sglrp", "epsilon-plus", "lrp-a"] {
+            let fast = explain(model, method, &x, Conv3x3::Winograd);
+            let direct = explain(model, method, &x, Conv3x3::Direct);
+            let what = format!("{model}, {method}");
+            let (r, p) = (
+                max_rel(&fast.relevance, &direct.relevance),
+                max_rel(&fast.passes, &direct.passes),
+            );
+            assert!(r <= 1e-4 && p <= 1e-4, "{what}: relevance {r}, passes {p}");
+            assert!(
+                fast.passes != direct.passes,
+                "{what}: bit-identical, so the Winograd path did not run"
+            );
+            assert_eq!(fast.logits, direct.logits, "{what}: logits");
+            for ((name, f), (_, d)) in fast.node_sums.iter().zip(&direct.node_sums) {
+                for (fi, di) in f.iter().flatten().zip(d.iter().flatten()) {
+                    assert!(
+                        (fi - di).abs() <= 1e-4 * di.abs().max(1.0),
+                        "{what}: node {name}: sum {fi} vs {di}"
+                    );
+                }
+            }
+        }
+    }
+}
