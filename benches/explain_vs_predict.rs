@@ -32,7 +32,7 @@
 //! | `--seed S` | `LRP_BENCH_SEED` | testkit's DEFAULT_SEED | weights; input uses S+1 |
 //! | `--model M` | `LRP_BENCH_MODEL` | `vgg16` | `vgg16` or `resnet50` (torchvision's architectures) |
 //! | `--group-mib G` | `LRP_BENCH_GROUP_MIB` | the engine's (32) | `ExplainOptions::group_bytes` in MiB; `max`: the whole batch at once |
-//! | `--conv3x3 C` | `LRP_BENCH_CONV3X3` | the engine's (`winograd`) | `ExplainOptions::conv3x3`: `winograd` or `direct` |
+//! | `--conv3x3 C` | `LRP_BENCH_CONV3X3` | the engine's (`winograd`) | `ExplainOptions::conv3x3`: `winograd`, `winograd4` or `direct` |
 //!
 //! A method is a preset name, a rule configuration file (`path/to/config.ron`), or
 //! `NAME+f32den`: preset NAME with every recomputed-denominator rule (AlphaBeta, ZPlus, ZBox,
@@ -210,8 +210,11 @@ fn parse_options(args: &[String]) -> Options {
         }),
         conv3x3: conv3x3.map(|v| match v.trim() {
             "winograd" => Conv3x3::Winograd,
+            "winograd4" => Conv3x3::Winograd4,
             "direct" => Conv3x3::Direct,
-            other => fail(&format!("--conv3x3 '{other}': winograd or direct")),
+            other => fail(&format!(
+                "--conv3x3 '{other}': winograd, winograd4 or direct"
+            )),
         }),
     }
 }
@@ -544,6 +547,7 @@ fn main() {
         match o.conv3x3 {
             None => "the engine's default",
             Some(Conv3x3::Winograd) => "winograd",
+            Some(Conv3x3::Winograd4) => "winograd4",
             Some(Conv3x3::Direct) => "direct",
         }
     );

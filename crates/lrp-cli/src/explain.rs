@@ -411,6 +411,7 @@ impl Writer<'_> {
             group_bytes: None,
             conv3x3: Some(match self.a.conv3x3 {
                 Conv3x3Arg::Winograd => Conv3x3::Winograd,
+                Conv3x3Arg::Winograd4 => Conv3x3::Winograd4,
                 Conv3x3Arg::Direct => Conv3x3::Direct,
             }),
         }

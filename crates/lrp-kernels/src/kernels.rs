@@ -140,6 +140,11 @@ pub enum Conv3x3 {
     /// terms). Used where the processor has AVX2 and FMA or AVX-512 and both channel counts
     /// are at least 8; elsewhere `Direct`.
     Winograd,
+    /// Winograd's F(4×4, 3×3): 36 products per 4×4 outputs instead of 144. Its transforms
+    /// have coefficients up to 8 and 1/24, so its rounding error is several times a direct
+    /// sum's (bounded in the tests by 32 f32 epsilons of the sum of the terms' magnitudes,
+    /// against 8 for F(2×2, 3×3)). Used where `Winograd` is.
+    Winograd4,
 }
 
 thread_local! {
@@ -446,10 +451,15 @@ impl ConvGeometry {
         images * o * oh * ow * (c / self.groups) * self.kernel[0] * self.kernel[1]
     }
 
-    /// Whether the map (and its transpose) over `images` images goes to Winograd's algorithm
-    /// (see [`Conv3x3::Winograd`]).
-    fn winograd(&self, images: usize) -> bool {
-        self.kernel == [3, 3]
+    /// The Winograd tile the map (and its transpose) over `images` images goes to, if any (see
+    /// [`Conv3x3`]).
+    fn winograd(&self, images: usize) -> Option<winograd::Tile> {
+        let tile = match BACKENDS.with(|c| c.borrow().conv3x3) {
+            Conv3x3::Direct => return None,
+            Conv3x3::Winograd => winograd::Tile::F2,
+            Conv3x3::Winograd4 => winograd::Tile::F4,
+        };
+        (self.kernel == [3, 3]
             && self.strides == [1, 1]
             && self.dilations == [1, 1]
             && self.groups == 1
@@ -458,14 +468,20 @@ impl ConvGeometry {
             && self.input[0] >= 8
             && self.output[0] >= 8
             && self.for_backend(images)
-            && BACKENDS.with(|c| c.borrow().conv3x3) == Conv3x3::Winograd
-            && winograd::fast()
+            && winograd::fast())
+        .then_some(tile)
     }
 
     /// The map over `x` (`[n, C, H, W]`, standard layout) by Winograd's algorithm.
-    fn winograd_forward(&self, x: &[f32], w: &[f32], n: usize) -> Array4<f32> {
+    fn winograd_forward(
+        &self,
+        x: &[f32],
+        w: &[f32],
+        n: usize,
+        tile: winograd::Tile,
+    ) -> Array4<f32> {
         let ([c, h, wd], [o, oh, ow]) = (self.input, self.output);
-        let f = winograd::Filter::new(w, o, c, false);
+        let f = winograd::Filter::new(w, o, c, false, tile);
         let shape = winograd::Shape {
             n,
             h,
@@ -482,9 +498,15 @@ impl ConvGeometry {
     }
 
     /// The transpose over `s` (`[m, O, OH, OW]`, standard layout) by Winograd's algorithm.
-    fn winograd_transpose(&self, s: &[f32], w: &[f32], m: usize) -> Array4<f32> {
+    fn winograd_transpose(
+        &self,
+        s: &[f32],
+        w: &[f32],
+        m: usize,
+        tile: winograd::Tile,
+    ) -> Array4<f32> {
         let ([c, h, wd], [o, oh, ow]) = (self.input, self.output);
-        let f = winograd::Filter::new(w, o, c, true);
+        let f = winograd::Filter::new(w, o, c, true, tile);
         let shape = winograd::Shape {
             n: m,
             h: oh,
@@ -824,14 +846,16 @@ fn conv2d_forward_budget<A: LinalgScalar + Send + Sync>(
     let x = x.as_standard_layout();
     let xs = x.as_slice().expect("standard layout");
     let w = w.as_standard_layout();
-    if std::any::TypeId::of::<A>() == std::any::TypeId::of::<f32>() && g.winograd(n) {
+    if std::any::TypeId::of::<A>() == std::any::TypeId::of::<f32>()
+        && let Some(tile) = g.winograd(n)
+    {
         // SAFETY: A is f32 (checked above), so these are the same standard-layout slices
         // retyped, and the result is an array of A.
         unsafe {
             let xs = std::slice::from_raw_parts(xs.as_ptr() as *const f32, xs.len());
             let ws = w.as_slice().expect("standard layout");
             let ws = std::slice::from_raw_parts(ws.as_ptr() as *const f32, ws.len());
-            let out = std::mem::ManuallyDrop::new(g.winograd_forward(xs, ws, n));
+            let out = std::mem::ManuallyDrop::new(g.winograd_forward(xs, ws, n, tile));
             return std::ptr::read(&*out as *const Array4<f32> as *const Array4<A>);
         }
     }
@@ -911,7 +935,7 @@ pub fn conv2d_transpose_owned(
     if g.input == g.output
         && s.is_standard_layout()
         && g.for_backend(m)
-        && !g.winograd(m)
+        && g.winograd(m).is_none()
         && let Some(b) = conv_backend()
         && b.transpose_in_place(s.view_mut(), w.as_standard_layout().view(), g)
     {
@@ -938,8 +962,8 @@ fn conv2d_transpose_budget(
     let s = s.as_standard_layout();
     let ss = s.as_slice().expect("standard layout");
     let w = w.as_standard_layout();
-    if g.winograd(m) {
-        return g.winograd_transpose(ss, w.as_slice().expect("standard layout"), m);
+    if let Some(tile) = g.winograd(m) {
+        return g.winograd_transpose(ss, w.as_slice().expect("standard layout"), m, tile);
     }
     if g.for_backend(m)
         && let Some(b) = conv_backend()

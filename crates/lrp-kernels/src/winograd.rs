@@ -1,8 +1,12 @@
-//! 3×3 convolutions with stride 1 by Winograd's minimal filtering F(2×2, 3×3) (Lavin & Gray,
-//! "Fast Algorithms for Convolutional Neural Networks", 2016): every 2×2 block of outputs of
-//! every channel pair costs 16 multiplications instead of 36, so the products, which dominate,
-//! shrink 2.25×. The transforms' coefficients are 0, ±1 and ±½ (exact in binary), so the
-//! rounding error is that of a direct convolution's sums of a few more terms.
+//! 3×3 convolutions with stride 1 by Winograd's minimal filtering (Lavin & Gray, "Fast
+//! Algorithms for Convolutional Neural Networks", 2016), in two tile sizes:
+//!
+//! - F(2×2, 3×3): every 2×2 block of outputs of every channel pair costs 16 multiplications
+//!   instead of 36 (2.25× fewer). The transforms' coefficients are 0, ±1 and ±½, exact in
+//!   binary, so the rounding error is that of a direct sum of a few more terms.
+//! - F(4×4, 3×3): 36 multiplications per 4×4 outputs instead of 144 (4× fewer), with the
+//!   interpolation points 0, ±1, ±2 (coefficients up to 8 and 1/24), so the rounding error is
+//!   several times a direct sum's.
 //!
 //! One routine, [`conv`], computes `y[n, o, p, q] = Σ_{c, a, b} f[o, c, a, b] · x[n, c, p + a −
 //! top, q + b − left]` (zero outside the image) for a [`Filter`] `f`. A layer's map and its
@@ -11,6 +15,8 @@
 //!
 //! The work is cut into blocks of output tiles small enough that a block's transformed inputs
 //! and products stay in the core's caches; blocks run in parallel on the current rayon pool.
+//! The code is generic over the transformed tile's side `IN` (4 or 6) and the output tile's
+//! `OUT` (2 or 4).
 
 use rayon::prelude::*;
 
@@ -18,12 +24,29 @@ use rayon::prelude::*;
 const MR: usize = 8;
 /// Columns (output tiles) of the product's register block.
 const NR: usize = 32;
-/// Positions of a 4×4 transformed tile.
-const P: usize = 16;
 /// Bytes of a block's transformed inputs and products together (per worker).
 const BLOCK_BYTES: usize = 1 << 20;
 /// Most tiles in a block.
 const MAX_BLOCK_TILES: usize = 8 * NR;
+
+/// The tile size: F(2×2, 3×3) or F(4×4, 3×3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tile {
+    /// 2×2 outputs from 4×4 inputs.
+    F2,
+    /// 4×4 outputs from 6×6 inputs.
+    F4,
+}
+
+impl Tile {
+    /// The transformed tile's side.
+    fn side(self) -> usize {
+        match self {
+            Tile::F2 => 4,
+            Tile::F4 => 6,
+        }
+    }
+}
 
 /// A bank of 3×3 filters in Winograd form (`G g Gᵀ` per output–input channel pair), laid out
 /// for the product: `[row block][position][input channel][row within block]`, the output
@@ -33,18 +56,21 @@ pub(crate) struct Filter {
     u: Vec<f32>,
     rows: usize,
     cols: usize,
+    tile: Tile,
 }
 
 impl Filter {
     /// The filters of a layer's map (`transpose == false`: `f[o, c] = w[o, c]`) or of its
     /// transpose (`f[c, o, a, b] = w[o, c, 2 − a, 2 − b]`), for a standard-layout weight
     /// `w` of shape `[o, c, 3, 3]`.
-    pub(crate) fn new(w: &[f32], o: usize, c: usize, transpose: bool) -> Self {
+    pub(crate) fn new(w: &[f32], o: usize, c: usize, transpose: bool, tile: Tile) -> Self {
         assert_eq!(w.len(), o * c * 9, "winograd filter: weight size");
         let (rows, cols) = if transpose { (c, o) } else { (o, c) };
+        let side = tile.side();
+        let positions = side * side;
         let blocks = rows.div_ceil(MR);
-        let mut u = vec![0f32; blocks * P * cols * MR];
-        u.par_chunks_mut(P * cols * MR)
+        let mut u = vec![0f32; blocks * positions * cols * MR];
+        u.par_chunks_mut(positions * cols * MR)
             .enumerate()
             .for_each(|(rb, block)| {
                 let r0 = rb * MR;
@@ -67,12 +93,26 @@ impl Filter {
                             g[a][b][r] = v;
                         }
                     }
-                    for (p, lanes) in winograd_filter(&g).iter().enumerate() {
-                        block[(p * cols + k) * MR..][..MR].copy_from_slice(lanes);
+                    // G along the rows (per tap column b), then along the columns
+                    let mut cols_g = [[[0f32; MR]; 6]; 3];
+                    for (b, out) in cols_g.iter_mut().enumerate() {
+                        filter_1d(tile, [g[0][b], g[1][b], g[2][b]], out);
+                    }
+                    for i in 0..side {
+                        let mut row = [[0f32; MR]; 6];
+                        filter_1d(tile, [cols_g[0][i], cols_g[1][i], cols_g[2][i]], &mut row);
+                        for (j, lanes) in row[..side].iter().enumerate() {
+                            block[((i * side + j) * cols + k) * MR..][..MR].copy_from_slice(lanes);
+                        }
                     }
                 }
             });
-        Filter { u, rows, cols }
+        Filter {
+            u,
+            rows,
+            cols,
+            tile,
+        }
     }
 
     fn row_blocks(&self) -> usize {
@@ -81,31 +121,103 @@ impl Filter {
 
     /// The packed `[cols][MR]` panel of row block `rb` at position `p`.
     fn panel(&self, rb: usize, p: usize) -> &[f32] {
+        let side = self.tile.side();
         let len = self.cols * MR;
-        &self.u[(rb * P + p) * len..][..len]
+        &self.u[(rb * side * side + p) * len..][..len]
     }
 }
 
-/// `G g Gᵀ` of [`MR`] filters at once (lane `r` of `g[a][b]` is tap `(a, b)` of filter `r`),
-/// position `4i + j` at index `4i + j`, with `G = [[1, 0, 0], [½, ½, ½], [½, −½, ½], [0, 0, 1]]`.
+/// `G·g` along one axis, lane-wise, into `out[..side]`: F(2×2, 3×3)'s `G` is `[[1, 0, 0], [½,
+/// ½, ½], [½, −½, ½], [0, 0, 1]]`; F(4×4, 3×3)'s is `[[¼, 0, 0], [−⅙, −⅙, −⅙], [−⅙, ⅙, −⅙],
+/// [1/24, 1/12, ⅙], [1/24, −1/12, ⅙], [0, 0, 1]]`.
 #[inline(always)]
-fn winograd_filter(g: &[[[f32; MR]; 3]; 3]) -> [[f32; MR]; P] {
-    let axis = |v0: [f32; MR], v1: [f32; MR], v2: [f32; MR]| -> [[f32; MR]; 4] {
-        let mut out = [v0, [0.0; MR], [0.0; MR], v2];
-        for r in 0..MR {
-            out[1][r] = 0.5 * (v0[r] + v1[r] + v2[r]);
-            out[2][r] = 0.5 * (v0[r] - v1[r] + v2[r]);
+fn filter_1d<const L: usize>(tile: Tile, g: [[f32; L]; 3], out: &mut [[f32; L]; 6]) {
+    let [g0, g1, g2] = g;
+    for l in 0..L {
+        let (a, b, c) = (g0[l], g1[l], g2[l]);
+        match tile {
+            Tile::F2 => {
+                out[0][l] = a;
+                out[1][l] = 0.5 * (a + b + c);
+                out[2][l] = 0.5 * (a - b + c);
+                out[3][l] = c;
+            }
+            Tile::F4 => {
+                out[0][l] = a / 4.0;
+                out[1][l] = -(a + b + c) / 6.0;
+                out[2][l] = -(a - b + c) / 6.0;
+                out[3][l] = a / 24.0 + b / 12.0 + c / 6.0;
+                out[4][l] = a / 24.0 - b / 12.0 + c / 6.0;
+                out[5][l] = c;
+            }
         }
-        out
-    };
-    // the rows combined, per tap column b
-    let cols: [[[f32; MR]; 4]; 3] = std::array::from_fn(|b| axis(g[0][b], g[1][b], g[2][b]));
-    let mut u = [[0f32; MR]; P];
-    for i in 0..4 {
-        let row = axis(cols[0][i], cols[1][i], cols[2][i]);
-        u[4 * i..4 * i + 4].copy_from_slice(&row);
     }
-    u
+}
+
+/// `Bᵀ·d` along one axis for `IN`-point inputs, lane-wise: F(2×2, 3×3)'s `Bᵀ` is `[[1, 0, −1,
+/// 0], [0, 1, 1, 0], [0, −1, 1, 0], [0, 1, 0, −1]]`; F(4×4, 3×3)'s is `[[4, 0, −5, 0, 1, 0],
+/// [0, −4, −4, 1, 1, 0], [0, 4, −4, −1, 1, 0], [0, −2, −1, 2, 1, 0], [0, 2, −1, −2, 1, 0], [0,
+/// 4, 0, −5, 0, 1]]`.
+#[inline(always)]
+fn input_1d<const IN: usize, const L: usize>(d: &[[f32; L]; IN]) -> [[f32; L]; IN] {
+    let mut v = [[0f32; L]; IN];
+    for l in 0..L {
+        if IN == 4 {
+            let (d0, d1, d2, d3) = (d[0][l], d[1][l], d[2][l], d[3 % IN][l]);
+            v[0][l] = d0 - d2;
+            v[1][l] = d1 + d2;
+            v[2][l] = d2 - d1;
+            v[3 % IN][l] = d1 - d3;
+        } else {
+            let (d0, d1, d2, d3, d4, d5) = (
+                d[0][l],
+                d[1][l],
+                d[2][l],
+                d[3 % IN][l],
+                d[4 % IN][l],
+                d[5 % IN][l],
+            );
+            v[0][l] = 4.0 * d0 - 5.0 * d2 + d4;
+            v[1][l] = d3 + d4 - 4.0 * (d1 + d2);
+            v[2][l] = d4 - d3 + 4.0 * (d1 - d2);
+            v[3 % IN][l] = d4 - d2 + 2.0 * (d3 - d1);
+            v[4 % IN][l] = d4 - d2 - 2.0 * (d3 - d1);
+            v[5 % IN][l] = 4.0 * d1 - 5.0 * d3 + d5;
+        }
+    }
+    v
+}
+
+/// `Aᵀ·m` along one axis, lane-wise, into `OUT` values: F(2×2, 3×3)'s `Aᵀ` is `[[1, 1, 1, 0],
+/// [0, 1, −1, −1]]`; F(4×4, 3×3)'s is `[[1, 1, 1, 1, 1, 0], [0, 1, −1, 2, −2, 0], [0, 1, 1, 4,
+/// 4, 0], [0, 1, −1, 8, −8, 1]]`.
+#[inline(always)]
+fn output_1d<const IN: usize, const OUT: usize, const L: usize>(
+    m: &[[f32; L]; IN],
+) -> [[f32; L]; OUT] {
+    let mut y = [[0f32; L]; OUT];
+    for l in 0..L {
+        if IN == 4 {
+            let (m0, m1, m2, m3) = (m[0][l], m[1][l], m[2][l], m[3 % IN][l]);
+            y[0][l] = m0 + m1 + m2;
+            y[1 % OUT][l] = m1 - m2 - m3;
+        } else {
+            let (m0, m1, m2, m3, m4, m5) = (
+                m[0][l],
+                m[1][l],
+                m[2][l],
+                m[3 % IN][l],
+                m[4 % IN][l],
+                m[5 % IN][l],
+            );
+            let (s1, d1, s2, d2) = (m1 + m2, m1 - m2, m3 + m4, m3 - m4);
+            y[0][l] = m0 + s1 + s2;
+            y[1 % OUT][l] = d1 + 2.0 * d2;
+            y[2 % OUT][l] = s1 + 4.0 * s2;
+            y[3 % OUT][l] = d1 + 8.0 * d2 + m5;
+        }
+    }
+    y
 }
 
 /// Where a convolution reads and writes: `x` is `[n, cols, h, w]`, the output `[n, rows, oh,
@@ -139,21 +251,24 @@ pub(crate) fn conv(x: &[f32], f: &Filter, s: Shape, out: &mut [std::mem::MaybeUn
     assert!(s.top <= 2 && s.left <= 2, "winograd: padding above 2");
     assert_eq!(x.len(), s.n * cols * s.h * s.w, "winograd: input size");
     assert_eq!(out.len(), s.n * rows * s.oh * s.ow, "winograd: output size");
-    let (th, tw) = (s.oh.div_ceil(2), s.ow.div_ceil(2));
+    let side = f.tile.side();
+    let step = side - 2;
+    let (th, tw) = (s.oh.div_ceil(step), s.ow.div_ceil(step));
     let total = s.n * th * tw;
     if total == 0 {
         return;
     }
+    let positions = side * side;
     let padded_rows = f.row_blocks() * MR;
-    let per_tile = P * (cols + padded_rows) * std::mem::size_of::<f32>();
+    let per_tile = positions * (cols + padded_rows) * std::mem::size_of::<f32>();
     let tb = (BLOCK_BYTES / per_tile / NR * NR).clamp(NR, MAX_BLOCK_TILES);
     let kernel = Kernel::detect();
     let dst = SendPtr(out.as_mut_ptr() as *mut f32);
     (0..total.div_ceil(tb)).into_par_iter().for_each_init(
         || {
             (
-                vec![0f32; P * cols * (tb + SLACK)],
-                vec![0f32; P * padded_rows * tb + SLACK],
+                vec![0f32; positions * cols * (tb + SLACK)],
+                vec![0f32; positions * padded_rows * tb + SLACK],
             )
         },
         |(v, m), b| {
@@ -184,7 +299,8 @@ unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
 /// One block's work: its tiles' runs, its buffers (`v`: `[P][cols][tb + SLACK]`, `m`: `[P][rows
-/// padded][tb]` and [`SLACK`]), and where its output goes.
+/// padded][tb]` and [`SLACK`], `P` the positions of a transformed tile), and where its output
+/// goes.
 struct Block<'a> {
     x: &'a [f32],
     f: &'a Filter,
@@ -205,11 +321,39 @@ impl Block<'_> {
     #[inline(always)]
     unsafe fn run(self, kernel: impl Fn(usize, &[f32], &[f32], usize, &mut [f32], usize)) {
         let ldv = self.tb + SLACK;
-        transform_inputs(self.x, self.f.cols, &self.s, self.runs, self.v, ldv);
         let nb = self.runs.iter().map(|r| r.len).sum::<usize>();
-        products_with(self.f, self.v, ldv, self.m, self.tb, nb, kernel);
-        // SAFETY: the caller's promise.
-        unsafe { transform_outputs(self.m, self.f.rows, &self.s, self.runs, self.tb, self.dst) };
+        match self.f.tile {
+            Tile::F2 => {
+                transform_inputs::<4, 2>(self.x, self.f.cols, &self.s, self.runs, self.v, ldv);
+                products_with(self.f, self.v, ldv, self.m, self.tb, nb, kernel);
+                // SAFETY: the caller's promise.
+                unsafe {
+                    transform_outputs::<4, 2>(
+                        self.m,
+                        self.f.rows,
+                        &self.s,
+                        self.runs,
+                        self.tb,
+                        self.dst,
+                    )
+                };
+            }
+            Tile::F4 => {
+                transform_inputs::<6, 4>(self.x, self.f.cols, &self.s, self.runs, self.v, ldv);
+                products_with(self.f, self.v, ldv, self.m, self.tb, nb, kernel);
+                // SAFETY: the caller's promise.
+                unsafe {
+                    transform_outputs::<6, 4>(
+                        self.m,
+                        self.f.rows,
+                        &self.s,
+                        self.runs,
+                        self.tb,
+                        self.dst,
+                    )
+                };
+            }
+        }
     }
 }
 
@@ -240,25 +384,38 @@ const LANES: usize = 16;
 /// Columns of slack after every row of a block's transformed inputs, so that the transform may
 /// write whole groups of [`LANES`] tiles.
 const SLACK: usize = LANES;
+/// Length of a row buffer: a chunk's columns (at most 4 per tile, and the tiles' overlap).
+const ROW: usize = 4 * (RUN_CHUNK + 1);
+/// Length of the buffers of one phase of a row's columns (column `k·OUT + q` is phase `q`'s
+/// `k`): a chunk's tiles and one more, and room for a whole group of [`LANES`] tiles from any
+/// chunk's last.
+const PHASE: usize = RUN_CHUNK + LANES + 1;
 
-/// `V[p][c][tile] = (Bᵀ d B)[p]` of every tile's 4×4 input patch `d` (zero outside the image);
-/// `v` holds `[P][cols][ld]` with `ld = tb + SLACK`. Columns past a run's end may be
-/// overwritten with garbage; a later run (processed after it) writes its own.
+/// `V[p][c][tile] = (Bᵀ d B)[p]` of every tile's `IN`×`IN` input patch `d` (zero outside the
+/// image), tiles `OUT` apart; `v` holds `[IN·IN][cols][ld]` with `ld = tb + SLACK`. Columns
+/// past a run's end may be overwritten with garbage; a later run (processed after it) writes
+/// its own.
 #[inline(always)]
-fn transform_inputs(x: &[f32], cols: usize, s: &Shape, runs: &[Run], v: &mut [f32], ld: usize) {
+fn transform_inputs<const IN: usize, const OUT: usize>(
+    x: &[f32],
+    cols: usize,
+    s: &Shape,
+    runs: &[Run],
+    v: &mut [f32],
+    ld: usize,
+) {
     let plane = s.h * s.w;
-    let mut rows = [[0f32; 2 * RUN_CHUNK + 2]; 4];
-    // the rows' even and odd columns
-    let mut even = [[0f32; HALF_ROW]; 4];
-    let mut odd = [[0f32; HALF_ROW]; 4];
+    let mut rows = [[0f32; ROW]; IN];
+    let mut phases = [[[0f32; PHASE]; OUT]; IN];
     for run in runs {
         for c in 0..cols {
             let img = &x[(run.n * cols + c) * plane..][..plane];
             for start in (0..run.len).step_by(RUN_CHUNK) {
                 let len = (run.len - start).min(RUN_CHUNK);
-                let x0 = 2 * (run.tx + start) as isize - s.left as isize;
-                let y0 = 2 * run.ty as isize - s.top as isize;
-                let width = 2 * len + 2;
+                let x0 = (OUT * (run.tx + start)) as isize - s.left as isize;
+                let y0 = (OUT * run.ty) as isize - s.top as isize;
+                // whole groups of OUT columns, covering the chunk's OUT·len + IN − OUT
+                let width = OUT * (len + 1);
                 for (i, buf) in rows.iter_mut().enumerate() {
                     let y = y0 + i as isize;
                     let buf = &mut buf[..width];
@@ -275,17 +432,20 @@ fn transform_inputs(x: &[f32], cols: usize, s: &Shape, runs: &[Run], v: &mut [f3
                     );
                     buf[hi..].fill(0.0);
                 }
-                for (i, row) in rows.iter().enumerate() {
-                    for (k, pair) in row[..width].chunks_exact(2).enumerate() {
-                        even[i][k] = pair[0];
-                        odd[i][k] = pair[1];
+                for (row, phase) in rows.iter().zip(phases.iter_mut()) {
+                    for (k, group) in row[..width].chunks_exact(OUT).enumerate() {
+                        for q in 0..OUT {
+                            phase[q][k] = group[q];
+                        }
                     }
                 }
                 for l0 in (0..len).step_by(LANES) {
-                    let t = input_lanes(&even, &odd, l0);
+                    let t = input_lanes::<IN, OUT>(&phases, l0);
                     let at = c * ld + run.at + start + l0;
-                    for (p, lanes) in t.iter().enumerate() {
-                        v[p * cols * ld + at..][..LANES].copy_from_slice(lanes);
+                    for (i, row) in t.iter().enumerate() {
+                        for (j, lanes) in row.iter().enumerate() {
+                            v[(i * IN + j) * cols * ld + at..][..LANES].copy_from_slice(lanes);
+                        }
                     }
                 }
             }
@@ -293,52 +453,44 @@ fn transform_inputs(x: &[f32], cols: usize, s: &Shape, runs: &[Run], v: &mut [f3
     }
 }
 
-/// Length of the buffers of a row's even or odd columns: a chunk's tiles and one more, and
-/// room for a whole group of [`LANES`] tiles from any chunk's last.
-const HALF_ROW: usize = RUN_CHUNK + LANES + 1;
-
-/// The input transform of the [`LANES`] tiles from `l0`, whose rows' even and odd columns are
-/// `even` and `odd` (tile `l` reading even and odd columns `l` and `l + 1`; past a chunk's
-/// width the tiles are garbage).
+/// The input transform of the [`LANES`] tiles from `l0`, whose rows' columns are split into
+/// `OUT` phases (tile `l` reading column `j` at phase `j % OUT`, index `l + j / OUT`; past a
+/// chunk's width the tiles are garbage).
 #[inline(always)]
-fn input_lanes(
-    even: &[[f32; HALF_ROW]; 4],
-    odd: &[[f32; HALF_ROW]; 4],
+fn input_lanes<const IN: usize, const OUT: usize>(
+    phases: &[[[f32; PHASE]; OUT]; IN],
     l0: usize,
-) -> [[f32; LANES]; P] {
-    let mut e = [[[0f32; LANES]; 4]; 4];
-    for i in 0..4 {
-        let ev: &[f32; LANES + 1] = even[i][l0..][..LANES + 1].try_into().expect("inside");
-        let od: &[f32; LANES + 1] = odd[i][l0..][..LANES + 1].try_into().expect("inside");
-        for l in 0..LANES {
-            let (d0, d1, d2, d3) = (ev[l], od[l], ev[l + 1], od[l + 1]);
-            e[i][0][l] = d0 - d2;
-            e[i][1][l] = d1 + d2;
-            e[i][2][l] = d2 - d1;
-            e[i][3][l] = d1 - d3;
-        }
+) -> [[[f32; LANES]; IN]; IN] {
+    // along each row, then along the columns
+    let mut e = [[[0f32; LANES]; IN]; IN];
+    for (i, phase) in phases.iter().enumerate() {
+        let d: [[f32; LANES]; IN] = std::array::from_fn(|j| {
+            phase[j % OUT][l0 + j / OUT..][..LANES]
+                .try_into()
+                .expect("inside the buffer")
+        });
+        e[i] = input_1d::<IN, LANES>(&d);
     }
-    let mut t = [[0f32; LANES]; P];
-    for j in 0..4 {
-        for l in 0..LANES {
-            t[j][l] = e[0][j][l] - e[2][j][l];
-            t[4 + j][l] = e[1][j][l] + e[2][j][l];
-            t[8 + j][l] = e[2][j][l] - e[1][j][l];
-            t[12 + j][l] = e[1][j][l] - e[3][j][l];
+    let mut t = [[[0f32; LANES]; IN]; IN];
+    for j in 0..IN {
+        let col: [[f32; LANES]; IN] = std::array::from_fn(|i| e[i][j]);
+        let v = input_1d::<IN, LANES>(&col);
+        for i in 0..IN {
+            t[i][j] = v[i];
         }
     }
     t
 }
 
-/// Writes `y = Aᵀ M A` of every tile's sixteen products `M[p][o][tile]` (`m` holds `[P][rows
-/// padded][tb]` and [`LANES`] values of slack) to its 2×2 output pixels (those inside the
-/// output).
+/// Writes `y = Aᵀ M A` of every tile's products `M[p][o][tile]` (`m` holds `[IN·IN][rows
+/// padded][tb]` and [`LANES`] values of slack) to its `OUT`×`OUT` output pixels (those inside
+/// the output).
 ///
 /// # Safety
 /// `dst` must point at an `[n, rows, oh, ow]` array that no one else reads or writes at the
 /// runs' pixels during the call.
 #[inline(always)]
-unsafe fn transform_outputs(
+unsafe fn transform_outputs<const IN: usize, const OUT: usize>(
     m: &[f32],
     rows: usize,
     s: &Shape,
@@ -346,23 +498,25 @@ unsafe fn transform_outputs(
     tb: usize,
     dst: SendPtr,
 ) {
-    let padded_rows = (m.len() - SLACK) / (P * tb);
+    let padded_rows = (m.len() - SLACK) / (IN * IN * tb);
     let plane = s.oh * s.ow;
     for run in runs {
         for o in 0..rows {
             for l0 in (0..run.len).step_by(LANES) {
                 let len = (run.len - l0).min(LANES);
                 let at = run.at + l0;
-                let ins: [&[f32; LANES]; P] = std::array::from_fn(|p| {
-                    m[(p * padded_rows + o) * tb + at..][..LANES]
-                        .try_into()
-                        .expect("slack after the last row")
+                let ins: [[&[f32; LANES]; IN]; IN] = std::array::from_fn(|i| {
+                    std::array::from_fn(|j| {
+                        m[((i * IN + j) * padded_rows + o) * tb + at..][..LANES]
+                            .try_into()
+                            .expect("slack after the last row")
+                    })
                 });
-                let lines = output_lanes(&ins);
-                let x0 = 2 * (run.tx + l0);
-                let width = (2 * len).min(s.ow - x0);
+                let lines = output_lanes::<IN, OUT>(&ins);
+                let x0 = OUT * (run.tx + l0);
+                let width = (OUT * len).min(s.ow - x0);
                 for (i, line) in lines.iter().enumerate() {
-                    let y = 2 * run.ty + i;
+                    let y = OUT * run.ty + i;
                     if y >= s.oh {
                         break;
                     }
@@ -381,28 +535,28 @@ unsafe fn transform_outputs(
     }
 }
 
-/// The output transform of [`LANES`] tiles: two output rows (tile `l` at columns `2l, 2l + 1`).
+/// The output transform of [`LANES`] tiles: `OUT` output rows (tile `l` at columns `OUT·l ..
+/// OUT·l + OUT`; a line holds `OUT · LANES` values).
 #[inline(always)]
-fn output_lanes(ins: &[&[f32; LANES]; P]) -> [[f32; 2 * LANES]; 2] {
-    let mut t = [[[0f32; LANES]; 4]; 2];
-    for j in 0..4 {
-        for l in 0..LANES {
-            let (m0, m1, m2, m3) = (ins[j][l], ins[4 + j][l], ins[8 + j][l], ins[12 + j][l]);
-            t[0][j][l] = m0 + m1 + m2;
-            t[1][j][l] = m1 - m2 - m3;
+fn output_lanes<const IN: usize, const OUT: usize>(
+    ins: &[[&[f32; LANES]; IN]; IN],
+) -> [[f32; 4 * LANES]; OUT] {
+    // along the columns (combining rows i), then along each row
+    let mut t = [[[0f32; LANES]; IN]; OUT];
+    for j in 0..IN {
+        let col: [[f32; LANES]; IN] = std::array::from_fn(|i| *ins[i][j]);
+        let y = output_1d::<IN, OUT, LANES>(&col);
+        for a in 0..OUT {
+            t[a][j] = y[a];
         }
     }
-    let mut lines = [[0f32; 2 * LANES]; 2];
+    let mut lines = [[0f32; 4 * LANES]; OUT];
     for (line, t) in lines.iter_mut().zip(&t) {
-        let mut left = [0f32; LANES];
-        let mut right = [0f32; LANES];
-        for l in 0..LANES {
-            left[l] = t[0][l] + t[1][l] + t[2][l];
-            right[l] = t[1][l] - t[2][l] - t[3][l];
-        }
-        for ((pair, a), b) in line.chunks_exact_mut(2).zip(left).zip(right) {
-            pair[0] = a;
-            pair[1] = b;
+        let y = output_1d::<IN, OUT, LANES>(t);
+        for (l, group) in line[..OUT * LANES].chunks_exact_mut(OUT).enumerate() {
+            for b in 0..OUT {
+                group[b] = y[b][l];
+            }
         }
     }
     lines
@@ -476,10 +630,16 @@ fn products_with(
 ) {
     let cols = f.cols;
     let padded_rows = f.row_blocks() * MR;
-    assert!(v.len() >= P * cols * ldv && m.len() >= P * padded_rows * tb && nb <= tb && tb <= ldv);
+    let positions = f.tile.side() * f.tile.side();
+    assert!(
+        v.len() >= positions * cols * ldv
+            && m.len() >= positions * padded_rows * tb
+            && nb <= tb
+            && tb <= ldv
+    );
     assert!(tb.is_multiple_of(NR) && cols > 0);
     for rb in 0..f.row_blocks() {
-        for p in 0..P {
+        for p in 0..positions {
             let a = f.panel(rb, p);
             let vp = &v[p * cols * ldv..][..cols * ldv];
             let mp = &mut m[(p * padded_rows + rb * MR) * tb..][..MR * tb];
@@ -640,13 +800,16 @@ mod tests {
     fn run(x: &[f32], f: &Filter, s: Shape) -> Vec<f32> {
         let mut out = vec![std::mem::MaybeUninit::new(f32::NAN); s.n * f.rows * s.oh * s.ow];
         conv(x, f, s, &mut out);
+        // SAFETY: initialised above (and overwritten).
         out.into_iter()
             .map(|v| unsafe { v.assume_init() })
             .collect()
     }
 
-    /// Every kernel, odd and even sizes, paddings 0 to 2, channel counts off the register
-    /// block, the map and its transpose: within f32 rounding of the direct sum.
+    /// Every kernel and tile, odd and even sizes (not multiples of the tile), paddings 0 to 2,
+    /// channel counts off the register block, blocks that end inside a tile row, the map and
+    /// its transpose: within a small multiple of f32 rounding of the direct sum in f64, relative
+    /// to the sum of the terms' magnitudes.
     #[test]
     fn matches_the_direct_convolution() {
         let kernels = [Kernel::detect(), Kernel::Portable];
@@ -655,6 +818,7 @@ mod tests {
             (1, 17, 9, 6, 5, 0, 0, 0, 0),
             (3, 8, 16, 5, 8, 2, 2, 2, 2),
             (2, 40, 33, 9, 75, 1, 2, 0, 1),
+            (1, 8, 8, 150, 11, 1, 1, 1, 1),
         ] {
             for transpose in [false, true] {
                 let (rows, cols) = if transpose { (c, o) } else { (o, c) };
@@ -684,48 +848,58 @@ mod tests {
                 let x = values(n * cols * s.h * s.w, 0.37);
                 let wt = values(o * c * 9, 0.91);
                 let want = direct(&x, &wt, o, c, s, transpose);
-                let f = Filter::new(&wt, o, c, transpose);
-                assert_eq!((f.rows, f.cols), (rows, cols));
-                for k in kernels {
-                    let mut out =
-                        vec![std::mem::MaybeUninit::new(f32::NAN); n * rows * s.oh * s.ow];
-                    let dst = SendPtr(out.as_mut_ptr() as *mut f32);
-                    let (th, tw) = (s.oh.div_ceil(2), s.ow.div_ceil(2));
-                    let total = n * th * tw;
-                    let tb = NR;
-                    let (mut v, mut m) = (
-                        vec![0f32; P * cols * (tb + SLACK)],
-                        vec![0f32; P * f.row_blocks() * MR * tb + SLACK],
-                    );
-                    for b in 0..total.div_ceil(tb) {
-                        let runs = runs(b * tb, ((b + 1) * tb).min(total), th, tw);
-                        let block = Block {
-                            x: &x,
-                            f: &f,
-                            s,
-                            runs: &runs,
-                            v: &mut v,
-                            m: &mut m,
-                            tb,
-                            dst,
-                        };
-                        unsafe { k.run(block) };
-                    }
-                    let got: Vec<f32> = out
-                        .into_iter()
-                        .map(|v| unsafe { v.assume_init() })
-                        .collect();
-                    let scale = cols as f64 * 9.0;
-                    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                        assert!(
-                            (*g as f64 - w).abs() <= 4e-7 * scale,
-                            "{k:?} transpose {transpose} n{n} c{c} o{o} {h}x{w}: element {i}: {g} vs {w}"
+                // Σ |w|·|x| bounds every output's terms
+                let abs_x: Vec<f32> = x.iter().map(|v| v.abs()).collect();
+                let abs_w: Vec<f32> = wt.iter().map(|v| v.abs()).collect();
+                let bound = direct(&abs_x, &abs_w, o, c, s, transpose);
+                for (tile, ulps) in [(Tile::F2, 8.0), (Tile::F4, 32.0)] {
+                    let f = Filter::new(&wt, o, c, transpose, tile);
+                    assert_eq!((f.rows, f.cols), (rows, cols));
+                    let step = tile.side() - 2;
+                    let (th, tw) = (s.oh.div_ceil(step), s.ow.div_ceil(step));
+                    let positions = tile.side() * tile.side();
+                    for k in kernels {
+                        let mut out =
+                            vec![std::mem::MaybeUninit::new(f32::NAN); n * rows * s.oh * s.ow];
+                        let dst = SendPtr(out.as_mut_ptr() as *mut f32);
+                        let total = n * th * tw;
+                        let tb = NR;
+                        let (mut v, mut m) = (
+                            vec![0f32; positions * cols * (tb + SLACK)],
+                            vec![0f32; positions * f.row_blocks() * MR * tb + SLACK],
                         );
+                        for b in 0..total.div_ceil(tb) {
+                            let runs = runs(b * tb, ((b + 1) * tb).min(total), th, tw);
+                            let block = Block {
+                                x: &x,
+                                f: &f,
+                                s,
+                                runs: &runs,
+                                v: &mut v,
+                                m: &mut m,
+                                tb,
+                                dst,
+                            };
+                            // SAFETY: blocks write disjoint pixels of `out`.
+                            unsafe { k.run(block) };
+                        }
+                        // SAFETY: every element written (NaN otherwise, which fails below).
+                        let got: Vec<f32> = out
+                            .into_iter()
+                            .map(|v| unsafe { v.assume_init() })
+                            .collect();
+                        let what =
+                            format!("{tile:?} {k:?} transpose {transpose} n{n} c{c} o{o} {h}x{w}");
+                        for (i, ((g, w), b)) in got.iter().zip(&want).zip(&bound).enumerate() {
+                            assert!(
+                                (*g as f64 - w).abs() <= ulps * f32::EPSILON as f64 * b.max(1e-30),
+                                "{what}: element {i}: {g} vs {w} (terms' magnitude {b})"
+                            );
+                        }
                     }
-                }
-                let got = run(&x, &f, s);
-                for (g, w) in got.iter().zip(&want) {
-                    assert!((*g as f64 - w).abs() <= 4e-7 * cols as f64 * 9.0);
+                    for ((g, w), b) in run(&x, &f, s).iter().zip(&want).zip(&bound) {
+                        assert!((*g as f64 - w).abs() <= ulps * f32::EPSILON as f64 * b.max(1e-30));
+                    }
                 }
             }
         }
