@@ -116,6 +116,33 @@ fn explain_writes_relevance_heatmaps_and_report() {
     }
     let png = image_size(&out.join("heatmap_0.png"));
     assert_eq!(png, (128, 128), "32 × 32 zoomed ×4");
+    assert_eq!(report["conv3x3"], "winograd", "the default");
+
+    // The same with the direct convolutions: recorded, and the same maps up to rounding.
+    let direct = dir.path().join("direct");
+    let o = explain(
+        &ron,
+        &input,
+        &direct,
+        &[
+            "--method",
+            "sglrp",
+            "--target",
+            "3,4",
+            "--conv3x3",
+            "direct",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(direct.join("report.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["conv3x3"], "direct");
+    let d = read_npy(&direct.join("relevance.npy"));
+    let scale = d.iter().fold(0f32, |m, v| m.max(v.abs()));
+    for (a, b) in r.iter().zip(&d) {
+        assert!((a - b).abs() <= 2e-5 * scale, "{a} vs {b}");
+    }
 }
 
 fn image_size(p: &Path) -> (u32, u32) {

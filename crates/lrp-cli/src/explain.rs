@@ -317,6 +317,7 @@ pub fn run_with(a: ExplainArgs, registry: &Registry) -> Result<()> {
                 "method": m.explainer.config().name,
                 "signal": format!("{:?}", m.explainer.config().signal),
                 "softmax_removed": m.explainer.softmax_removed(),
+                "conv3x3": format!("{:?}", a.conv3x3).to_lowercase(),
                 "inputs": recs,
                 "kept": kept_files,
                 "timings": stages,

@@ -2,7 +2,9 @@
 //!
 //! - Convolution: [`conv2d_forward`] (the layer's linear map without bias) and
 //!   [`conv2d_transpose`] (its transpose, the gradient w.r.t. the input), both im2col/col2im +
-//!   GEMM per group, on a [`ConvGeometry`], or the [`Sconv`] in use (see [`use_backends`]).
+//!   GEMM per group, on a [`ConvGeometry`], or the [`Sconv`] in use (see [`use_backends`]);
+//!   large 3×3, stride-1 ones by Winograd's minimal filtering where [`Backends::conv3x3`] asks
+//!   for it ([`Conv3x3`]).
 //! - Dense: [`dense_forward`] and [`dense_transpose`].
 //! - Pools, on a [`PoolGeometry`]: winner-take-all and proportional redistribution through max
 //!   pools, the z-rule and the gradient through average pools, and their global forms.
