@@ -158,8 +158,8 @@ pub struct ExplainArgs {
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
     /// How the relevance pass computes large 3×3, stride-1 convolutions: winograd (F(2×2, 3×3),
-    /// 2.25× fewer products) or direct (as every other convolution); results differ by
-    /// rounding only.
+    /// 2.25× fewer products), winograd4 (F(4×4, 3×3), 4× fewer) or direct (as every other
+    /// convolution); results differ by rounding only.
     #[arg(long, value_enum, default_value_t = Conv3x3Arg::Winograd)]
     pub conv3x3: Conv3x3Arg,
     /// Also write the relevance at the nodes whose names match this glob (`*`, `?`, `[...]`;

@@ -171,7 +171,8 @@ impl Explainer {
             Device::Cpu => Backends {
                 sgemm: Some(Arc::new(lrp_runtime::OrtSgemm::new(threads)?)),
                 conv: Some(Arc::new(lrp_runtime::OrtConv::new(threads)?)),
-                conv3x3: Conv3x3::Direct,
+                // each explanation's own (`ExplainOptions::conv3x3`)
+                conv3x3: DEFAULT_CONV3X3,
             },
             Device::Cuda => Backends::default(),
         };
