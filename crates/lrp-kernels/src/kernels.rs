@@ -494,7 +494,13 @@ impl ConvGeometry {
             ow,
         };
         let mut out = Array4::<f32>::uninit((n, o, oh, ow));
-        winograd::conv(x, &f, shape, out.as_slice_mut().expect("fresh array"));
+        winograd::conv(
+            winograd::Source::Plain(x),
+            &f,
+            shape,
+            out.as_slice_mut().expect("fresh array"),
+            None,
+        );
         // SAFETY: `conv` writes every element.
         unsafe { out.assume_init() }
     }
@@ -502,10 +508,11 @@ impl ConvGeometry {
     /// The transpose over `s` (`[m, O, OH, OW]`, standard layout) by Winograd's algorithm.
     fn winograd_transpose(
         &self,
-        s: &[f32],
+        s: winograd::Source<'_>,
         w: &[f32],
         m: usize,
         tile: winograd::Tile,
+        scale: Option<winograd::Scale<'_>>,
     ) -> Array4<f32> {
         let ([c, h, wd], [o, oh, ow]) = (self.input, self.output);
         let f = winograd::Filter::new(w, o, c, true, tile);
@@ -519,7 +526,13 @@ impl ConvGeometry {
             ow: wd,
         };
         let mut out = Array4::<f32>::uninit((m, c, h, wd));
-        winograd::conv(s, &f, shape, out.as_slice_mut().expect("fresh array"));
+        winograd::conv(
+            s,
+            &f,
+            shape,
+            out.as_slice_mut().expect("fresh array"),
+            scale,
+        );
         // SAFETY: `conv` writes every element.
         unsafe { out.assume_init() }
     }
@@ -965,7 +978,13 @@ fn conv2d_transpose_budget(
     let ss = s.as_slice().expect("standard layout");
     let w = w.as_standard_layout();
     if let Some(tile) = g.winograd(m) {
-        return g.winograd_transpose(ss, w.as_slice().expect("standard layout"), m, tile);
+        return g.winograd_transpose(
+            winograd::Source::Plain(ss),
+            w.as_slice().expect("standard layout"),
+            m,
+            tile,
+            None,
+        );
     }
     if g.for_backend(m)
         && let Some(b) = conv_backend()
@@ -1010,6 +1029,91 @@ fn conv2d_transpose_budget(
         }
     }
     out
+}
+
+/// `x ⊙ `[`conv2d_transpose`]`(s, w, g)` in one pass where the transpose runs by Winograd's
+/// algorithm (see [`Conv3x3`]): row `m` of the result is multiplied by row `m / maps` of `x`
+/// (`[M / maps, C, H, W]`) as it is written. None, having done nothing, where it does not.
+pub fn conv2d_transpose_mul(
+    s: ArrayView4<f32>,
+    w: ArrayView4<f32>,
+    g: &ConvGeometry,
+    x: ArrayView4<f32>,
+    maps: usize,
+) -> Option<Array4<f32>> {
+    transpose_mul(s, None, w, g, x, maps)
+}
+
+/// `x ⊙ `[`conv2d_transpose`]`(r / stab(z), w, g)` in one pass where the transpose runs by
+/// Winograd's algorithm (see [`Conv3x3`]): row `m` of `r` (`[M, O, OH, OW]`) is divided by
+/// row `m / maps` of `z` (`[M / maps, O, OH, OW]`) as it is read, as the ε-rule does, and the
+/// result multiplied as [`conv2d_transpose_mul`]'s. None, having done nothing, where it does
+/// not.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_ratio_transpose_mul(
+    r: ArrayView4<f32>,
+    z: ArrayView4<f32>,
+    stab: Stabilizer,
+    w: ArrayView4<f32>,
+    g: &ConvGeometry,
+    x: ArrayView4<f32>,
+    maps: usize,
+) -> Option<Array4<f32>> {
+    transpose_mul(r, Some((z, stab)), w, g, x, maps)
+}
+
+fn transpose_mul(
+    s: ArrayView4<f32>,
+    divide: Option<(ArrayView4<f32>, Stabilizer)>,
+    w: ArrayView4<f32>,
+    g: &ConvGeometry,
+    x: ArrayView4<f32>,
+    maps: usize,
+) -> Option<Array4<f32>> {
+    let what = "conv2d_transpose_mul";
+    let m = g.check(what, s.shape(), g.output);
+    g.check_weight(what, w.shape());
+    let images = g.check(what, x.shape(), g.input);
+    assert!(
+        maps > 0 && images * maps == m,
+        "{what}: {m} relevance rows for {images} images of {maps} maps"
+    );
+    if let Some((z, _)) = &divide {
+        assert_eq!(
+            g.check(what, z.shape(), g.output),
+            images,
+            "{what}: denominators"
+        );
+    }
+    let tile = g.winograd(m)?;
+    let (s, w, x) = (
+        s.as_standard_layout(),
+        w.as_standard_layout(),
+        x.as_standard_layout(),
+    );
+    let z = divide
+        .as_ref()
+        .map(|(z, stab)| (z.as_standard_layout(), *stab));
+    let ss = s.as_slice().expect("standard layout");
+    let source = match &z {
+        None => winograd::Source::Plain(ss),
+        Some((z, stab)) => winograd::Source::Ratio {
+            r: ss,
+            z: z.as_slice().expect("standard layout"),
+            maps,
+            stab: *stab,
+        },
+    };
+    Some(g.winograd_transpose(
+        source,
+        w.as_slice().expect("standard layout"),
+        m,
+        tile,
+        Some(winograd::Scale {
+            x: x.as_slice().expect("standard layout"),
+            maps,
+        }),
+    ))
 }
 
 /// Adds a per-channel bias to an NCHW tensor: `y[n, o, :, :] += b[o]`.
@@ -1773,6 +1877,57 @@ mod tests {
         Array::from_iter((0..len).map(|i| ((i as f32 * k).sin() * 3.0).round() / 2.0))
             .into_shape_with_order(shape)
             .unwrap()
+    }
+
+    /// The transpose multiplied by the activations as it is written equals the transpose
+    /// multiplied afterwards, bit for bit, row `m` by image `m / maps`, and so does it with the
+    /// relevance divided by the stabilised denominators as it is read; without Winograd's
+    /// algorithm in use it declines.
+    #[test]
+    fn fused_transpose_and_multiplication() {
+        let op = Op::Conv {
+            kernel: [3, 3],
+            strides: [1, 1],
+            pads: [1, 1, 1, 1],
+            dilations: [1, 1],
+            groups: 1,
+        };
+        let g = ConvGeometry::new(&op, &[8, 20, 19], &[16, 8, 3, 3]).unwrap();
+        let (images, maps) = (3, 2);
+        let s = ramp((images * maps, 16, 20, 19), 0.53);
+        let w = ramp((16, 8, 3, 3), 0.91);
+        let x = ramp((images, 8, 20, 19), 0.37);
+        assert!(conv2d_transpose_mul(s.view(), w.view(), &g, x.view(), maps).is_none());
+        let _guard = use_backends(Backends {
+            conv3x3: Conv3x3::Winograd,
+            ..Backends::default()
+        });
+        if !winograd::fast() {
+            return;
+        }
+        let fused = conv2d_transpose_mul(s.view(), w.view(), &g, x.view(), maps).unwrap();
+        let mut want = conv2d_transpose(s.view(), w.view(), &g);
+        for (m, mut row) in want.outer_iter_mut().enumerate() {
+            row *= &x.index_axis(Axis(0), m / maps);
+        }
+        assert_eq!(fused, want);
+        // With the ε-rule's division on the way in (z with zeros and both signs).
+        let z = ramp((images, 16, 20, 19), 0.29);
+        assert!(z.iter().any(|&v| v == 0.0) && z.iter().any(|&v| v < 0.0));
+        let stab = Stabilizer::SignEpsilon(0.25);
+        let mut ratio = s.clone();
+        for (m, mut row) in ratio.outer_iter_mut().enumerate() {
+            row.zip_mut_with(&z.index_axis(Axis(0), m / maps), |r, &d| {
+                *r /= stab.apply(d)
+            });
+        }
+        let fused =
+            conv2d_ratio_transpose_mul(s.view(), z.view(), stab, w.view(), &g, x.view(), maps)
+                .unwrap();
+        assert_eq!(
+            fused,
+            conv2d_transpose_mul(ratio.view(), w.view(), &g, x.view(), maps).unwrap()
+        );
     }
 
     /// Chunking several images into one GEMM gives the same numbers as one image at a time.

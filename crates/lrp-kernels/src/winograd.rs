@@ -244,13 +244,62 @@ struct Run {
     at: usize,
 }
 
+/// What a convolution reads: an input `x` (`[n, cols, h, w]`), or the ratio `r / stab(z)` of a
+/// relevance `r` (`[n, cols, h, w]`) and a denominator `z` (`[n / maps, cols, h, w]`, row `m`
+/// of `r` divided by row `m / maps` of `z`), formed as it is read.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Source<'a> {
+    Plain(&'a [f32]),
+    Ratio {
+        r: &'a [f32],
+        z: &'a [f32],
+        maps: usize,
+        stab: crate::Stabilizer,
+    },
+}
+
+impl Source<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Source::Plain(x) => x.len(),
+            Source::Ratio { r, .. } => r.len(),
+        }
+    }
+}
+
+/// A factor for every output: output row `m` (an `[rows, oh, ow]` block) is multiplied by row
+/// `m / maps` of `x` (`[n / maps, rows, oh, ow]`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Scale<'a> {
+    pub x: &'a [f32],
+    pub maps: usize,
+}
+
 /// The convolution of `x` with `f` (see the module docs) into `out`, every element of which is
-/// written.
-pub(crate) fn conv(x: &[f32], f: &Filter, s: Shape, out: &mut [std::mem::MaybeUninit<f32>]) {
+/// written; with `scale`, each output multiplied by its factor.
+pub(crate) fn conv(
+    x: Source<'_>,
+    f: &Filter,
+    s: Shape,
+    out: &mut [std::mem::MaybeUninit<f32>],
+    scale: Option<Scale<'_>>,
+) {
     let (rows, cols) = (f.rows, f.cols);
     assert!(s.top <= 2 && s.left <= 2, "winograd: padding above 2");
     assert_eq!(x.len(), s.n * cols * s.h * s.w, "winograd: input size");
+    if let Source::Ratio { z, maps, .. } = x {
+        assert!(
+            maps > 0 && s.n.is_multiple_of(maps) && z.len() * maps == x.len(),
+            "winograd: denominators' size"
+        );
+    }
     assert_eq!(out.len(), s.n * rows * s.oh * s.ow, "winograd: output size");
+    if let Some(sc) = scale {
+        assert!(
+            sc.maps > 0 && s.n.is_multiple_of(sc.maps) && sc.x.len() * sc.maps == out.len(),
+            "winograd: factors' size"
+        );
+    }
     let side = f.tile.side();
     let step = side - 2;
     let (th, tw) = (s.oh.div_ceil(step), s.ow.div_ceil(step));
@@ -283,6 +332,7 @@ pub(crate) fn conv(x: &[f32], f: &Filter, s: Shape, out: &mut [std::mem::MaybeUn
                 m,
                 tb,
                 dst,
+                scale,
             };
             // SAFETY: the block's tiles cover output pixels no other block writes; `dst` spans
             // `out`, whose size was checked above.
@@ -302,7 +352,7 @@ unsafe impl Sync for SendPtr {}
 /// padded][tb]` and [`SLACK`], `P` the positions of a transformed tile), and where its output
 /// goes.
 struct Block<'a> {
-    x: &'a [f32],
+    x: Source<'a>,
     f: &'a Filter,
     s: Shape,
     runs: &'a [Run],
@@ -310,6 +360,7 @@ struct Block<'a> {
     m: &'a mut [f32],
     tb: usize,
     dst: SendPtr,
+    scale: Option<Scale<'a>>,
 }
 
 impl Block<'_> {
@@ -335,6 +386,7 @@ impl Block<'_> {
                         self.runs,
                         self.tb,
                         self.dst,
+                        self.scale,
                     )
                 };
             }
@@ -350,6 +402,7 @@ impl Block<'_> {
                         self.runs,
                         self.tb,
                         self.dst,
+                        self.scale,
                     )
                 };
             }
@@ -397,7 +450,7 @@ const PHASE: usize = RUN_CHUNK + LANES + 1;
 /// its own.
 #[inline(always)]
 fn transform_inputs<const IN: usize, const OUT: usize>(
-    x: &[f32],
+    x: Source<'_>,
     cols: usize,
     s: &Shape,
     runs: &[Run],
@@ -409,7 +462,14 @@ fn transform_inputs<const IN: usize, const OUT: usize>(
     let mut phases = [[[0f32; PHASE]; OUT]; IN];
     for run in runs {
         for c in 0..cols {
-            let img = &x[(run.n * cols + c) * plane..][..plane];
+            let at = (run.n * cols + c) * plane;
+            let (img, den) = match x {
+                Source::Plain(x) => (&x[at..][..plane], None),
+                Source::Ratio { r, z, maps, stab } => (
+                    &r[at..][..plane],
+                    Some((&z[((run.n / maps) * cols + c) * plane..][..plane], stab)),
+                ),
+            };
             for start in (0..run.len).step_by(RUN_CHUNK) {
                 let len = (run.len - start).min(RUN_CHUNK);
                 let x0 = (OUT * (run.tx + start)) as isize - s.left as isize;
@@ -423,13 +483,19 @@ fn transform_inputs<const IN: usize, const OUT: usize>(
                         buf.fill(0.0);
                         continue;
                     }
-                    let line = &img[y as usize * s.w..][..s.w];
                     let lo = (-x0).clamp(0, width as isize) as usize;
                     let hi = (s.w as isize - x0).clamp(lo as isize, width as isize) as usize;
+                    let cols = y as usize * s.w + (x0 + lo as isize) as usize..;
                     buf[..lo].fill(0.0);
-                    buf[lo..hi].copy_from_slice(
-                        &line[(x0 + lo as isize) as usize..(x0 + hi as isize) as usize],
-                    );
+                    let src = &img[cols.clone()][..hi - lo];
+                    match den {
+                        None => buf[lo..hi].copy_from_slice(src),
+                        Some((z, stab)) => {
+                            for ((b, &r), &z) in buf[lo..hi].iter_mut().zip(src).zip(&z[cols]) {
+                                *b = r / stab.apply(z);
+                            }
+                        }
+                    }
                     buf[hi..].fill(0.0);
                 }
                 for (row, phase) in rows.iter().zip(phases.iter_mut()) {
@@ -484,7 +550,7 @@ fn input_lanes<const IN: usize, const OUT: usize>(
 
 /// Writes `y = Aᵀ M A` of every tile's products `M[p][o][tile]` (`m` holds `[IN·IN][rows
 /// padded][tb]` and [`LANES`] values of slack) to its `OUT`×`OUT` output pixels (those inside
-/// the output).
+/// the output), times their factors with `scale`.
 ///
 /// # Safety
 /// `dst` must point at an `[n, rows, oh, ow]` array that no one else reads or writes at the
@@ -497,6 +563,7 @@ unsafe fn transform_outputs<const IN: usize, const OUT: usize>(
     runs: &[Run],
     tb: usize,
     dst: SendPtr,
+    scale: Option<Scale<'_>>,
 ) {
     let padded_rows = (m.len() - SLACK) / (IN * IN * tb);
     let plane = s.oh * s.ow;
@@ -520,14 +587,19 @@ unsafe fn transform_outputs<const IN: usize, const OUT: usize>(
                     if y >= s.oh {
                         break;
                     }
+                    let at = (run.n * rows + o) * plane + y * s.ow + x0;
                     // SAFETY: (n, o, y, x0 .. x0 + width) lies inside the output (y < oh,
                     // x0 + width <= ow), and belongs to this run's tiles (the caller's promise).
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            line.as_ptr(),
-                            dst.0.add((run.n * rows + o) * plane + y * s.ow + x0),
-                            width,
-                        );
+                    let out = unsafe { std::slice::from_raw_parts_mut(dst.0.add(at), width) };
+                    match scale {
+                        None => out.copy_from_slice(&line[..width]),
+                        Some(sc) => {
+                            let img = run.n / sc.maps;
+                            let xs = &sc.x[(img * rows + o) * plane + y * s.ow + x0..][..width];
+                            for ((o, &v), &f) in out.iter_mut().zip(&line[..width]).zip(xs) {
+                                *o = v * f;
+                            }
+                        }
                     }
                 }
             }
@@ -799,7 +871,7 @@ mod tests {
 
     fn run(x: &[f32], f: &Filter, s: Shape) -> Vec<f32> {
         let mut out = vec![std::mem::MaybeUninit::new(f32::NAN); s.n * f.rows * s.oh * s.ow];
-        conv(x, f, s, &mut out);
+        conv(Source::Plain(x), f, s, &mut out, None);
         // SAFETY: initialised above (and overwritten).
         out.into_iter()
             .map(|v| unsafe { v.assume_init() })
@@ -871,7 +943,7 @@ mod tests {
                         for b in 0..total.div_ceil(tb) {
                             let runs = runs(b * tb, ((b + 1) * tb).min(total), th, tw);
                             let block = Block {
-                                x: &x,
+                                x: Source::Plain(&x),
                                 f: &f,
                                 s,
                                 runs: &runs,
@@ -879,6 +951,7 @@ mod tests {
                                 m: &mut m,
                                 tb,
                                 dst,
+                                scale: None,
                             };
                             // SAFETY: blocks write disjoint pixels of `out`.
                             unsafe { k.run(block) };

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use lrp_kernels::Stabilizer;
 use lrp_kernels::kernels;
-use ndarray::{ArrayD, ArrayViewD, Axis, Ix2, LinalgScalar};
+use ndarray::{ArrayD, ArrayViewD, Axis, CowArray, Ix2, LinalgScalar};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -629,6 +629,18 @@ fn definite_sign(values: ArrayViewD<'_, f32>) -> Option<f32> {
     }
 }
 
+/// `acc + c·g` (`c·g` when there is no `acc` yet).
+fn add_scaled(acc: Option<ArrayD<f32>>, g: ArrayD<f32>, c: f32) -> ArrayD<f32> {
+    match acc {
+        None if c == 1.0 => g,
+        None => g.mapv(|v| v * c),
+        Some(mut acc) => {
+            acc.scaled_add(c, &g);
+            acc
+        }
+    }
+}
+
 /// `r_m / stab(d_{m / maps} + bias)` row by row, the sum and the division in f64, in `own`
 /// (the relevance's own array, when a term takes it) or in a new array read from `r`; `bias`
 /// has one value per output unit (the second axis).
@@ -867,9 +879,19 @@ impl BasicRule {
             if !live.contains(&true) {
                 continue;
             }
+            let stab = self.stabilizer;
+            // The plain rule on a convolution: x ⊙ Tᵀ(R / stab(z)) in one pass where the kernels
+            // can (the division as the relevance is read, the product as the result is written).
+            if plain
+                && t.mask == OutputMask::All
+                && let Some(g) =
+                    lin.ratio_transpose_mul(r_in.view(), z.view(), stab, x.view(), maps)
+            {
+                result = Some(add_scaled(result, g, t.coef));
+                continue;
+            }
             // s = R / stab(Z_t), per relevance map: in R's own array for the last term when it
             // was handed over.
-            let stab = self.stabilizer;
             let own = match &mut r_in {
                 RelevanceIn::Owned(a)
                     if ti + 1 == self.terms.len()
@@ -968,7 +990,8 @@ impl BasicRule {
                 let wi = weights[k]
                     .as_deref()
                     .map_or(lin.weight.view(), |w| w.view());
-                let mut g = match mapped[k] {
+                let xi = inputs[k].as_ref().map(|a| a.view()).unwrap_or(x.view());
+                let g = match mapped[k] {
                     Some(m) => {
                         let s = s
                             .as_ref()
@@ -981,25 +1004,26 @@ impl BasicRule {
                             .view()
                             .into_dimensionality::<Ix2>()
                             .expect("dense weight is 2-D");
-                        with_param_mod!(m, f => kernels::dense_transpose_mapped(s, w, f)).into_dyn()
+                        let mut g =
+                            with_param_mod!(m, f => kernels::dense_transpose_mapped(s, w, f))
+                                .into_dyn();
+                        mul_rows(&mut g, xi, maps);
+                        g
                     }
-                    None if k == last => lin.transpose_owned(s.take().expect("taken once"), wi),
-                    None => lin.transpose(
-                        s.as_ref().expect("taken by the last branch only").view(),
+                    None if k == last => lin.transpose_mul(
+                        CowArray::from(s.take().expect("taken once")),
                         wi,
+                        xi,
+                        maps,
+                    ),
+                    None => lin.transpose_mul(
+                        CowArray::from(s.as_ref().expect("taken by the last branch only").view()),
+                        wi,
+                        xi,
+                        maps,
                     ),
                 };
-                let xi = inputs[k].as_ref().map(|a| a.view()).unwrap_or(x.view());
-                mul_rows(&mut g, xi, maps);
-                let c = t.coef * b.sign;
-                result = Some(match result {
-                    None if c == 1.0 => g,
-                    None => g.mapv(|v| v * c),
-                    Some(mut acc) => {
-                        acc.scaled_add(c, &g);
-                        acc
-                    }
-                });
+                result = Some(add_scaled(result, g, t.coef * b.sign));
             }
         }
         let r = result.unwrap_or_else(|| repeat_rows(x.view(), maps).mapv(|_| 0.0));

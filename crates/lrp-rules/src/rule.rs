@@ -1,9 +1,10 @@
 //! The [`Rule`] trait and what a rule sees of its node ([`NodeContext`]).
 
 use lrp_ir::{Graph, NodeDef, NodeId, Op};
-use ndarray::{ArrayD, ArrayViewD, Ix2, Ix4, LinalgScalar};
+use ndarray::{ArrayD, ArrayViewD, CowArray, Ix2, Ix4, IxDyn, LinalgScalar};
 use rayon::prelude::*;
 
+use lrp_kernels::Stabilizer;
 use lrp_kernels::kernels::{self, ConvGeometry};
 
 /// A relevance rule: maps the relevance at a node's output to the relevance at its inputs.
@@ -185,6 +186,69 @@ impl Linear<'_> {
         }
     }
 
+    /// `x ⊙ T(s, w)`: the transpose with row `m` of the result multiplied by row `m / maps` of
+    /// `x` (`[rows / maps, ...in]`), in one pass where the kernels can (a convolution by
+    /// Winograd's algorithm), otherwise the transpose (written over `s` when it is handed over
+    /// and can be) and then the product.
+    pub fn transpose_mul(
+        &self,
+        s: CowArray<'_, f32, IxDyn>,
+        w: ArrayViewD<'_, f32>,
+        x: ArrayViewD<'_, f32>,
+        maps: usize,
+    ) -> ArrayD<f32> {
+        if let LinearKind::Conv(g) = &self.kind
+            && let Some(r) = kernels::conv2d_transpose_mul(
+                s.view()
+                    .into_dimensionality::<Ix4>()
+                    .expect("conv relevance is 4-D"),
+                w.view()
+                    .into_dimensionality::<Ix4>()
+                    .expect("conv weight is 4-D"),
+                g,
+                x.view()
+                    .into_dimensionality::<Ix4>()
+                    .expect("conv input is 4-D"),
+                maps,
+            )
+        {
+            return r.into_dyn();
+        }
+        let mut g = if s.is_view() {
+            self.transpose(s.view(), w)
+        } else {
+            self.transpose_owned(s.into_owned(), w)
+        };
+        mul_rows(&mut g, x, maps);
+        g
+    }
+
+    /// `x ⊙ T(r / stab(z), w)` with the layer's own weight, row `m` of `r` divided by row `m /
+    /// maps` of `z` and the result's row `m` multiplied by row `m / maps` of `x`, in one pass:
+    /// where the kernels can (a convolution by Winograd's algorithm); None otherwise.
+    pub fn ratio_transpose_mul(
+        &self,
+        r: ArrayViewD<'_, f32>,
+        z: ArrayViewD<'_, f32>,
+        stab: Stabilizer,
+        x: ArrayViewD<'_, f32>,
+        maps: usize,
+    ) -> Option<ArrayD<f32>> {
+        let LinearKind::Conv(g) = &self.kind else {
+            return None;
+        };
+        kernels::conv2d_ratio_transpose_mul(
+            four(r),
+            four(z),
+            stab,
+            four(self.weight.view()),
+            g,
+            four(x),
+            maps,
+        )
+        .map(|a| a.into_dyn())
+    }
+
     /// Adds a per-output-unit (per-channel for Conv) bias `b` to `z`.
     pub fn add_bias<A: Copy + std::ops::AddAssign>(&self, z: &mut ArrayD<A>, b: &ArrayD<A>) {
         let b = b.as_slice().expect("bias is contiguous");
@@ -194,6 +258,12 @@ impl Linear<'_> {
             *v += b[(k / per_unit) % b.len()];
         }
     }
+}
+
+/// A convolution's tensor as 4-D.
+fn four<'a>(a: ArrayViewD<'a, f32>) -> ndarray::ArrayView4<'a, f32> {
+    a.into_dimensionality::<Ix4>()
+        .expect("conv tensors are 4-D")
 }
 
 /// Multiplies each row `m` of `r` (`[N·maps, ...]`) by row `m / maps` of `x` (`[N, ...]`).
