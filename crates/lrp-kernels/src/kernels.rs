@@ -1044,27 +1044,39 @@ pub fn conv2d_transpose_mul(
     transpose_mul(s, None, w, g, x, maps)
 }
 
-/// `x ⊙ `[`conv2d_transpose`]`(r / stab(z), w, g)` in one pass where the transpose runs by
-/// Winograd's algorithm (see [`Conv3x3`]): row `m` of `r` (`[M, O, OH, OW]`) is divided by
-/// row `m / maps` of `z` (`[M / maps, O, OH, OW]`) as it is read, as the ε-rule does, and the
-/// result multiplied as [`conv2d_transpose_mul`]'s. None, having done nothing, where it does
-/// not.
-#[allow(clippy::too_many_arguments)]
+/// How a relevance `r` (`[M, O, OH, OW]`) is divided before a transpose, as the rules do: row
+/// `m` by row `m / maps` of the denominators `d` (`[M / maps, O, OH, OW]`), `r / stab(d + b)`
+/// with a bias `b` per output channel.
+#[derive(Debug, Clone, Copy)]
+pub struct Divide<'a> {
+    /// The denominators.
+    pub d: ArrayView4<'a, f32>,
+    /// The stabiliser.
+    pub stab: Stabilizer,
+    /// One value per output channel, added to `d` (only with `f64`).
+    pub bias: Option<&'a [f64]>,
+    /// The sum and the division in f64 (then rounded to f32); in f32 otherwise.
+    pub f64: bool,
+}
+
+/// `x ⊙ `[`conv2d_transpose`]`(r / stab(d + b), w, g)` in one pass where the transpose runs by
+/// Winograd's algorithm (see [`Conv3x3`]): `r` divided as `divide` says as it is read, the
+/// result multiplied as [`conv2d_transpose_mul`]'s as it is written. None, having done
+/// nothing, where it does not.
 pub fn conv2d_ratio_transpose_mul(
     r: ArrayView4<f32>,
-    z: ArrayView4<f32>,
-    stab: Stabilizer,
+    divide: Divide<'_>,
     w: ArrayView4<f32>,
     g: &ConvGeometry,
     x: ArrayView4<f32>,
     maps: usize,
 ) -> Option<Array4<f32>> {
-    transpose_mul(r, Some((z, stab)), w, g, x, maps)
+    transpose_mul(r, Some(divide), w, g, x, maps)
 }
 
 fn transpose_mul(
     s: ArrayView4<f32>,
-    divide: Option<(ArrayView4<f32>, Stabilizer)>,
+    divide: Option<Divide<'_>>,
     w: ArrayView4<f32>,
     g: &ConvGeometry,
     x: ArrayView4<f32>,
@@ -1078,11 +1090,15 @@ fn transpose_mul(
         maps > 0 && images * maps == m,
         "{what}: {m} relevance rows for {images} images of {maps} maps"
     );
-    if let Some((z, _)) = &divide {
+    if let Some(dv) = &divide {
         assert_eq!(
-            g.check(what, z.shape(), g.output),
+            g.check(what, dv.d.shape(), g.output),
             images,
             "{what}: denominators"
+        );
+        assert!(
+            dv.bias.is_none_or(|b| dv.f64 && b.len() == g.output[0]),
+            "{what}: a bias needs f64 and one value per output channel"
         );
     }
     let tile = g.winograd(m)?;
@@ -1091,18 +1107,18 @@ fn transpose_mul(
         w.as_standard_layout(),
         x.as_standard_layout(),
     );
-    let z = divide
-        .as_ref()
-        .map(|(z, stab)| (z.as_standard_layout(), *stab));
+    let d = divide.as_ref().map(|dv| dv.d.as_standard_layout());
     let ss = s.as_slice().expect("standard layout");
-    let source = match &z {
-        None => winograd::Source::Plain(ss),
-        Some((z, stab)) => winograd::Source::Ratio {
+    let source = match (&divide, &d) {
+        (Some(dv), Some(d)) => winograd::Source::Ratio {
             r: ss,
-            z: z.as_slice().expect("standard layout"),
+            z: d.as_slice().expect("standard layout"),
             maps,
-            stab: *stab,
+            stab: dv.stab,
+            bias: dv.bias,
+            wide: dv.f64,
         },
+        _ => winograd::Source::Plain(ss),
     };
     Some(g.winograd_transpose(
         source,
@@ -1921,9 +1937,36 @@ mod tests {
                 *r /= stab.apply(d)
             });
         }
+        let divide = Divide {
+            d: z.view(),
+            stab,
+            bias: None,
+            f64: false,
+        };
         let fused =
-            conv2d_ratio_transpose_mul(s.view(), z.view(), stab, w.view(), &g, x.view(), maps)
-                .unwrap();
+            conv2d_ratio_transpose_mul(s.view(), divide, w.view(), &g, x.view(), maps).unwrap();
+        assert_eq!(
+            fused,
+            conv2d_transpose_mul(ratio.view(), w.view(), &g, x.view(), maps).unwrap()
+        );
+        // In f64 with a bias per channel, as the rules that recompute their denominators do.
+        let bias: Vec<f64> = (0..16).map(|o| o as f64 * 0.125 - 1.0).collect();
+        let mut ratio = s.clone();
+        for (m, mut row) in ratio.outer_iter_mut().enumerate() {
+            for (o, mut plane) in row.outer_iter_mut().enumerate() {
+                plane.zip_mut_with(&z.slice(s![m / maps, o, .., ..]), |r, &d| {
+                    *r = (f64::from(*r) / stab.apply_f64(f64::from(d) + bias[o])) as f32
+                });
+            }
+        }
+        let divide = Divide {
+            d: z.view(),
+            stab,
+            bias: Some(&bias),
+            f64: true,
+        };
+        let fused =
+            conv2d_ratio_transpose_mul(s.view(), divide, w.view(), &g, x.view(), maps).unwrap();
         assert_eq!(
             fused,
             conv2d_transpose_mul(ratio.view(), w.view(), &g, x.view(), maps).unwrap()

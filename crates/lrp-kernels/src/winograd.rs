@@ -244,9 +244,10 @@ struct Run {
     at: usize,
 }
 
-/// What a convolution reads: an input `x` (`[n, cols, h, w]`), or the ratio `r / stab(z)` of a
-/// relevance `r` (`[n, cols, h, w]`) and a denominator `z` (`[n / maps, cols, h, w]`, row `m`
-/// of `r` divided by row `m / maps` of `z`), formed as it is read.
+/// What a convolution reads: an input `x` (`[n, cols, h, w]`), or the ratio `r / stab(z + b)`
+/// of a relevance `r` (`[n, cols, h, w]`) and a denominator `z` (`[n / maps, cols, h, w]`, row
+/// `m` of `r` divided by row `m / maps` of `z`) with a bias `b` per channel, formed as it is
+/// read, in f64 when `wide` (f32 otherwise, without a bias).
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Source<'a> {
     Plain(&'a [f32]),
@@ -255,6 +256,8 @@ pub(crate) enum Source<'a> {
         z: &'a [f32],
         maps: usize,
         stab: crate::Stabilizer,
+        bias: Option<&'a [f64]>,
+        wide: bool,
     },
 }
 
@@ -287,10 +290,21 @@ pub(crate) fn conv(
     let (rows, cols) = (f.rows, f.cols);
     assert!(s.top <= 2 && s.left <= 2, "winograd: padding above 2");
     assert_eq!(x.len(), s.n * cols * s.h * s.w, "winograd: input size");
-    if let Source::Ratio { z, maps, .. } = x {
+    if let Source::Ratio {
+        z,
+        maps,
+        bias,
+        wide,
+        ..
+    } = x
+    {
         assert!(
             maps > 0 && s.n.is_multiple_of(maps) && z.len() * maps == x.len(),
             "winograd: denominators' size"
+        );
+        assert!(
+            bias.is_none_or(|b| wide && b.len() == cols),
+            "winograd: a bias needs f64 and one value per channel"
         );
     }
     assert_eq!(out.len(), s.n * rows * s.oh * s.ow, "winograd: output size");
@@ -465,9 +479,21 @@ fn transform_inputs<const IN: usize, const OUT: usize>(
             let at = (run.n * cols + c) * plane;
             let (img, den) = match x {
                 Source::Plain(x) => (&x[at..][..plane], None),
-                Source::Ratio { r, z, maps, stab } => (
+                Source::Ratio {
+                    r,
+                    z,
+                    maps,
+                    stab,
+                    bias,
+                    wide,
+                } => (
                     &r[at..][..plane],
-                    Some((&z[((run.n / maps) * cols + c) * plane..][..plane], stab)),
+                    Some((
+                        &z[((run.n / maps) * cols + c) * plane..][..plane],
+                        stab,
+                        bias.map_or(0.0, |b| b[c]),
+                        wide,
+                    )),
                 ),
             };
             for start in (0..run.len).step_by(RUN_CHUNK) {
@@ -490,9 +516,14 @@ fn transform_inputs<const IN: usize, const OUT: usize>(
                     let src = &img[cols.clone()][..hi - lo];
                     match den {
                         None => buf[lo..hi].copy_from_slice(src),
-                        Some((z, stab)) => {
+                        Some((z, stab, _, false)) => {
                             for ((b, &r), &z) in buf[lo..hi].iter_mut().zip(src).zip(&z[cols]) {
                                 *b = r / stab.apply(z);
+                            }
+                        }
+                        Some((z, stab, bias, true)) => {
+                            for ((b, &r), &z) in buf[lo..hi].iter_mut().zip(src).zip(&z[cols]) {
+                                *b = (f64::from(r) / stab.apply_f64(f64::from(z) + bias)) as f32;
                             }
                         }
                     }

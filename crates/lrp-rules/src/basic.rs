@@ -884,8 +884,16 @@ impl BasicRule {
             // can (the division as the relevance is read, the product as the result is written).
             if plain
                 && t.mask == OutputMask::All
-                && let Some(g) =
-                    lin.ratio_transpose_mul(r_in.view(), z.view(), stab, x.view(), maps)
+                && let Some(g) = lin.ratio_transpose_mul(
+                    r_in.view(),
+                    z.view(),
+                    stab,
+                    None,
+                    false,
+                    lin.weight.view(),
+                    x.view(),
+                    maps,
+                )
             {
                 result = Some(add_scaled(result, g, t.coef));
                 continue;
@@ -962,6 +970,28 @@ impl BasicRule {
                             None => lin.forward(a, w),
                         }
                     });
+                    // One live branch, unmasked, on a convolution: the division, the transpose
+                    // and the product in one pass where the kernels can.
+                    if t.mask == OutputMask::All
+                        && live.iter().filter(|&&l| l).count() == 1
+                        && let Some(k) = live.iter().position(|&l| l)
+                        && mapped[k].is_none()
+                        && let Some(g) = lin.ratio_transpose_mul(
+                            own.as_ref().map_or_else(|| r_in.view(), |a| a.view()),
+                            d.view(),
+                            stab,
+                            bias64.as_deref(),
+                            true,
+                            weights[k]
+                                .as_deref()
+                                .map_or(lin.weight.view(), |w| w.view()),
+                            inputs[k].as_ref().map_or(x.view(), |a| a.view()),
+                            maps,
+                        )
+                    {
+                        result = Some(add_scaled(result, g, t.coef * t.branches[k].sign));
+                        continue;
+                    }
                     divide_rows(&r_in, own, &d, bias64.as_deref(), maps, stab)
                 } else {
                     let d = branch_sum(t, &lin, x.view(), &inputs, &weights, &live, |k, a, w| {

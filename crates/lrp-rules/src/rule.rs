@@ -223,30 +223,33 @@ impl Linear<'_> {
         g
     }
 
-    /// `x ⊙ T(r / stab(z), w)` with the layer's own weight, row `m` of `r` divided by row `m /
-    /// maps` of `z` and the result's row `m` multiplied by row `m / maps` of `x`, in one pass:
-    /// where the kernels can (a convolution by Winograd's algorithm); None otherwise.
+    /// `x ⊙ T(r / stab(d + b), w)`: row `m` of `r` divided by row `m / maps` of `d` (plus
+    /// `bias`, one value per output unit, the sum and division in f64 when `f64`), and the
+    /// result's row `m` multiplied by row `m / maps` of `x`, in one pass where the kernels can
+    /// (a convolution by Winograd's algorithm); None otherwise.
+    #[allow(clippy::too_many_arguments)]
     pub fn ratio_transpose_mul(
         &self,
         r: ArrayViewD<'_, f32>,
-        z: ArrayViewD<'_, f32>,
+        d: ArrayViewD<'_, f32>,
         stab: Stabilizer,
+        bias: Option<&[f64]>,
+        f64: bool,
+        w: ArrayViewD<'_, f32>,
         x: ArrayViewD<'_, f32>,
         maps: usize,
     ) -> Option<ArrayD<f32>> {
         let LinearKind::Conv(g) = &self.kind else {
             return None;
         };
-        kernels::conv2d_ratio_transpose_mul(
-            four(r),
-            four(z),
+        let divide = kernels::Divide {
+            d: four(d),
             stab,
-            four(self.weight.view()),
-            g,
-            four(x),
-            maps,
-        )
-        .map(|a| a.into_dyn())
+            bias,
+            f64,
+        };
+        kernels::conv2d_ratio_transpose_mul(four(r), divide, four(w), g, four(x), maps)
+            .map(|a| a.into_dyn())
     }
 
     /// Adds a per-output-unit (per-channel for Conv) bias `b` to `z`.
