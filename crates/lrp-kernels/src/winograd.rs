@@ -11,7 +11,10 @@
 //! One routine, [`conv`], computes `y[n, o, p, q] = Σ_{c, a, b} f[o, c, a, b] · x[n, c, p + a −
 //! top, q + b − left]` (zero outside the image) for a [`Filter`] `f`. A layer's map and its
 //! transpose are both of that form: the transpose's filter is the weight with its channel axes
-//! swapped and its taps reversed, and its padding `2 − top`, `2 − left`.
+//! swapped and its taps reversed, and its padding `2 − top`, `2 − left`. What it reads may be a
+//! ratio formed as it is read ([`Source::Ratio`], a rule's `r / stab(z)`), and its outputs may
+//! be multiplied by factors as they are written ([`Scale`], a rule's activations), which saves
+//! the rules two passes over their largest tensors.
 //!
 //! The work is cut into blocks of output tiles small enough that a block's transformed inputs
 //! and products stay in the core's caches; blocks run in parallel on the current rayon pool.
