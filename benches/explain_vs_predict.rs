@@ -208,13 +208,11 @@ fn parse_options(args: &[String]) -> Options {
             "max" => usize::MAX,
             g => parse_num::<usize>("group-mib", g).saturating_mul(1 << 20),
         }),
-        conv3x3: conv3x3.map(|v| match v.trim() {
-            "winograd" => Conv3x3::Winograd,
-            "winograd4" => Conv3x3::Winograd4,
-            "direct" => Conv3x3::Direct,
-            other => fail(&format!(
-                "--conv3x3 '{other}': winograd, winograd4 or direct"
-            )),
+        // the names the engine's `Conv3x3` serialises to
+        conv3x3: conv3x3.map(|v| {
+            serde_json::from_value(serde_json::Value::String(v.trim().into())).unwrap_or_else(
+                |_| fail(&format!("--conv3x3 '{v}': winograd, winograd4 or direct")),
+            )
         }),
     }
 }
@@ -544,12 +542,12 @@ fn main() {
             Some(usize::MAX) => "the whole batch".to_string(),
             Some(b) => format!("{} MiB", b >> 20),
         },
-        match o.conv3x3 {
-            None => "the engine's default",
-            Some(Conv3x3::Winograd) => "winograd",
-            Some(Conv3x3::Winograd4) => "winograd4",
-            Some(Conv3x3::Direct) => "direct",
-        }
+        o.conv3x3.map_or("the engine's default".into(), |c| {
+            serde_json::json!(c)
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
     );
     let peak_resettable = reset_peak_rss();
     let mut rows: Vec<ExplainRow> = Vec::new();

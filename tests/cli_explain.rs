@@ -98,8 +98,7 @@ fn explain_writes_relevance_heatmaps_and_report() {
             "report.json"
         ]
     );
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let report = read_report(&out);
     let inputs = report["inputs"].as_array().unwrap();
     assert_eq!(inputs[0]["target"], 3);
     assert_eq!(inputs[1]["target"], 4);
@@ -134,9 +133,7 @@ fn explain_writes_relevance_heatmaps_and_report() {
         ],
     );
     assert!(o.status.success(), "{}", stderr(&o));
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(direct.join("report.json")).unwrap())
-            .unwrap();
+    let report = read_report(&direct);
     assert_eq!(report["conv3x3"], "direct");
     let d = read_npy(&direct.join("relevance.npy"));
     let scale = d.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -369,8 +366,7 @@ fn keep_writes_the_relevance_at_matching_nodes() {
         ],
     );
     assert!(o.status.success(), "{}", stderr(&o));
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let report = read_report(&out);
     let kept = report["kept"].as_object().unwrap();
     assert_eq!(kept.len(), 4, "{kept:?}");
     // Two inputs, two passes (target, dual), the node's own shape.

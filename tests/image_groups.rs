@@ -6,44 +6,17 @@
 mod common;
 
 use common::*;
-use lrp_engine::{ExplainOptions, Explainer, Explanation};
-use lrp_rules::{Bounds, Registry};
-use ndarray::{ArrayD, Axis, concatenate};
-
-/// Five images from the fixture's two: the originals and three blends.
-fn five_images(model: &str) -> ArrayD<f32> {
-    let x = read_npy(&fixture(&format!("{model}.input.npy")));
-    let (a, b) = (x.index_axis(Axis(0), 0), x.index_axis(Axis(0), 1));
-    let blends = [
-        a.to_owned(),
-        b.to_owned(),
-        &a * 0.5 + &b * 0.5,
-        &a * 1.5 - &b * 0.25,
-        &b * -0.75,
-    ];
-    let views: Vec<_> = blends
-        .iter()
-        .map(|v| v.view().insert_axis(Axis(0)))
-        .collect();
-    concatenate(Axis(0), &views).unwrap()
-}
+use lrp_engine::{ExplainOptions, Explanation};
+use ndarray::{ArrayD, Axis};
 
 fn explain(model: &str, method: &str, x: &ArrayD<f32>, group_bytes: usize) -> Explanation {
-    let reg = Registry::with_builtins();
-    let graph = lrp_import::import_onnx(&fixture(&format!("{model}.onnx")))
-        .unwrap()
-        .graph;
-    let config = lrp_rules::presets::preset(method, &reg).unwrap();
-    let mut ex = Explainer::new(graph, config, &reg, lrp_runtime::Device::Cpu, Some(1)).unwrap();
+    let mut ex = preset_explainer(model, method);
     let keep = ex.nodes_matching(&["*"]).unwrap();
     ex.explain(
         x,
         &ExplainOptions {
             keep,
-            bounds: Some(Bounds {
-                low: vec![-3.0],
-                high: vec![3.0],
-            }),
+            bounds: Some(wide_bounds()),
             group_bytes: Some(group_bytes),
             ..Default::default()
         },

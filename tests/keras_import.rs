@@ -349,8 +349,7 @@ fn cli_vgg16_walkthrough_on_the_small_stand_in() {
         out.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let report = read_report(&out);
     assert_eq!(report["softmax_removed"], true);
     let r = read_npy(&out.join("relevance.npy"));
     assert_eq!(r.shape(), [1, 32, 32, 3]);

@@ -57,6 +57,12 @@ pub fn assert_fails(o: &Output, code: i32, needles: &[&str]) {
     assert!(!err.contains("panicked"), "{err}");
 }
 
+/// The `report.json` an explanation wrote into `dir`.
+pub fn read_report(dir: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(dir.join("report.json")).expect("report.json written");
+    serde_json::from_str(&text).expect("report.json is JSON")
+}
+
 /// Reads an f32 `.npy`.
 pub fn read_npy(path: &Path) -> ArrayD<f32> {
     lrp_io::read_npy(path).expect("readable npy")
@@ -125,4 +131,42 @@ pub fn explain_vgg_small(
     let config =
         lrp_rules::RuleConfig::parse(&text, "t.ron", registry).map_err(|e| e.to_string())?;
     explain_fixture("vgg_small", config, registry).map_err(|e| e.to_string())
+}
+
+/// Five images from fixture `model`'s two: the originals and three blends.
+pub fn five_images(model: &str) -> ArrayD<f32> {
+    use ndarray::Axis;
+    let x = read_npy(&fixture(&format!("{model}.input.npy")));
+    let (a, b) = (x.index_axis(Axis(0), 0), x.index_axis(Axis(0), 1));
+    let blends = [
+        a.to_owned(),
+        b.to_owned(),
+        &a * 0.5 + &b * 0.5,
+        &a * 1.5 - &b * 0.25,
+        &b * -0.75,
+    ];
+    let views: Vec<_> = blends
+        .iter()
+        .map(|v| v.view().insert_axis(Axis(0)))
+        .collect();
+    ndarray::concatenate(Axis(0), &views).unwrap()
+}
+
+/// An explainer of fixture `model` with the built-in preset `method` (one thread).
+pub fn preset_explainer(model: &str, method: &str) -> lrp_engine::Explainer {
+    let reg = lrp_rules::Registry::with_builtins();
+    let graph = lrp_import::import_onnx(&fixture(&format!("{model}.onnx")))
+        .expect("fixture imports")
+        .graph;
+    let config = lrp_rules::presets::preset(method, &reg).expect("a preset");
+    lrp_engine::Explainer::new(graph, config, &reg, lrp_runtime::Device::Cpu, Some(1))
+        .unwrap_or_else(|e| panic!("{model}, {method}: {e}"))
+}
+
+/// The z^B box [−3, 3] for every channel, wide enough for the fixtures' blended images.
+pub fn wide_bounds() -> lrp_rules::Bounds {
+    lrp_rules::Bounds {
+        low: vec![-3.0],
+        high: vec![3.0],
+    }
 }

@@ -201,6 +201,16 @@ pub enum DeviceArg {
     Cuda,
 }
 
+impl From<Conv3x3Arg> for lrp_engine::Conv3x3 {
+    fn from(c: Conv3x3Arg) -> Self {
+        match c {
+            Conv3x3Arg::Winograd => lrp_engine::Conv3x3::Winograd,
+            Conv3x3Arg::Winograd4 => lrp_engine::Conv3x3::Winograd4,
+            Conv3x3Arg::Direct => lrp_engine::Conv3x3::Direct,
+        }
+    }
+}
+
 impl From<DeviceArg> for lrp_runtime::Device {
     fn from(d: DeviceArg) -> Self {
         match d {

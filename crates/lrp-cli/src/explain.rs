@@ -11,7 +11,7 @@ use lrp_rules::{Bounds, Registry, RuleConfig, presets};
 use ndarray::{ArrayD, Axis};
 use serde_json::json;
 
-use crate::args::{Conv3x3Arg, ExplainArgs, ProgressArg};
+use crate::args::{ExplainArgs, ProgressArg};
 use crate::predict::{softmax_f64, top_k};
 use crate::{folder, gallery};
 
@@ -317,7 +317,7 @@ pub fn run_with(a: ExplainArgs, registry: &Registry) -> Result<()> {
                 "method": m.explainer.config().name,
                 "signal": format!("{:?}", m.explainer.config().signal),
                 "softmax_removed": m.explainer.softmax_removed(),
-                "conv3x3": format!("{:?}", a.conv3x3).to_lowercase(),
+                "conv3x3": Conv3x3::from(a.conv3x3),
                 "inputs": recs,
                 "kept": kept_files,
                 "timings": stages,
@@ -410,11 +410,7 @@ impl Writer<'_> {
             relu: if self.a.relu { Some(true) } else { None },
             keep: keep.to_vec(),
             group_bytes: None,
-            conv3x3: Some(match self.a.conv3x3 {
-                Conv3x3Arg::Winograd => Conv3x3::Winograd,
-                Conv3x3Arg::Winograd4 => Conv3x3::Winograd4,
-                Conv3x3Arg::Direct => Conv3x3::Direct,
-            }),
+            conv3x3: Some(self.a.conv3x3.into()),
         }
     }
 

@@ -171,8 +171,8 @@ impl Explainer {
             Device::Cpu => Backends {
                 sgemm: Some(Arc::new(lrp_runtime::OrtSgemm::new(threads)?)),
                 conv: Some(Arc::new(lrp_runtime::OrtConv::new(threads)?)),
-                // each explanation's own (`ExplainOptions::conv3x3`)
-                conv3x3: DEFAULT_CONV3X3,
+                // `conv3x3` is each explanation's own (`ExplainOptions::conv3x3`)
+                ..Backends::default()
             },
             Device::Cuda => Backends::default(),
         };

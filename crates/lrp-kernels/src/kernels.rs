@@ -1931,46 +1931,32 @@ mod tests {
         let z = ramp((images, 16, 20, 19), 0.29);
         assert!(z.iter().any(|&v| v == 0.0) && z.iter().any(|&v| v < 0.0));
         let stab = Stabilizer::SignEpsilon(0.25);
-        let mut ratio = s.clone();
-        for (m, mut row) in ratio.outer_iter_mut().enumerate() {
-            row.zip_mut_with(&z.index_axis(Axis(0), m / maps), |r, &d| {
-                *r /= stab.apply(d)
-            });
-        }
-        let divide = Divide {
-            d: z.view(),
-            stab,
-            bias: None,
-            f64: false,
-        };
-        let fused =
-            conv2d_ratio_transpose_mul(s.view(), divide, w.view(), &g, x.view(), maps).unwrap();
-        assert_eq!(
-            fused,
-            conv2d_transpose_mul(ratio.view(), w.view(), &g, x.view(), maps).unwrap()
-        );
-        // In f64 with a bias per channel, as the rules that recompute their denominators do.
+        // And in f64 with a bias per channel, as the rules that recompute their denominators.
         let bias: Vec<f64> = (0..16).map(|o| o as f64 * 0.125 - 1.0).collect();
-        let mut ratio = s.clone();
-        for (m, mut row) in ratio.outer_iter_mut().enumerate() {
-            for (o, mut plane) in row.outer_iter_mut().enumerate() {
-                plane.zip_mut_with(&z.slice(s![m / maps, o, .., ..]), |r, &d| {
-                    *r = (f64::from(*r) / stab.apply_f64(f64::from(d) + bias[o])) as f32
-                });
+        for (b, f64) in [(None, false), (Some(&bias[..]), true)] {
+            let divide = Divide {
+                d: z.view(),
+                stab,
+                bias: b,
+                f64,
+            };
+            // the relevance divided as the rules' own step does
+            let mut ratio = s.clone();
+            for ((m, o, y, xx), r) in ratio.indexed_iter_mut() {
+                let d = z[[m / maps, o, y, xx]];
+                *r = match b {
+                    None => *r / stab.apply(d),
+                    Some(b) => (f64::from(*r) / stab.apply_f64(f64::from(d) + b[o])) as f32,
+                };
             }
+            let fused =
+                conv2d_ratio_transpose_mul(s.view(), divide, w.view(), &g, x.view(), maps).unwrap();
+            assert_eq!(
+                fused,
+                conv2d_transpose_mul(ratio.view(), w.view(), &g, x.view(), maps).unwrap(),
+                "{divide:?}"
+            );
         }
-        let divide = Divide {
-            d: z.view(),
-            stab,
-            bias: Some(&bias),
-            f64: true,
-        };
-        let fused =
-            conv2d_ratio_transpose_mul(s.view(), divide, w.view(), &g, x.view(), maps).unwrap();
-        assert_eq!(
-            fused,
-            conv2d_transpose_mul(ratio.view(), w.view(), &g, x.view(), maps).unwrap()
-        );
     }
 
     /// Chunking several images into one GEMM gives the same numbers as one image at a time.

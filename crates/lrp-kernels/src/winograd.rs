@@ -328,7 +328,7 @@ pub(crate) fn conv(
     let padded_rows = f.row_blocks() * MR;
     let per_tile = positions * (cols + padded_rows) * std::mem::size_of::<f32>();
     let tb = (BLOCK_BYTES / per_tile / NR * NR).clamp(NR, MAX_BLOCK_TILES);
-    let kernel = Kernel::detect();
+    let kernel = Kernel::best();
     let dst = SendPtr(out.as_mut_ptr() as *mut f32);
     (0..total.div_ceil(tb)).into_par_iter().for_each_init(
         || {
@@ -388,42 +388,40 @@ impl Block<'_> {
     /// As [`transform_outputs`].
     #[inline(always)]
     unsafe fn run(self, kernel: impl Fn(usize, &[f32], &[f32], usize, &mut [f32], usize)) {
-        let ldv = self.tb + SLACK;
-        let nb = self.runs.iter().map(|r| r.len).sum::<usize>();
-        match self.f.tile {
-            Tile::F2 => {
-                transform_inputs::<4, 2>(self.x, self.f.cols, &self.s, self.runs, self.v, ldv);
-                products_with(self.f, self.v, ldv, self.m, self.tb, nb, kernel);
-                // SAFETY: the caller's promise.
-                unsafe {
-                    transform_outputs::<4, 2>(
-                        self.m,
-                        self.f.rows,
-                        &self.s,
-                        self.runs,
-                        self.tb,
-                        self.dst,
-                        self.scale,
-                    )
-                };
-            }
-            Tile::F4 => {
-                transform_inputs::<6, 4>(self.x, self.f.cols, &self.s, self.runs, self.v, ldv);
-                products_with(self.f, self.v, ldv, self.m, self.tb, nb, kernel);
-                // SAFETY: the caller's promise.
-                unsafe {
-                    transform_outputs::<6, 4>(
-                        self.m,
-                        self.f.rows,
-                        &self.s,
-                        self.runs,
-                        self.tb,
-                        self.dst,
-                        self.scale,
-                    )
-                };
+        // SAFETY: the caller's promise.
+        unsafe {
+            match self.f.tile {
+                Tile::F2 => self.run_tile::<4, 2>(kernel),
+                Tile::F4 => self.run_tile::<6, 4>(kernel),
             }
         }
+    }
+
+    /// [`run`](Self::run) for `IN`×`IN` transformed tiles of `OUT`×`OUT` outputs.
+    ///
+    /// # Safety
+    /// As [`transform_outputs`].
+    #[inline(always)]
+    unsafe fn run_tile<const IN: usize, const OUT: usize>(
+        self,
+        kernel: impl Fn(usize, &[f32], &[f32], usize, &mut [f32], usize),
+    ) {
+        let ldv = self.tb + SLACK;
+        let nb = self.runs.iter().map(|r| r.len).sum::<usize>();
+        transform_inputs::<IN, OUT>(self.x, self.f.cols, &self.s, self.runs, self.v, ldv);
+        products_with(self.f, self.v, ldv, self.m, self.tb, nb, kernel);
+        // SAFETY: the caller's promise.
+        unsafe {
+            transform_outputs::<IN, OUT>(
+                self.m,
+                self.f.rows,
+                &self.s,
+                self.runs,
+                self.tb,
+                self.dst,
+                self.scale,
+            )
+        };
     }
 }
 
@@ -671,8 +669,7 @@ fn output_lanes<const IN: usize, const OUT: usize>(
 /// Whether this processor runs the products with vector instructions (AVX2 and FMA, or
 /// AVX-512); without them the direct convolutions are faster.
 pub(crate) fn fast() -> bool {
-    static FAST: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *FAST.get_or_init(|| !matches!(Kernel::detect(), Kernel::Portable))
+    !matches!(Kernel::best(), Kernel::Portable)
 }
 
 /// The product kernels this processor runs.
@@ -686,41 +683,26 @@ enum Kernel {
 }
 
 impl Kernel {
-    fn detect() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                return Kernel::Avx512;
-            }
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                return Kernel::Avx2;
-            }
-        }
-        Kernel::Portable
-    }
-
-    /// Every kernel this processor can run (for the tests).
-    #[cfg(test)]
+    /// Every kernel this processor can run, slowest first.
     fn available() -> Vec<Kernel> {
         let mut all = vec![Kernel::Portable];
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
+            let fma = std::arch::is_x86_feature_detected!("fma");
+            if fma && std::arch::is_x86_feature_detected!("avx2") {
                 all.push(Kernel::Avx2);
             }
-            if std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
+            if fma && std::arch::is_x86_feature_detected!("avx512f") {
                 all.push(Kernel::Avx512);
             }
         }
         all
+    }
+
+    /// The fastest kernel this processor runs (detected once).
+    fn best() -> Kernel {
+        static BEST: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+        *BEST.get_or_init(|| *Kernel::available().last().expect("the portable kernel"))
     }
 
     /// Runs a block with this kernel.

@@ -199,16 +199,10 @@ impl Linear<'_> {
     ) -> ArrayD<f32> {
         if let LinearKind::Conv(g) = &self.kind
             && let Some(r) = kernels::conv2d_transpose_mul(
-                s.view()
-                    .into_dimensionality::<Ix4>()
-                    .expect("conv relevance is 4-D"),
-                w.view()
-                    .into_dimensionality::<Ix4>()
-                    .expect("conv weight is 4-D"),
+                four(s.view()),
+                four(w.view()),
                 g,
-                x.view()
-                    .into_dimensionality::<Ix4>()
-                    .expect("conv input is 4-D"),
+                four(x.view()),
                 maps,
             )
         {
