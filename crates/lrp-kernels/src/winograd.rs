@@ -31,6 +31,10 @@ const NR: usize = 32;
 const BLOCK_BYTES: usize = 1 << 20;
 /// Most tiles in a block.
 const MAX_BLOCK_TILES: usize = 8 * NR;
+/// Values of padding after each position of a block's buffers (one cache line), so that the
+/// transforms' sixteen or thirty-six streams, one per position, do not fall in the same cache
+/// set (the buffers' natural position strides are multiples of 4 KiB).
+const SKEW: usize = 16;
 
 /// The tile size: F(2×2, 3×3) or F(4×4, 3×3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,68 +161,72 @@ fn filter_1d<const L: usize>(tile: Tile, g: [[f32; L]; 3], out: &mut [[f32; L]; 
     }
 }
 
-/// `Bᵀ·d` along one axis for `IN`-point inputs, lane-wise: F(2×2, 3×3)'s `Bᵀ` is `[[1, 0, −1,
-/// 0], [0, 1, 1, 0], [0, −1, 1, 0], [0, 1, 0, −1]]`; F(4×4, 3×3)'s is `[[4, 0, −5, 0, 1, 0],
-/// [0, −4, −4, 1, 1, 0], [0, 4, −4, −1, 1, 0], [0, −2, −1, 2, 1, 0], [0, 2, −1, −2, 1, 0], [0,
-/// 4, 0, −5, 0, 1]]`.
+/// The arithmetic of the input and output transforms, on one group of lanes: plain arrays of
+/// [`LANES`] values (vectorised by the compiler), or an AVX-512 register. Both run the same
+/// formulas ([`input_1d`], [`output_1d`]) in the same order, so their results are identical.
+trait Arith: Copy {
+    fn add(self, o: Self) -> Self;
+    fn sub(self, o: Self) -> Self;
+    fn scale(self, k: f32) -> Self;
+}
+
+impl Arith for [f32; LANES] {
+    #[inline(always)]
+    fn add(self, o: Self) -> Self {
+        std::array::from_fn(|l| self[l] + o[l])
+    }
+    #[inline(always)]
+    fn sub(self, o: Self) -> Self {
+        std::array::from_fn(|l| self[l] - o[l])
+    }
+    #[inline(always)]
+    fn scale(self, k: f32) -> Self {
+        std::array::from_fn(|l| k * self[l])
+    }
+}
+
+/// `Bᵀ·d` along one axis for `IN`-point inputs: F(2×2, 3×3)'s `Bᵀ` is `[[1, 0, −1, 0], [0, 1,
+/// 1, 0], [0, −1, 1, 0], [0, 1, 0, −1]]`; F(4×4, 3×3)'s is `[[4, 0, −5, 0, 1, 0], [0, −4, −4, 1,
+/// 1, 0], [0, 4, −4, −1, 1, 0], [0, −2, −1, 2, 1, 0], [0, 2, −1, −2, 1, 0], [0, 4, 0, −5, 0,
+/// 1]]`.
 #[inline(always)]
-fn input_1d<const IN: usize, const L: usize>(d: &[[f32; L]; IN]) -> [[f32; L]; IN] {
-    let mut v = [[0f32; L]; IN];
-    for l in 0..L {
-        if IN == 4 {
-            let (d0, d1, d2, d3) = (d[0][l], d[1][l], d[2][l], d[3 % IN][l]);
-            v[0][l] = d0 - d2;
-            v[1][l] = d1 + d2;
-            v[2][l] = d2 - d1;
-            v[3 % IN][l] = d1 - d3;
-        } else {
-            let (d0, d1, d2, d3, d4, d5) = (
-                d[0][l],
-                d[1][l],
-                d[2][l],
-                d[3 % IN][l],
-                d[4 % IN][l],
-                d[5 % IN][l],
-            );
-            v[0][l] = 4.0 * d0 - 5.0 * d2 + d4;
-            v[1][l] = d3 + d4 - 4.0 * (d1 + d2);
-            v[2][l] = d4 - d3 + 4.0 * (d1 - d2);
-            v[3 % IN][l] = d4 - d2 + 2.0 * (d3 - d1);
-            v[4 % IN][l] = d4 - d2 - 2.0 * (d3 - d1);
-            v[5 % IN][l] = 4.0 * d1 - 5.0 * d3 + d5;
-        }
+fn input_1d<const IN: usize, T: Arith>(d: [T; IN]) -> [T; IN] {
+    let mut v = d;
+    if IN == 4 {
+        let (d0, d1, d2, d3) = (d[0], d[1], d[2], d[3 % IN]);
+        v[0] = d0.sub(d2);
+        v[1] = d1.add(d2);
+        v[2] = d2.sub(d1);
+        v[3 % IN] = d1.sub(d3);
+    } else {
+        let (d0, d1, d2, d3, d4, d5) = (d[0], d[1], d[2], d[3 % IN], d[4 % IN], d[5 % IN]);
+        v[0] = d0.scale(4.0).sub(d2.scale(5.0)).add(d4);
+        v[1] = d3.add(d4).sub(d1.add(d2).scale(4.0));
+        v[2] = d4.sub(d3).add(d1.sub(d2).scale(4.0));
+        v[3 % IN] = d4.sub(d2).add(d3.sub(d1).scale(2.0));
+        v[4 % IN] = d4.sub(d2).sub(d3.sub(d1).scale(2.0));
+        v[5 % IN] = d1.scale(4.0).sub(d3.scale(5.0)).add(d5);
     }
     v
 }
 
-/// `Aᵀ·m` along one axis, lane-wise, into `OUT` values: F(2×2, 3×3)'s `Aᵀ` is `[[1, 1, 1, 0],
-/// [0, 1, −1, −1]]`; F(4×4, 3×3)'s is `[[1, 1, 1, 1, 1, 0], [0, 1, −1, 2, −2, 0], [0, 1, 1, 4,
-/// 4, 0], [0, 1, −1, 8, −8, 1]]`.
+/// `Aᵀ·m` along one axis, into `OUT` values: F(2×2, 3×3)'s `Aᵀ` is `[[1, 1, 1, 0], [0, 1, −1,
+/// −1]]`; F(4×4, 3×3)'s is `[[1, 1, 1, 1, 1, 0], [0, 1, −1, 2, −2, 0], [0, 1, 1, 4, 4, 0], [0, 1,
+/// −1, 8, −8, 1]]`.
 #[inline(always)]
-fn output_1d<const IN: usize, const OUT: usize, const L: usize>(
-    m: &[[f32; L]; IN],
-) -> [[f32; L]; OUT] {
-    let mut y = [[0f32; L]; OUT];
-    for l in 0..L {
-        if IN == 4 {
-            let (m0, m1, m2, m3) = (m[0][l], m[1][l], m[2][l], m[3 % IN][l]);
-            y[0][l] = m0 + m1 + m2;
-            y[1 % OUT][l] = m1 - m2 - m3;
-        } else {
-            let (m0, m1, m2, m3, m4, m5) = (
-                m[0][l],
-                m[1][l],
-                m[2][l],
-                m[3 % IN][l],
-                m[4 % IN][l],
-                m[5 % IN][l],
-            );
-            let (s1, d1, s2, d2) = (m1 + m2, m1 - m2, m3 + m4, m3 - m4);
-            y[0][l] = m0 + s1 + s2;
-            y[1 % OUT][l] = d1 + 2.0 * d2;
-            y[2 % OUT][l] = s1 + 4.0 * s2;
-            y[3 % OUT][l] = d1 + 8.0 * d2 + m5;
-        }
+fn output_1d<const IN: usize, const OUT: usize, T: Arith>(m: [T; IN]) -> [T; OUT] {
+    let mut y = [m[0]; OUT];
+    if IN == 4 {
+        let (m0, m1, m2, m3) = (m[0], m[1], m[2], m[3 % IN]);
+        y[0] = m0.add(m1).add(m2);
+        y[1 % OUT] = m1.sub(m2).sub(m3);
+    } else {
+        let (m0, m1, m2, m3, m4, m5) = (m[0], m[1], m[2], m[3 % IN], m[4 % IN], m[5 % IN]);
+        let (s1, d1, s2, d2) = (m1.add(m2), m1.sub(m2), m3.add(m4), m3.sub(m4));
+        y[0] = m0.add(s1).add(s2);
+        y[1 % OUT] = d1.add(d2.scale(2.0));
+        y[2 % OUT] = s1.add(s2.scale(4.0));
+        y[3 % OUT] = d1.add(d2.scale(8.0)).add(m5);
     }
     y
 }
@@ -328,15 +336,11 @@ pub(crate) fn conv(
     let padded_rows = f.row_blocks() * MR;
     let per_tile = positions * (cols + padded_rows) * std::mem::size_of::<f32>();
     let tb = (BLOCK_BYTES / per_tile / NR * NR).clamp(NR, MAX_BLOCK_TILES);
+    let layout = Layout::new(tb, cols, padded_rows);
     let kernel = Kernel::best();
     let dst = SendPtr(out.as_mut_ptr() as *mut f32);
     (0..total.div_ceil(tb)).into_par_iter().for_each_init(
-        || {
-            (
-                vec![0f32; positions * cols * (tb + SLACK)],
-                vec![0f32; positions * padded_rows * tb + SLACK],
-            )
-        },
+        || layout.buffers(positions),
         |(v, m), b| {
             let start = b * tb;
             let runs = runs(start, (start + tb).min(total), th, tw);
@@ -347,7 +351,7 @@ pub(crate) fn conv(
                 runs: &runs,
                 v,
                 m,
-                tb,
+                layout,
                 dst,
                 scale,
             };
@@ -365,9 +369,38 @@ unsafe impl Send for SendPtr {}
 // SAFETY: as above.
 unsafe impl Sync for SendPtr {}
 
-/// One block's work: its tiles' runs, its buffers (`v`: `[P][cols][tb + SLACK]`, `m`: `[P][rows
-/// padded][tb]` and [`SLACK`], `P` the positions of a transformed tile), and where its output
-/// goes.
+/// Where a block's buffers hold what: `v[p·vpos + c·ldv + t]` is position `p` of input
+/// channel `c` of the block's tile `t` (`ldv = tb + SLACK`), `m[p·mpos + o·tb + t]` position `p`
+/// of its products for output channel `o` (rows padded to the register block); `P` positions.
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    tb: usize,
+    ldv: usize,
+    vpos: usize,
+    mpos: usize,
+}
+
+impl Layout {
+    fn new(tb: usize, cols: usize, padded_rows: usize) -> Self {
+        let ldv = tb + SLACK;
+        Layout {
+            tb,
+            ldv,
+            vpos: cols * ldv + SKEW,
+            mpos: padded_rows * tb + SKEW,
+        }
+    }
+
+    /// Buffers `v` and `m` for tiles of `positions` positions ([`SLACK`] values after `m`).
+    fn buffers(&self, positions: usize) -> (Vec<f32>, Vec<f32>) {
+        (
+            vec![0f32; positions * self.vpos],
+            vec![0f32; positions * self.mpos + SLACK],
+        )
+    }
+}
+
+/// One block's work: its tiles' runs, its buffers (see [`Layout`]), and where its output goes.
 struct Block<'a> {
     x: Source<'a>,
     f: &'a Filter,
@@ -375,7 +408,7 @@ struct Block<'a> {
     runs: &'a [Run],
     v: &'a mut [f32],
     m: &'a mut [f32],
-    tb: usize,
+    layout: Layout,
     dst: SendPtr,
     scale: Option<Scale<'a>>,
 }
@@ -387,37 +420,41 @@ impl Block<'_> {
     /// # Safety
     /// As [`transform_outputs`].
     #[inline(always)]
-    unsafe fn run(self, kernel: impl Fn(usize, &[f32], &[f32], usize, &mut [f32], usize)) {
+    unsafe fn run<const AVX512: bool>(
+        self,
+        kernel: impl Fn(usize, &[f32], &[f32], usize, &mut [f32], usize),
+    ) {
         // SAFETY: the caller's promise.
         unsafe {
             match self.f.tile {
-                Tile::F2 => self.run_tile::<4, 2>(kernel),
-                Tile::F4 => self.run_tile::<6, 4>(kernel),
+                Tile::F2 => self.run_tile::<4, 2, AVX512>(kernel),
+                Tile::F4 => self.run_tile::<6, 4, AVX512>(kernel),
             }
         }
     }
 
-    /// [`run`](Self::run) for `IN`×`IN` transformed tiles of `OUT`×`OUT` outputs.
+    /// [`run`](Self::run) for `IN`×`IN` transformed tiles of `OUT`×`OUT` outputs, the
+    /// transforms by AVX-512 instructions where `AVX512`.
     ///
     /// # Safety
-    /// As [`transform_outputs`].
+    /// As [`transform_outputs`]; with `AVX512`, the processor must have AVX-512F.
     #[inline(always)]
-    unsafe fn run_tile<const IN: usize, const OUT: usize>(
+    unsafe fn run_tile<const IN: usize, const OUT: usize, const AVX512: bool>(
         self,
         kernel: impl Fn(usize, &[f32], &[f32], usize, &mut [f32], usize),
     ) {
-        let ldv = self.tb + SLACK;
         let nb = self.runs.iter().map(|r| r.len).sum::<usize>();
-        transform_inputs::<IN, OUT>(self.x, self.f.cols, &self.s, self.runs, self.v, ldv);
-        products_with(self.f, self.v, ldv, self.m, self.tb, nb, kernel);
+        let l = self.layout;
+        transform_inputs::<IN, OUT, AVX512>(self.x, self.f.cols, &self.s, self.runs, self.v, l);
+        products_with(self.f, self.v, self.m, l, nb, kernel);
         // SAFETY: the caller's promise.
         unsafe {
-            transform_outputs::<IN, OUT>(
+            transform_outputs::<IN, OUT, AVX512>(
                 self.m,
                 self.f.rows,
                 &self.s,
                 self.runs,
-                self.tb,
+                l,
                 self.dst,
                 self.scale,
             )
@@ -460,18 +497,18 @@ const ROW: usize = 4 * (RUN_CHUNK + 1);
 const PHASE: usize = RUN_CHUNK + LANES + 1;
 
 /// `V[p][c][tile] = (Bᵀ d B)[p]` of every tile's `IN`×`IN` input patch `d` (zero outside the
-/// image), tiles `OUT` apart; `v` holds `[IN·IN][cols][ld]` with `ld = tb + SLACK`. Columns
-/// past a run's end may be overwritten with garbage; a later run (processed after it) writes
-/// its own.
+/// image), tiles `OUT` apart, in `v` as [`Layout`] says. Columns past a run's end may be
+/// overwritten with garbage; a later run (processed after it) writes its own.
 #[inline(always)]
-fn transform_inputs<const IN: usize, const OUT: usize>(
+fn transform_inputs<const IN: usize, const OUT: usize, const AVX512: bool>(
     x: Source<'_>,
     cols: usize,
     s: &Shape,
     runs: &[Run],
     v: &mut [f32],
-    ld: usize,
+    layout: Layout,
 ) {
+    let (ld, vpos) = (layout.ldv, layout.vpos);
     let plane = s.h * s.w;
     let mut rows = [[0f32; ROW]; IN];
     let mut phases = [[[0f32; PHASE]; OUT]; IN];
@@ -530,6 +567,17 @@ fn transform_inputs<const IN: usize, const OUT: usize>(
                     }
                     buf[hi..].fill(0.0);
                 }
+                #[cfg(target_arch = "x86_64")]
+                if AVX512 {
+                    for l0 in (0..len).step_by(LANES) {
+                        let at = c * ld + run.at + start + l0;
+                        assert!(v.len() >= (IN * IN - 1) * vpos + at + LANES);
+                        // SAFETY: the caller runs this with AVX-512 only; the stores are in
+                        // bounds (checked above).
+                        unsafe { avx512::input_group::<IN, OUT>(&rows, l0, v, at, vpos) };
+                    }
+                    continue;
+                }
                 for (row, phase) in rows.iter().zip(phases.iter_mut()) {
                     for (k, group) in row[..width].chunks_exact(OUT).enumerate() {
                         for q in 0..OUT {
@@ -542,7 +590,7 @@ fn transform_inputs<const IN: usize, const OUT: usize>(
                     let at = c * ld + run.at + start + l0;
                     for (i, row) in t.iter().enumerate() {
                         for (j, lanes) in row.iter().enumerate() {
-                            v[(i * IN + j) * cols * ld + at..][..LANES].copy_from_slice(lanes);
+                            v[(i * IN + j) * vpos + at..][..LANES].copy_from_slice(lanes);
                         }
                     }
                 }
@@ -567,12 +615,12 @@ fn input_lanes<const IN: usize, const OUT: usize>(
                 .try_into()
                 .expect("inside the buffer")
         });
-        e[i] = input_1d::<IN, LANES>(&d);
+        e[i] = input_1d::<IN, _>(d);
     }
     let mut t = [[[0f32; LANES]; IN]; IN];
     for j in 0..IN {
         let col: [[f32; LANES]; IN] = std::array::from_fn(|i| e[i][j]);
-        let v = input_1d::<IN, LANES>(&col);
+        let v = input_1d::<IN, _>(col);
         for i in 0..IN {
             t[i][j] = v[i];
         }
@@ -580,33 +628,59 @@ fn input_lanes<const IN: usize, const OUT: usize>(
     t
 }
 
-/// Writes `y = Aᵀ M A` of every tile's products `M[p][o][tile]` (`m` holds `[IN·IN][rows
-/// padded][tb]` and [`LANES`] values of slack) to its `OUT`×`OUT` output pixels (those inside
-/// the output), times their factors with `scale`.
+/// Writes `y = Aᵀ M A` of every tile's products `M[p][o][tile]` (in `m` as [`Layout`] says,
+/// with [`SLACK`] values after) to its `OUT`×`OUT` output pixels (those inside the output),
+/// times their factors with `scale`.
 ///
 /// # Safety
 /// `dst` must point at an `[n, rows, oh, ow]` array that no one else reads or writes at the
 /// runs' pixels during the call.
 #[inline(always)]
-unsafe fn transform_outputs<const IN: usize, const OUT: usize>(
+unsafe fn transform_outputs<const IN: usize, const OUT: usize, const AVX512: bool>(
     m: &[f32],
     rows: usize,
     s: &Shape,
     runs: &[Run],
-    tb: usize,
+    layout: Layout,
     dst: SendPtr,
     scale: Option<Scale<'_>>,
 ) {
-    let padded_rows = (m.len() - SLACK) / (IN * IN * tb);
+    let (tb, mpos) = (layout.tb, layout.mpos);
     let plane = s.oh * s.ow;
     for run in runs {
         for o in 0..rows {
             for l0 in (0..run.len).step_by(LANES) {
                 let len = (run.len - l0).min(LANES);
                 let at = run.at + l0;
+                #[cfg(target_arch = "x86_64")]
+                if AVX512 {
+                    let x0 = OUT * (run.tx + l0);
+                    let width = (OUT * len).min(s.ow - x0);
+                    let rows_out = (s.oh - OUT * run.ty).min(OUT);
+                    let first = (run.n * rows + o) * plane + OUT * run.ty * s.ow + x0;
+                    let factors = scale.map(|sc| {
+                        let img = run.n / sc.maps;
+                        &sc.x[(img * rows + o) * plane + OUT * run.ty * s.ow + x0..]
+                    });
+                    assert!(m.len() >= (IN * IN - 1) * mpos + o * tb + at + LANES);
+                    assert!(factors.is_none_or(|f| f.len() >= (rows_out - 1) * s.ow + width));
+                    // SAFETY: AVX-512 (the caller's promise); `m` and the factors are in
+                    // bounds (checked above); the output rows `first + i·ow .. + width`, i <
+                    // rows_out, lie inside the output and belong to this run's tiles.
+                    unsafe {
+                        avx512::output_group::<IN, OUT>(
+                            m,
+                            (o * tb + at, mpos),
+                            dst.0.add(first),
+                            (s.ow, rows_out, width),
+                            factors,
+                        )
+                    };
+                    continue;
+                }
                 let ins: [[&[f32; LANES]; IN]; IN] = std::array::from_fn(|i| {
                     std::array::from_fn(|j| {
-                        m[((i * IN + j) * padded_rows + o) * tb + at..][..LANES]
+                        m[(i * IN + j) * mpos + o * tb + at..][..LANES]
                             .try_into()
                             .expect("slack after the last row")
                     })
@@ -649,14 +723,14 @@ fn output_lanes<const IN: usize, const OUT: usize>(
     let mut t = [[[0f32; LANES]; IN]; OUT];
     for j in 0..IN {
         let col: [[f32; LANES]; IN] = std::array::from_fn(|i| *ins[i][j]);
-        let y = output_1d::<IN, OUT, LANES>(&col);
+        let y = output_1d::<IN, OUT, _>(col);
         for a in 0..OUT {
             t[a][j] = y[a];
         }
     }
     let mut lines = [[0f32; 4 * LANES]; OUT];
     for (line, t) in lines.iter_mut().zip(&t) {
-        let y = output_1d::<IN, OUT, LANES>(t);
+        let y = output_1d::<IN, OUT, _>(*t);
         for (l, group) in line[..OUT * LANES].chunks_exact_mut(OUT).enumerate() {
             for b in 0..OUT {
                 group[b] = y[b][l];
@@ -664,6 +738,190 @@ fn output_lanes<const IN: usize, const OUT: usize>(
         }
     }
     lines
+}
+
+/// The transforms of one group of [`LANES`] tiles with AVX-512 instructions: the tiles'
+/// columns are split from (and their outputs merged into) whole rows by permutations, and
+/// every value stays in a register.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{Arith, LANES, ROW, input_1d, output_1d};
+    use std::arch::x86_64::*;
+
+    impl Arith for __m512 {
+        #[inline(always)]
+        fn add(self, o: Self) -> Self {
+            // SAFETY: only reached from code compiled for AVX-512F (this module's functions).
+            unsafe { _mm512_add_ps(self, o) }
+        }
+        #[inline(always)]
+        fn sub(self, o: Self) -> Self {
+            // SAFETY: as above.
+            unsafe { _mm512_sub_ps(self, o) }
+        }
+        #[inline(always)]
+        fn scale(self, k: f32) -> Self {
+            // SAFETY: as above.
+            unsafe { _mm512_mul_ps(_mm512_set1_ps(k), self) }
+        }
+    }
+
+    /// Lane indices of the two-register permutations (`_mm512_permutex2var_ps`: 0–15 the first
+    /// register, 16–31 the second).
+    const EVEN: [i32; 16] = [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30];
+    const ODD: [i32; 16] = [1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31];
+    /// Pairs 0–1 of every four values (2–3: add 2).
+    const PAIRS: [i32; 16] = [0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29];
+    /// Interleaves the first halves of two registers (the second halves: add 8).
+    const ZIP: [i32; 16] = [0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23];
+    /// Interleaves pairs of the first halves of two registers (the second halves: add 8).
+    const ZIP2: [i32; 16] = [0, 1, 16, 17, 2, 3, 18, 19, 4, 5, 20, 21, 6, 7, 22, 23];
+
+    /// The indices `i` plus `plus`.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn idx(i: [i32; 16], plus: i32) -> __m512i {
+        // SAFETY: reads the sixteen values of `i`.
+        let i = unsafe { _mm512_loadu_si512(i.as_ptr().cast()) };
+        _mm512_add_epi32(i, _mm512_set1_epi32(plus))
+    }
+
+    /// `d[j]`, lane `l`: `row[OUT·(l0 + l) + j]`, for `j < IN`.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn split<const IN: usize, const OUT: usize>(row: &[f32; ROW], l0: usize) -> [__m512; IN] {
+        // Reads end at `OUT·l0 + 34` (F(2×2, 3×3)) or `OUT·l0 + 68` (F(4×4, 3×3)).
+        assert!(OUT * (l0 + LANES) + 4 <= ROW);
+        let p = row[OUT * l0..].as_ptr();
+        // SAFETY: inside the row (asserted above).
+        let ld = |k: usize| unsafe { _mm512_loadu_ps(p.add(k)) };
+        {
+            let mut d = [_mm512_setzero_ps(); IN];
+            if OUT == 2 {
+                let (even, odd) = (idx(EVEN, 0), idx(ODD, 0));
+                let (a, b, c, e) = (ld(0), ld(16), ld(2), ld(18));
+                d[0] = _mm512_permutex2var_ps(a, even, b);
+                d[1] = _mm512_permutex2var_ps(a, odd, b);
+                d[2 % IN] = _mm512_permutex2var_ps(c, even, e);
+                d[3 % IN] = _mm512_permutex2var_ps(c, odd, e);
+            } else {
+                let (even, odd) = (idx(EVEN, 0), idx(ODD, 0));
+                let (p01, p23) = (idx(PAIRS, 0), idx(PAIRS, 2));
+                // values 0–1 and 2–3 of every tile's four, then every other of those
+                let quad = |k: usize, pairs: __m512i| {
+                    let lo = _mm512_permutex2var_ps(ld(k), pairs, ld(k + 16));
+                    let hi = _mm512_permutex2var_ps(ld(k + 32), pairs, ld(k + 48));
+                    (
+                        _mm512_permutex2var_ps(lo, even, hi),
+                        _mm512_permutex2var_ps(lo, odd, hi),
+                    )
+                };
+                (d[0], d[1]) = quad(0, p01);
+                (d[2 % IN], d[3 % IN]) = quad(0, p23);
+                (d[4 % IN], d[5 % IN]) = quad(4, p01);
+            }
+            d
+        }
+    }
+
+    /// The input transform of the [`LANES`] tiles from `l0` of a chunk whose `IN` input rows
+    /// are `rows` (tile `l` reading columns `OUT·l ..`): position `p` of the transformed tiles
+    /// goes to `v[at + p·stride ..][..LANES]`.
+    ///
+    /// # Safety
+    /// AVX-512F; `v` must hold `at + (IN·IN − 1)·stride + LANES` values (asserted by the caller).
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub(super) unsafe fn input_group<const IN: usize, const OUT: usize>(
+        rows: &[[f32; ROW]; IN],
+        l0: usize,
+        v: &mut [f32],
+        at: usize,
+        stride: usize,
+    ) {
+        // along each row, then along the columns
+        let e: [[__m512; IN]; IN] =
+            std::array::from_fn(|i| input_1d::<IN, _>(split::<IN, OUT>(&rows[i], l0)));
+        let out = v.as_mut_ptr();
+        #[allow(clippy::needless_range_loop)] // column `j` of every row of `e`
+        for j in 0..IN {
+            let t = input_1d::<IN, _>(std::array::from_fn(|i| e[i][j]));
+            for (i, t) in t.iter().enumerate() {
+                // SAFETY: in bounds (the caller's promise).
+                unsafe { _mm512_storeu_ps(out.add(at + (i * IN + j) * stride), *t) };
+            }
+        }
+    }
+
+    /// The output transform of one output channel's [`LANES`] tiles: position `p` of their
+    /// products at `m[base + p·stride ..][..LANES]`, written to `rows` output rows of `width`
+    /// pixels from `dst`, `ow` apart, each times its factor in `factors` (same offsets) if any.
+    ///
+    /// # Safety
+    /// AVX-512F; `m` must hold `base + (IN·IN − 1)·stride + LANES` values, `factors` (if any)
+    /// `(rows − 1)·ow + width`; the output rows must be writable and no one else's.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub(super) unsafe fn output_group<const IN: usize, const OUT: usize>(
+        m: &[f32],
+        (base, stride): (usize, usize),
+        dst: *mut f32,
+        (ow, rows, width): (usize, usize, usize),
+        factors: Option<&[f32]>,
+    ) {
+        let mp = m.as_ptr();
+        // SAFETY: in bounds (the caller's promise).
+        let ins: [[__m512; IN]; IN] = std::array::from_fn(|i| {
+            std::array::from_fn(|j| unsafe {
+                _mm512_loadu_ps(mp.add(base + (i * IN + j) * stride))
+            })
+        });
+        // along the columns (combining rows i), then along each row
+        let mut t = [[_mm512_setzero_ps(); IN]; OUT];
+        for j in 0..IN {
+            let y = output_1d::<IN, OUT, _>(std::array::from_fn(|i| ins[i][j]));
+            for a in 0..OUT {
+                t[a][j] = y[a];
+            }
+        }
+        for (a, t) in t.iter().enumerate().take(rows) {
+            let y = output_1d::<IN, OUT, _>(*t);
+            // pixel OUT·l + b is y[b] lane l: merged into OUT registers of consecutive pixels
+            let mut line = [_mm512_setzero_ps(); 4];
+            if OUT == 2 {
+                line[0] = _mm512_permutex2var_ps(y[0], idx(ZIP, 0), y[1 % OUT]);
+                line[1] = _mm512_permutex2var_ps(y[0], idx(ZIP, 8), y[1 % OUT]);
+            } else {
+                let lo01 = _mm512_permutex2var_ps(y[0], idx(ZIP, 0), y[1 % OUT]);
+                let hi01 = _mm512_permutex2var_ps(y[0], idx(ZIP, 8), y[1 % OUT]);
+                let lo23 = _mm512_permutex2var_ps(y[2 % OUT], idx(ZIP, 0), y[3 % OUT]);
+                let hi23 = _mm512_permutex2var_ps(y[2 % OUT], idx(ZIP, 8), y[3 % OUT]);
+                line[0] = _mm512_permutex2var_ps(lo01, idx(ZIP2, 0), lo23);
+                line[1] = _mm512_permutex2var_ps(lo01, idx(ZIP2, 8), lo23);
+                line[2] = _mm512_permutex2var_ps(hi01, idx(ZIP2, 0), hi23);
+                line[3] = _mm512_permutex2var_ps(hi01, idx(ZIP2, 8), hi23);
+            }
+            for (k, &val) in line.iter().enumerate().take(OUT) {
+                let live = width.saturating_sub(k * LANES).min(LANES);
+                if live == 0 {
+                    break;
+                }
+                let mask: __mmask16 = if live == LANES { !0 } else { (1 << live) - 1 };
+                let at = a * ow + k * LANES;
+                // SAFETY: the `live` values from `at` lie in the output row and the factors
+                // (the caller's promise); the masked lanes are neither read nor written.
+                unsafe {
+                    let val = match factors {
+                        None => val,
+                        Some(f) => {
+                            _mm512_mul_ps(val, _mm512_maskz_loadu_ps(mask, f.as_ptr().add(at)))
+                        }
+                    };
+                    _mm512_mask_storeu_ps(dst.add(at), mask, val);
+                }
+            }
+        }
+    }
 }
 
 /// Whether this processor runs the products with vector instructions (AVX2 and FMA, or
@@ -730,18 +988,23 @@ impl Kernel {
 fn products_with(
     f: &Filter,
     v: &[f32],
-    ldv: usize,
     m: &mut [f32],
-    tb: usize,
+    layout: Layout,
     nb: usize,
     block: impl Fn(usize, &[f32], &[f32], usize, &mut [f32], usize),
 ) {
+    let Layout {
+        tb,
+        ldv,
+        vpos,
+        mpos,
+    } = layout;
     let cols = f.cols;
     let padded_rows = f.row_blocks() * MR;
     let positions = f.tile.side() * f.tile.side();
     assert!(
-        v.len() >= positions * cols * ldv
-            && m.len() >= positions * padded_rows * tb
+        v.len() >= (positions - 1) * vpos + cols * ldv
+            && m.len() >= (positions - 1) * mpos + padded_rows * tb
             && nb <= tb
             && tb <= ldv
     );
@@ -749,8 +1012,8 @@ fn products_with(
     for rb in 0..f.row_blocks() {
         for p in 0..positions {
             let a = f.panel(rb, p);
-            let vp = &v[p * cols * ldv..][..cols * ldv];
-            let mp = &mut m[(p * padded_rows + rb * MR) * tb..][..MR * tb];
+            let vp = &v[p * vpos..][..cols * ldv];
+            let mp = &mut m[p * mpos + rb * MR * tb..][..MR * tb];
             for cb in (0..nb).step_by(NR) {
                 block(cols, a, &vp[cb..], ldv, &mut mp[cb..], tb);
             }
@@ -794,8 +1057,8 @@ unsafe fn block_avx512(block: Block<'_>) {
             }
         }
     };
-    // SAFETY: the caller's promise.
-    unsafe { block.run(kernel) }
+    // SAFETY: the caller's promise; the processor has AVX-512F.
+    unsafe { block.run::<true>(kernel) }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -834,7 +1097,7 @@ unsafe fn block_avx2(block: Block<'_>) {
         }
     };
     // SAFETY: the caller's promise.
-    unsafe { block.run(kernel) }
+    unsafe { block.run::<false>(kernel) }
 }
 
 unsafe fn block_portable(block: Block<'_>) {
@@ -855,7 +1118,7 @@ unsafe fn block_portable(block: Block<'_>) {
         }
     };
     // SAFETY: the caller's promise.
-    unsafe { block.run(kernel) }
+    unsafe { block.run::<false>(kernel) }
 }
 
 #[cfg(test)]
@@ -927,6 +1190,7 @@ mod tests {
             (3, 8, 16, 5, 8, 2, 2, 2, 2),
             (2, 40, 33, 9, 75, 1, 2, 0, 1),
             (1, 8, 8, 150, 11, 1, 1, 1, 1),
+            (1, 8, 9, 5, 300, 1, 1, 1, 1),
         ] {
             for transpose in [false, true] {
                 let (rows, cols) = if transpose { (c, o) } else { (o, c) };
@@ -966,16 +1230,15 @@ mod tests {
                     let step = tile.side() - 2;
                     let (th, tw) = (s.oh.div_ceil(step), s.ow.div_ceil(step));
                     let positions = tile.side() * tile.side();
+                    let mut by_kernel = Vec::new();
                     for &k in &kernels {
                         let mut out =
                             vec![std::mem::MaybeUninit::new(f32::NAN); n * rows * s.oh * s.ow];
                         let dst = SendPtr(out.as_mut_ptr() as *mut f32);
                         let total = n * th * tw;
                         let tb = NR;
-                        let (mut v, mut m) = (
-                            vec![0f32; positions * cols * (tb + SLACK)],
-                            vec![0f32; positions * f.row_blocks() * MR * tb + SLACK],
-                        );
+                        let layout = Layout::new(tb, cols, f.row_blocks() * MR);
+                        let (mut v, mut m) = layout.buffers(positions);
                         for b in 0..total.div_ceil(tb) {
                             let runs = runs(b * tb, ((b + 1) * tb).min(total), th, tw);
                             let block = Block {
@@ -985,7 +1248,7 @@ mod tests {
                                 runs: &runs,
                                 v: &mut v,
                                 m: &mut m,
-                                tb,
+                                layout,
                                 dst,
                                 scale: None,
                             };
@@ -1005,6 +1268,19 @@ mod tests {
                                 "{what}: element {i}: {g} vs {w} (terms' magnitude {b})"
                             );
                         }
+                        by_kernel.push((k, got));
+                    }
+                    // The AVX-512 transforms run the generic ones' arithmetic in the same order,
+                    // and both vector kernels sum their products by one FMA chain per output.
+                    #[cfg(target_arch = "x86_64")]
+                    if let (Some((_, a)), Some((_, b))) = (
+                        by_kernel.iter().find(|(k, _)| matches!(k, Kernel::Avx512)),
+                        by_kernel.iter().find(|(k, _)| matches!(k, Kernel::Avx2)),
+                    ) {
+                        assert!(
+                            a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits()),
+                            "{tile:?} transpose {transpose} n{n} c{c} o{o} {h}x{w}: AVX-512 and AVX2 differ"
+                        );
                     }
                     for ((g, w), b) in run(&x, &f, s).iter().zip(&want).zip(&bound) {
                         assert!((*g as f64 - w).abs() <= ulps * f32::EPSILON as f64 * b.max(1e-30));
