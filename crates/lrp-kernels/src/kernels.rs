@@ -1244,6 +1244,62 @@ pub fn dense_transpose_mapped(
     r
 }
 
+/// [`dense_transpose_mapped`]`(s, w, f)` for the rules' ratio `s = r / stab(sign · x·f(w)ᵀ + b)`
+/// (row `m` of `r`, `[M, out]`, divided by row `m / maps` of the denominators, the sum and the
+/// division in f64 and a bias `b` per output unit), with one pass over the weight: each block
+/// of rows of `f(w)` is mapped once and serves the denominators, the division and the
+/// transpose. Gives the same values as those three steps one after the other.
+#[allow(clippy::too_many_arguments)]
+pub fn dense_ratio_transpose_mapped(
+    r: ArrayView2<f32>,
+    x: ArrayView2<f32>,
+    w: ArrayView2<f32>,
+    f: impl Fn(f32) -> f32 + Sync,
+    sign: f32,
+    stab: crate::Stabilizer,
+    bias: Option<&[f64]>,
+    maps: usize,
+) -> Array2<f32> {
+    let what = "dense_ratio_transpose_mapped";
+    let (out, inp) = w.dim();
+    let (n, m) = (x.nrows(), r.nrows());
+    assert!(
+        x.ncols() == inp && r.ncols() == out && maps > 0 && n * maps == m,
+        "{what}: input {:?}, relevance {:?}, weight {:?}, {maps} maps",
+        x.dim(),
+        r.dim(),
+        w.dim()
+    );
+    assert!(
+        bias.is_none_or(|b| b.len() == out),
+        "{what}: one bias per output unit"
+    );
+    let mut d = Array2::<f32>::zeros((n, out));
+    let mut s = Array2::<f32>::zeros((m, out));
+    let mut g = Array2::zeros((m, inp));
+    let mut part = Array2::zeros((m, inp));
+    let mut buf = Vec::new();
+    for (o0, o1) in weight_blocks(out, inp) {
+        let block = mapped_block(w, o0, o1, &f, &mut buf);
+        let mut db = d.slice_mut(s![.., o0..o1]);
+        matmul(x, block.t(), &mut db);
+        if sign != 1.0 {
+            db.mapv_inplace(|v| v * sign);
+        }
+        for (mi, mut srow) in s.slice_mut(s![.., o0..o1]).outer_iter_mut().enumerate() {
+            let (rrow, drow) = (r.row(mi), d.row(mi / maps));
+            for (j, v) in srow.iter_mut().enumerate() {
+                let u = o0 + j;
+                let b = bias.map_or(0.0, |b| b[u]);
+                *v = (f64::from(rrow[u]) / stab.apply_f64(f64::from(drow[u]) + b)) as f32;
+            }
+        }
+        matmul(s.slice(s![.., o0..o1]), block, &mut part.view_mut());
+        g += &part;
+    }
+    g
+}
+
 /// Rows `o0..o1` of `w` mapped by `f`, in `buf`.
 fn mapped_block<'b>(
     w: ArrayView2<f32>,
@@ -1893,6 +1949,44 @@ mod tests {
         Array::from_iter((0..len).map(|i| ((i as f32 * k).sin() * 3.0).round() / 2.0))
             .into_shape_with_order(shape)
             .unwrap()
+    }
+
+    /// The one-pass ratio and transpose of a mapped Dense weight equals the denominators, the
+    /// division (as the rules do it: f64, a bias per unit) and the transpose one after the
+    /// other, bit for bit, over several weight blocks, with both branch signs.
+    #[test]
+    fn dense_ratio_transpose_in_one_pass() {
+        let (n, maps, out, inp) = (3, 2, 40, 60_000);
+        let w = Array::from_shape_fn((out, inp), |(o, i)| ((o * inp + i) as f32 * 0.37).sin());
+        let x = Array::from_shape_fn((n, inp), |(m, i)| ((m * inp + i) as f32 * 0.11).cos().abs());
+        let r = Array::from_shape_fn((n * maps, out), |(m, j)| 1.0 + (m * out + j) as f32 * 0.01);
+        let bias: Vec<f64> = (0..out).map(|j| (j as f64 * 0.3).sin()).collect();
+        let stab = crate::Stabilizer::ZeroGuard(1e-7);
+        let f = |v: f32| v.max(0.0);
+        assert!(weight_blocks(out, inp).count() > 1);
+        for sign in [1.0f32, -1.0] {
+            let d = dense_forward_mapped(x.view(), w.view(), f).mapv(|v| v * sign);
+            let s = Array::from_shape_fn((n * maps, out), |(m, j)| {
+                (f64::from(r[[m, j]]) / stab.apply_f64(f64::from(d[[m / maps, j]]) + bias[j]))
+                    as f32
+            });
+            let want = dense_transpose_mapped(s.view(), w.view(), f);
+            let got = dense_ratio_transpose_mapped(
+                r.view(),
+                x.view(),
+                w.view(),
+                f,
+                sign,
+                stab,
+                Some(&bias),
+                maps,
+            );
+            assert!(
+                got.iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits())
+            );
+        }
     }
 
     /// The transpose multiplied by the activations as it is written equals the transpose

@@ -958,6 +958,34 @@ impl BasicRule {
                 let bias64: Option<Vec<f64>> =
                     bias.map(|b| b.iter().map(|&v| f64::from(v)).collect());
                 if !self.f64_denominators || definite().is_some() {
+                    // One live branch of a large Dense weight, unmasked: the denominators, the
+                    // division and the transpose in one pass over the weight.
+                    if t.mask == OutputMask::All
+                        && live.iter().filter(|&&l| l).count() == 1
+                        && let Some(k) = live.iter().position(|&l| l)
+                        && let Some(m) = mapped[k]
+                    {
+                        fn dense(a: ArrayViewD<'_, f32>) -> ndarray::ArrayView2<'_, f32> {
+                            a.into_dimensionality::<Ix2>()
+                                .expect("dense tensors are 2-D")
+                        }
+                        let r = own.as_ref().map_or_else(|| r_in.view(), |a| a.view());
+                        let xi = inputs[k].as_ref().map_or(x.view(), |a| a.view());
+                        let mut g = with_param_mod!(m, f => kernels::dense_ratio_transpose_mapped(
+                            dense(r),
+                            dense(xi.view()),
+                            dense(lin.weight.view()),
+                            f,
+                            t.branches[k].sign,
+                            stab,
+                            bias64.as_deref(),
+                            maps,
+                        ))
+                        .into_dyn();
+                        mul_rows(&mut g, xi, maps);
+                        result = Some(add_scaled(result, g, t.coef * t.branches[k].sign));
+                        continue;
+                    }
                     let d = branch_sum(t, &lin, x.view(), &inputs, &weights, &live, |k, a, w| {
                         match mapped[k] {
                             Some(m) => {

@@ -405,13 +405,26 @@ fn mapped_dense_weights_give_the_cached_result() {
             zg,
         ),
     ];
-    for rule in rules {
-        let cached = apply(&rule, &g, &x, &r);
+    // Non-negative inputs too: one live branch for z⁺ and α1β0, whose mapped weight serves the
+    // denominators, the division and the transpose in one pass.
+    let x_pos: Vec<f32> = x.iter().map(|v| v.abs()).collect();
+    for (rule, x) in rules
+        .iter()
+        .flat_map(|rule| [(rule, &x), (rule, &x_pos)])
+        .chain([
+            (&BasicRule::alpha_beta(1.0, 0.0, BiasMode::Full, zg), &x_pos),
+            (
+                &BasicRule::alpha_beta(1.0, 0.0, BiasMode::Split, zg),
+                &x_pos,
+            ),
+        ])
+    {
+        let cached = apply(rule, &g, x, &r);
         let mapped = BasicRule {
             mapped_min_elements: 0,
             ..rule.clone()
         };
-        close(&apply(&mapped, &g, &x, &r), &cached);
+        close(&apply(&mapped, &g, x, &r), &cached);
         // And with f32 denominators (the other forward path).
         let plain = BasicRule {
             f64_denominators: false,
@@ -421,6 +434,6 @@ fn mapped_dense_weights_give_the_cached_result() {
             mapped_min_elements: 0,
             ..plain.clone()
         };
-        close(&apply(&mapped, &g, &x, &r), &apply(&plain, &g, &x, &r));
+        close(&apply(&mapped, &g, x, &r), &apply(&plain, &g, x, &r));
     }
 }
