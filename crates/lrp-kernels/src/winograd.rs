@@ -795,33 +795,30 @@ mod avx512 {
         let p = row[OUT * l0..].as_ptr();
         // SAFETY: inside the row (asserted above).
         let ld = |k: usize| unsafe { _mm512_loadu_ps(p.add(k)) };
-        {
-            let mut d = [_mm512_setzero_ps(); IN];
-            if OUT == 2 {
-                let (even, odd) = (idx(EVEN, 0), idx(ODD, 0));
-                let (a, b, c, e) = (ld(0), ld(16), ld(2), ld(18));
-                d[0] = _mm512_permutex2var_ps(a, even, b);
-                d[1] = _mm512_permutex2var_ps(a, odd, b);
-                d[2 % IN] = _mm512_permutex2var_ps(c, even, e);
-                d[3 % IN] = _mm512_permutex2var_ps(c, odd, e);
-            } else {
-                let (even, odd) = (idx(EVEN, 0), idx(ODD, 0));
-                let (p01, p23) = (idx(PAIRS, 0), idx(PAIRS, 2));
-                // values 0–1 and 2–3 of every tile's four, then every other of those
-                let quad = |k: usize, pairs: __m512i| {
-                    let lo = _mm512_permutex2var_ps(ld(k), pairs, ld(k + 16));
-                    let hi = _mm512_permutex2var_ps(ld(k + 32), pairs, ld(k + 48));
-                    (
-                        _mm512_permutex2var_ps(lo, even, hi),
-                        _mm512_permutex2var_ps(lo, odd, hi),
-                    )
-                };
-                (d[0], d[1]) = quad(0, p01);
-                (d[2 % IN], d[3 % IN]) = quad(0, p23);
-                (d[4 % IN], d[5 % IN]) = quad(4, p01);
-            }
-            d
+        let mut d = [_mm512_setzero_ps(); IN];
+        let (even, odd) = (idx(EVEN, 0), idx(ODD, 0));
+        if OUT == 2 {
+            let (a, b, c, e) = (ld(0), ld(16), ld(2), ld(18));
+            d[0] = _mm512_permutex2var_ps(a, even, b);
+            d[1] = _mm512_permutex2var_ps(a, odd, b);
+            d[2 % IN] = _mm512_permutex2var_ps(c, even, e);
+            d[3 % IN] = _mm512_permutex2var_ps(c, odd, e);
+        } else {
+            let (p01, p23) = (idx(PAIRS, 0), idx(PAIRS, 2));
+            // values 0–1 and 2–3 of every tile's four, then every other of those
+            let quad = |k: usize, pairs: __m512i| {
+                let lo = _mm512_permutex2var_ps(ld(k), pairs, ld(k + 16));
+                let hi = _mm512_permutex2var_ps(ld(k + 32), pairs, ld(k + 48));
+                (
+                    _mm512_permutex2var_ps(lo, even, hi),
+                    _mm512_permutex2var_ps(lo, odd, hi),
+                )
+            };
+            (d[0], d[1]) = quad(0, p01);
+            (d[2 % IN], d[3 % IN]) = quad(0, p23);
+            (d[4 % IN], d[5 % IN]) = quad(4, p01);
         }
+        d
     }
 
     /// The input transform of the [`LANES`] tiles from `l0` of a chunk whose `IN` input rows
