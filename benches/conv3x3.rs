@@ -70,24 +70,10 @@ fn parse<T: std::str::FromStr>(v: Option<String>, what: &str, default: T) -> T {
     }
 }
 
-/// Seeded values in [−1, 1) (a linear congruential generator: the timing does not depend on
-/// the values, only on their being finite and varied).
-fn values(len: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
+/// Seeded values in [−1, 1) (the timing depends on their being finite and varied only).
 fn array(shape: [usize; 4], seed: u64) -> Array4<f32> {
-    Array4::from_shape_vec(shape, values(shape.iter().product(), seed)).expect("sized")
+    let values = lrp_testkit::random_uniform(seed, shape.iter().product(), -1.0, 1.0);
+    Array4::from_shape_vec(shape, values).expect("sized")
 }
 
 /// The fastest and the median of `reps` timed runs of `f`, after one untimed.
