@@ -475,60 +475,46 @@ impl ConvGeometry {
         .then_some(tile)
     }
 
-    /// The map over `x` (`[n, C, H, W]`, standard layout) by Winograd's algorithm.
-    fn winograd_forward(
+    /// The map over `x` (`[n, C, H, W]`, standard layout), or with `transpose` its transpose
+    /// over `x` (`[n, O, OH, OW]`), by Winograd's algorithm; with `scale`, each output times its
+    /// factor.
+    fn winograd_run(
         &self,
-        x: &[f32],
+        x: winograd::Source<'_>,
         w: &[f32],
         n: usize,
-        tile: winograd::Tile,
-    ) -> Array4<f32> {
-        let ([c, h, wd], [o, oh, ow]) = (self.input, self.output);
-        let f = winograd::Filter::new(w, o, c, false, tile);
-        let shape = winograd::Shape {
-            n,
-            h,
-            w: wd,
-            top: self.pads[0],
-            left: self.pads[1],
-            oh,
-            ow,
-        };
-        let mut out = Array4::<f32>::uninit((n, o, oh, ow));
-        winograd::conv(
-            winograd::Source::Plain(x),
-            &f,
-            shape,
-            out.as_slice_mut().expect("fresh array"),
-            None,
-        );
-        // SAFETY: `conv` writes every element.
-        unsafe { out.assume_init() }
-    }
-
-    /// The transpose over `s` (`[m, O, OH, OW]`, standard layout) by Winograd's algorithm.
-    fn winograd_transpose(
-        &self,
-        s: winograd::Source<'_>,
-        w: &[f32],
-        m: usize,
+        transpose: bool,
         tile: winograd::Tile,
         scale: Option<winograd::Scale<'_>>,
     ) -> Array4<f32> {
         let ([c, h, wd], [o, oh, ow]) = (self.input, self.output);
-        let f = winograd::Filter::new(w, o, c, true, tile);
-        let shape = winograd::Shape {
-            n: m,
-            h: oh,
-            w: ow,
-            top: 2 - self.pads[0],
-            left: 2 - self.pads[1],
-            oh: h,
-            ow: wd,
+        let f = winograd::Filter::new(w, o, c, transpose, tile);
+        // the transpose reads the map's output and writes its input, padded by 2 − p
+        let shape = if transpose {
+            winograd::Shape {
+                n,
+                h: oh,
+                w: ow,
+                top: 2 - self.pads[0],
+                left: 2 - self.pads[1],
+                oh: h,
+                ow: wd,
+            }
+        } else {
+            winograd::Shape {
+                n,
+                h,
+                w: wd,
+                top: self.pads[0],
+                left: self.pads[1],
+                oh,
+                ow,
+            }
         };
-        let mut out = Array4::<f32>::uninit((m, c, h, wd));
+        let rows = if transpose { c } else { o };
+        let mut out = Array4::<f32>::uninit((n, rows, shape.oh, shape.ow));
         winograd::conv(
-            s,
+            x,
             &f,
             shape,
             out.as_slice_mut().expect("fresh array"),
@@ -871,7 +857,14 @@ fn conv2d_forward_budget<A: LinalgScalar + Send + Sync>(
             let xs = std::slice::from_raw_parts(xs.as_ptr() as *const f32, xs.len());
             let ws = w.as_slice().expect("standard layout");
             let ws = std::slice::from_raw_parts(ws.as_ptr() as *const f32, ws.len());
-            let out = std::mem::ManuallyDrop::new(g.winograd_forward(xs, ws, n, tile));
+            let out = std::mem::ManuallyDrop::new(g.winograd_run(
+                winograd::Source::Plain(xs),
+                ws,
+                n,
+                false,
+                tile,
+                None,
+            ));
             return std::ptr::read(&*out as *const Array4<f32> as *const Array4<A>);
         }
     }
@@ -979,10 +972,11 @@ fn conv2d_transpose_budget(
     let ss = s.as_slice().expect("standard layout");
     let w = w.as_standard_layout();
     if let Some(tile) = g.winograd(m) {
-        return g.winograd_transpose(
+        return g.winograd_run(
             winograd::Source::Plain(ss),
             w.as_slice().expect("standard layout"),
             m,
+            true,
             tile,
             None,
         );
@@ -1121,10 +1115,11 @@ fn transpose_mul(
         },
         _ => winograd::Source::Plain(ss),
     };
-    Some(g.winograd_transpose(
+    Some(g.winograd_run(
         source,
         w.as_slice().expect("standard layout"),
         m,
+        true,
         tile,
         Some(winograd::Scale {
             x: x.as_slice().expect("standard layout"),
@@ -1275,6 +1270,9 @@ pub fn dense_ratio_transpose_mapped(
         bias.is_none_or(|b| b.len() == out),
         "{what}: one bias per output unit"
     );
+    // Whole-width `d` and `s`, each block's products written to and read from their columns:
+    // the same strided products as `dense_forward_mapped` and `dense_transpose_mapped`, so the
+    // same values.
     let mut d = Array2::<f32>::zeros((n, out));
     let mut s = Array2::<f32>::zeros((m, out));
     let mut g = Array2::zeros((m, inp));
@@ -1292,7 +1290,7 @@ pub fn dense_ratio_transpose_mapped(
             for (j, v) in srow.iter_mut().enumerate() {
                 let u = o0 + j;
                 let b = bias.map_or(0.0, |b| b[u]);
-                *v = (f64::from(rrow[u]) / stab.apply_f64(f64::from(drow[u]) + b)) as f32;
+                *v = stab.divide_f64(rrow[u], f64::from(drow[u]) + b);
             }
         }
         matmul(s.slice(s![.., o0..o1]), block, &mut part.view_mut());

@@ -31,6 +31,13 @@ impl Stabilizer {
         }
     }
 
+    /// `r / stab(d)` with the denominator and the division in f64, rounded to f32: the rules'
+    /// division by recomputed denominators (`d` the f64 sum of the branches and the bias).
+    #[inline]
+    pub fn divide_f64(&self, r: f32, d: f64) -> f32 {
+        (f64::from(r) / self.apply_f64(d)) as f32
+    }
+
     /// [`Stabilizer::apply`] in f64 (`e` widened from f32).
     #[inline]
     pub fn apply_f64(&self, d: f64) -> f64 {
@@ -76,6 +83,10 @@ mod tests {
         assert_eq!(s.apply_f64(-0.0), 0.25);
         assert_eq!(s.apply_f64(-1.0), -1.25);
         assert!(s.apply_f64(f64::NAN).is_nan());
+        // r / stab(d) in f64, rounded once
+        assert_eq!(s.divide_f64(1.0, -0.75), -1.0);
+        assert_eq!(s.divide_f64(3.0, 0.0), 12.0);
+        assert_eq!(s.divide_f64(1.0, 2.75), 1.0 / 3.0);
     }
 
     #[test]

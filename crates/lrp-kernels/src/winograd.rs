@@ -561,7 +561,7 @@ fn transform_inputs<const IN: usize, const OUT: usize, const AVX512: bool>(
                         }
                         Some((z, stab, bias, true)) => {
                             for ((b, &r), &z) in buf[lo..hi].iter_mut().zip(src).zip(&z[cols]) {
-                                *b = (f64::from(r) / stab.apply_f64(f64::from(z) + bias)) as f32;
+                                *b = stab.divide_f64(r, f64::from(z) + bias);
                             }
                         }
                     }

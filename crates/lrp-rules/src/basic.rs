@@ -16,12 +16,12 @@ use std::sync::{Arc, Mutex};
 
 use lrp_kernels::Stabilizer;
 use lrp_kernels::kernels;
-use ndarray::{ArrayD, ArrayViewD, Axis, CowArray, Ix2, LinalgScalar};
+use ndarray::{ArrayD, ArrayViewD, Axis, CowArray, LinalgScalar};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::rule::{
-    Bounds, Linear, LinearKind, NodeContext, Rule, map_rows, mul_rows, repeat_rows, zip_rows,
+    Bounds, Linear, LinearKind, NodeContext, Rule, map_rows, mul_rows, repeat_rows, two, zip_rows,
 };
 
 /// What a branch feeds into the layer instead of the input `x`.
@@ -668,7 +668,7 @@ fn divide_rows<A: Copy + Into<f64> + Sync>(
             i = end;
         }
     };
-    let divided = move |rv: f32, dv: A, b: f64| (rv as f64 / stab.apply_f64(dv.into() + b)) as f32;
+    let divided = move |rv: f32, dv: A, b: f64| stab.divide_f64(rv, dv.into() + b);
     if let Some(mut s) = own {
         let ss = s.as_slice_mut().expect("standard layout");
         // Rows in parallel, long rows in pieces (a group of one image may have one row).
@@ -957,24 +957,23 @@ impl BasicRule {
                     .and_then(|b| modify_bias(b.view(), t.bias));
                 let bias64: Option<Vec<f64>> =
                     bias.map(|b| b.iter().map(|&v| f64::from(v)).collect());
+                // The live branch of an unmasked term with only one: its steps may run fused.
+                let single = (t.mask == OutputMask::All
+                    && live.iter().filter(|&&l| l).count() == 1)
+                    .then(|| live.iter().position(|&l| l))
+                    .flatten();
                 if !self.f64_denominators || definite().is_some() {
-                    // One live branch of a large Dense weight, unmasked: the denominators, the
-                    // division and the transpose in one pass over the weight.
-                    if t.mask == OutputMask::All
-                        && live.iter().filter(|&&l| l).count() == 1
-                        && let Some(k) = live.iter().position(|&l| l)
+                    // A large Dense weight: the denominators, the division and the transpose in
+                    // one pass over the weight.
+                    if let Some(k) = single
                         && let Some(m) = mapped[k]
                     {
-                        fn dense(a: ArrayViewD<'_, f32>) -> ndarray::ArrayView2<'_, f32> {
-                            a.into_dimensionality::<Ix2>()
-                                .expect("dense tensors are 2-D")
-                        }
                         let r = own.as_ref().map_or_else(|| r_in.view(), |a| a.view());
                         let xi = inputs[k].as_ref().map_or(x.view(), |a| a.view());
                         let mut g = with_param_mod!(m, f => kernels::dense_ratio_transpose_mapped(
-                            dense(r),
-                            dense(xi.view()),
-                            dense(lin.weight.view()),
+                            two(r),
+                            two(xi.view()),
+                            two(lin.weight.view()),
                             f,
                             t.branches[k].sign,
                             stab,
@@ -989,20 +988,15 @@ impl BasicRule {
                     let d = branch_sum(t, &lin, x.view(), &inputs, &weights, &live, |k, a, w| {
                         match mapped[k] {
                             Some(m) => {
-                                let a = a.into_dimensionality::<Ix2>().expect("dense input is 2-D");
-                                let w =
-                                    w.into_dimensionality::<Ix2>().expect("dense weight is 2-D");
-                                with_param_mod!(m, f => kernels::dense_forward_mapped(a, w, f))
+                                with_param_mod!(m, f => kernels::dense_forward_mapped(two(a), two(w), f))
                                     .into_dyn()
                             }
                             None => lin.forward(a, w),
                         }
                     });
-                    // One live branch, unmasked, on a convolution: the division, the transpose
-                    // and the product in one pass where the kernels can.
-                    if t.mask == OutputMask::All
-                        && live.iter().filter(|&&l| l).count() == 1
-                        && let Some(k) = live.iter().position(|&l| l)
+                    // A convolution: the division, the transpose and the product in one pass
+                    // where the kernels can.
+                    if let Some(k) = single
                         && mapped[k].is_none()
                         && let Some(g) = lin.ratio_transpose_mul(
                             own.as_ref().map_or_else(|| r_in.view(), |a| a.view()),
@@ -1051,17 +1045,8 @@ impl BasicRule {
                 let xi = inputs[k].as_ref().map(|a| a.view()).unwrap_or(x.view());
                 let g = match mapped[k] {
                     Some(m) => {
-                        let s = s
-                            .as_ref()
-                            .expect("taken by the last branch only")
-                            .view()
-                            .into_dimensionality::<Ix2>()
-                            .expect("dense relevance is 2-D");
-                        let w = lin
-                            .weight
-                            .view()
-                            .into_dimensionality::<Ix2>()
-                            .expect("dense weight is 2-D");
+                        let s = two(s.as_ref().expect("taken by the last branch only").view());
+                        let w = two(lin.weight.view());
                         let mut g =
                             with_param_mod!(m, f => kernels::dense_transpose_mapped(s, w, f))
                                 .into_dyn();

@@ -263,6 +263,12 @@ fn four<'a>(a: ArrayViewD<'a, f32>) -> ndarray::ArrayView4<'a, f32> {
         .expect("conv tensors are 4-D")
 }
 
+/// A Dense layer's tensor as 2-D.
+pub(crate) fn two<'a>(a: ArrayViewD<'a, f32>) -> ndarray::ArrayView2<'a, f32> {
+    a.into_dimensionality::<Ix2>()
+        .expect("dense tensors are 2-D")
+}
+
 /// Multiplies each row `m` of `r` (`[N·maps, ...]`) by row `m / maps` of `x` (`[N, ...]`).
 pub fn mul_rows(r: &mut ArrayD<f32>, x: ArrayViewD<'_, f32>, maps: usize) {
     zip_rows(r, x, maps, |a, b| *a *= b);
