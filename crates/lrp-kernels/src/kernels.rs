@@ -139,12 +139,12 @@ pub enum Conv3x3 {
     /// Winograd's minimal filtering F(2×2, 3×3) (Lavin & Gray, 2016): 16 products per 2×2
     /// outputs and channel pair instead of 36. Its transforms' coefficients are 0, ±1 and ±½,
     /// so results differ from a direct sum by rounding only (each output sums a few more
-    /// terms; measured RMS error within 1.8× of a plain f32 sum's). Used where the processor
+    /// terms; measured RMS error 1.3–1.8× a plain f32 sum's). Used where the processor
     /// has AVX2 and FMA or AVX-512 and both channel counts are at least 8; elsewhere `Direct`.
     Winograd,
     /// Winograd's F(4×4, 3×3): 36 products per 4×4 outputs instead of 144. Its transforms
     /// have coefficients up to 8 and 1/24, so its rounding error is several times a direct
-    /// sum's (measured RMS error 5–9× a plain f32 sum's; bounded in the tests by 32 f32
+    /// sum's (measured RMS error 6.5–8.7× a plain f32 sum's; bounded in the tests by 32 f32
     /// epsilons of the sum of the terms' magnitudes, against 8 for F(2×2, 3×3)). Used where
     /// `Winograd` is.
     Winograd4,
