@@ -132,12 +132,14 @@ pub fn method(name_or_file: &str, registry: &Registry) -> Result<RuleConfig, Err
 /// is called: the relevance pass allocates and frees arrays of hundreds of MB per layer, and
 /// glibc would hand each back to the kernel and fault it in again (page faults were a third of
 /// the explain time on VGG16). A program opts in with
-/// `#[global_allocator] static A: mimalloc::MiMalloc = mimalloc::MiMalloc;`.
+/// `#[global_allocator] static A: mimalloc::MiMalloc = mimalloc::MiMalloc;`. ONNX Runtime
+/// allocates with it too (`lrp_runtime`'s sessions use the global allocator), and the command
+/// line keeps short runs on 4 KiB pages (`lrp_cli`, docs/performance.md, ninth session).
 pub mod allocator {
     pub use mimalloc::MiMalloc;
 
-    /// `mi_option_purge_delay` of mimalloc 2 (`mimalloc.h`): how long freed memory waits before
-    /// it is returned to the kernel.
+    /// `mi_option_purge_delay` of mimalloc (`mimalloc.h`, versions 2 and 3): how long freed
+    /// memory waits before it is returned to the kernel.
     const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
     /// Makes mimalloc keep freed memory for the rest of the process (purge delay −1). Has no

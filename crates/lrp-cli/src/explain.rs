@@ -241,6 +241,9 @@ pub fn run_with(a: ExplainArgs, registry: &Registry) -> Result<()> {
         );
     }
     lap("load_input", &mut since);
+    if total_inputs.div_ceil(a.batch_size) <= crate::SMALL_PAGE_BATCHES {
+        crate::small_pages();
+    }
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("--out {}: cannot create the folder", a.out.display()))?;
     let labels = graph.labels().map(|l| l.to_vec());

@@ -23,6 +23,8 @@ pub fn run(a: PredictArgs) -> Result<()> {
     }
     let (batch, sources) = lrp_io::load_input(&a.input, graph.input(), pre.as_ref())?;
     let logits_id = logits_node(&graph)?;
+    // One batch: a short run (see crate::small_pages).
+    crate::small_pages();
     let mut fwd = Forward::new(
         &graph,
         a.device.into(),

@@ -107,8 +107,8 @@ pub(crate) fn environment() -> Result<&'static Environment, RuntimeError> {
             .with_name("lrp-graph")
             .build()
             .map_err(|e| format!("cannot create the environment: {e}"))?;
-        SHARED_ARENA
-            .set(share_arena(&env).is_ok())
+        PROCESS_ALLOCATOR
+            .set(register_process_allocator(&env).is_ok())
             .expect("set once, with the environment");
         Ok(env)
     })
@@ -116,15 +116,81 @@ pub(crate) fn environment() -> Result<&'static Environment, RuntimeError> {
     .map_err(|m| RuntimeError::Library(m.trim_start_matches("ONNX Runtime: ").to_string()))
 }
 
-/// Whether the environment holds a CPU arena that sessions may share.
-static SHARED_ARENA: OnceLock<bool> = OnceLock::new();
+/// Whether the environment holds [`ProcessAllocator`], which sessions use.
+static PROCESS_ALLOCATOR: OnceLock<bool> = OnceLock::new();
 
-/// Registers a CPU arena with the environment, which the relevance pass's kernel sessions
-/// share: each keeps scratch buffers between runs (the blocked convolutions' reordered copies,
-/// 26 MB per image at VGG16's first layers), and one arena per session held one set per
-/// geometry, 0.2 GiB more at VGG16 batch 8 than one shared arena (docs/performance.md). The
-/// forward session keeps its own.
-fn share_arena(env: &Environment) -> Result<(), String> {
+/// Alignment of the blocks handed to ONNX Runtime (that of its own CPU allocator).
+const ORT_ALIGN: usize = 64;
+
+/// The process's global allocator as ONNX Runtime's CPU allocator, registered with the
+/// environment and used by every session (the forward pass and the relevance pass's kernels).
+///
+/// ONNX Runtime's own arena keeps what it allocates to itself: the forward pass's intermediate
+/// tensors (hundreds of MB at VGG16 batch 8) stayed there while the relevance pass faulted in
+/// fresh memory of its own. Through this allocator they return to the process's allocator when
+/// ONNX Runtime frees them, and the relevance pass reuses them (docs/performance.md, ninth
+/// session). The arena's other role, scratch buffers shared between the kernels' sessions, is
+/// the global allocator's too.
+#[repr(C)]
+struct ProcessAllocator {
+    /// ONNX Runtime's view (first, so that its pointer is the struct's).
+    ort: ort::sys::OrtAllocator,
+    /// CPU memory, default type.
+    info: *mut ort::sys::OrtMemoryInfo,
+}
+
+/// The size of a block, stored `ORT_ALIGN` bytes before the pointer handed out (`free` gets
+/// no size, and the global allocator needs the layout).
+unsafe extern "system" fn process_alloc(
+    _: *mut ort::sys::OrtAllocator,
+    size: usize,
+) -> *mut std::ffi::c_void {
+    let Some(layout) = size
+        .checked_add(ORT_ALIGN)
+        .and_then(|n| std::alloc::Layout::from_size_align(n, ORT_ALIGN).ok())
+    else {
+        return std::ptr::null_mut();
+    };
+    // SAFETY: the layout's size is not zero.
+    let base = unsafe { std::alloc::alloc(layout) };
+    if base.is_null() {
+        return std::ptr::null_mut();
+    }
+    // SAFETY: the block starts with ORT_ALIGN (≥ size_of::<usize>()) bytes of its own, aligned.
+    unsafe {
+        base.cast::<usize>().write(size);
+        base.add(ORT_ALIGN).cast()
+    }
+}
+
+/// Frees a block of [`process_alloc`].
+unsafe extern "system" fn process_free(_: *mut ort::sys::OrtAllocator, p: *mut std::ffi::c_void) {
+    if p.is_null() {
+        return;
+    }
+    // SAFETY: p came from process_alloc, which stored the size ORT_ALIGN bytes before it and
+    // allocated with this layout.
+    unsafe {
+        let base = p.cast::<u8>().sub(ORT_ALIGN);
+        let size = base.cast::<usize>().read();
+        std::alloc::dealloc(
+            base,
+            std::alloc::Layout::from_size_align_unchecked(size + ORT_ALIGN, ORT_ALIGN),
+        );
+    }
+}
+
+/// The memory info of a [`ProcessAllocator`].
+unsafe extern "system" fn process_info(
+    a: *const ort::sys::OrtAllocator,
+) -> *const ort::sys::OrtMemoryInfo {
+    // SAFETY: ONNX Runtime calls this with the pointer it was given: the first field of a
+    // ProcessAllocator (repr(C)).
+    unsafe { (*a.cast::<ProcessAllocator>()).info }
+}
+
+/// Registers a [`ProcessAllocator`] with the environment.
+fn register_process_allocator(env: &Environment) -> Result<(), String> {
     use ort::AsPointer;
     use ort::sys::{OrtAllocatorType, OrtMemType};
     let api = ort::api();
@@ -132,26 +198,29 @@ fn share_arena(env: &Environment) -> Result<(), String> {
     // SAFETY: plain constructor call with a valid out-pointer.
     ort_status(unsafe {
         (api.CreateCpuMemoryInfo)(
-            OrtAllocatorType::OrtArenaAllocator,
+            OrtAllocatorType::OrtDeviceAllocator,
             OrtMemType::OrtMemTypeDefault,
             &mut info,
         )
     })?;
-    // SAFETY: a live environment and memory info; a null arena configuration means ONNX
-    // Runtime's defaults. The memory info is ONNX Runtime's copy from here on.
-    let status = ort_status(unsafe {
-        (api.CreateAndRegisterAllocator)(env.ptr() as *mut _, info, std::ptr::null())
-    });
-    // SAFETY: created above, no longer used.
-    unsafe { (api.ReleaseMemoryInfo)(info) };
-    status
+    // SAFETY: an all-empty allocator, filled in below.
+    let mut ort = unsafe { ort::sys::OrtAllocator::default() };
+    // Version 18: Alloc, Free, Info and an optional Reserve (left empty), nothing later.
+    ort.version = 18;
+    ort.Alloc = Some(process_alloc);
+    ort.Free = Some(process_free);
+    ort.Info = Some(process_info);
+    // It lives as long as the environment, for the rest of the process.
+    let allocator = Box::leak(Box::new(ProcessAllocator { ort, info }));
+    // SAFETY: a live environment and an allocator that outlives it.
+    ort_status(unsafe { (api.RegisterAllocator)(env.ptr() as *mut _, &mut allocator.ort) })
 }
 
-/// Has a session allocate from the environment's shared CPU arena, where there is one.
-pub(crate) fn use_shared_arena(
+/// Has a session allocate with the environment's [`ProcessAllocator`], where there is one.
+pub(crate) fn use_process_allocator(
     builder: ort::session::builder::SessionBuilder,
 ) -> ort::Result<ort::session::builder::SessionBuilder> {
-    if SHARED_ARENA.get().copied().unwrap_or(false) {
+    if PROCESS_ALLOCATOR.get().copied().unwrap_or(false) {
         builder
             .with_config_entry("session.use_env_allocators", "1")
             .map_err(Into::into)
@@ -414,6 +483,8 @@ impl Forward {
         // (docs/performance.md) and gained nothing measurable in warm runs. No memory
         // pattern either: from the second run on it planned one more block for the exported
         // activations beside the arena's (0.2 GiB at VGG16 batch 8), and no run was faster.
+        // Its tensors come from the process's allocator, for the relevance pass to reuse.
+        builder = use_process_allocator(builder).map_err(ort_err)?;
         builder = builder
             .with_config_entry("session.disable_prepacking", "1")
             .map_err(|e| ort_err(e.into()))?

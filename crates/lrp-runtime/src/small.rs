@@ -11,7 +11,7 @@ use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::{TensorRef, TensorRefMut};
 
-use crate::session::{RuntimeError, environment, ort_status, use_shared_arena};
+use crate::session::{RuntimeError, environment, ort_status, use_process_allocator};
 
 /// The sessions of one kind of node, by key, on `threads` intra-op threads.
 pub(crate) struct OneNode<K> {
@@ -100,7 +100,7 @@ pub(crate) fn open(
         // Idle threads must not spin: the relevance pass's own threads run in between.
         .with_intra_op_spinning(false)
         .map_err(|e| -> ort::Error { e.into() })?;
-    builder = use_shared_arena(builder)?;
+    builder = use_process_allocator(builder)?;
     if let Some(n) = threads {
         builder = builder
             .with_intra_threads(n)
