@@ -241,7 +241,11 @@ pub fn run_with(a: ExplainArgs, registry: &Registry) -> Result<()> {
         );
     }
     lap("load_input", &mut since);
-    if total_inputs.div_ceil(a.batch_size) <= crate::SMALL_PAGE_BATCHES {
+    let todo = match &inputs {
+        Inputs::Array(batch) => batch.shape()[0],
+        Inputs::Files(items) => items.len(),
+    };
+    if todo.div_ceil(a.batch_size) * configs.len() <= crate::SMALL_PAGE_CALLS {
         crate::small_pages();
     }
     std::fs::create_dir_all(&a.out)

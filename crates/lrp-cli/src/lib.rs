@@ -30,19 +30,20 @@ use clap::Parser;
 pub use args::{Cli, Command};
 use lrp_rules::Registry;
 
-/// The most batches a command runs on 4 KiB pages only (see [`small_pages`]); longer runs keep
-/// the kernel's transparent huge pages.
-pub const SMALL_PAGE_BATCHES: usize = 8;
+/// The most explain calls (batches times methods) a command runs on 4 KiB pages only (see
+/// [`small_pages`]); longer runs keep the kernel's transparent huge pages.
+pub const SMALL_PAGE_CALLS: usize = 8;
 
 /// Asks the kernel (Linux) to back this process's memory, from here on, with 4 KiB pages only,
 /// not transparent huge pages (which mimalloc asks for); returns whether it agreed (always
-/// `false` elsewhere). `predict`, and `explain` runs of at most [`SMALL_PAGE_BATCHES`] batches,
+/// `false` elsewhere). `predict`, and `explain` runs of at most [`SMALL_PAGE_CALLS`] calls,
 /// call it before they open a session.
 ///
 /// Measured on this project's 2-core virtual machine (docs/performance.md, ninth session): a
-/// fresh huge page cost up to 2–3 ms of system time, and a cold `explain` of VGG16 (batch 8,
-/// runs a few seconds apart) took 2.3–2.5 s with huge pages and 1.6–1.7 s without. Runs that
-/// reuse their memory batch after batch were 3–7 % faster with huge pages.
+/// first touch of 440 MB of huge pages took 0.03–1.12 s (about 5 ms per page at worst), and a
+/// cold `explain` of VGG16 (batch 8, runs a few seconds apart) took 2.3–2.5 s with huge pages
+/// and 1.6–1.7 s without. Runs in one process, which reuse their memory, were faster with huge
+/// pages: lrp-epsilon's relevance part by 2–4 %, sglrp by 7–13 %.
 pub fn small_pages() -> bool {
     #[cfg(target_os = "linux")]
     {

@@ -1,11 +1,12 @@
 //! ONNX Runtime allocates the forward pass's tensors with the process's global allocator, so
-//! that what it frees is reused by the relevance pass, and gives the same outputs as before.
+//! that what it frees is reused by the relevance pass. (`parity.rs` checks the outputs of the
+//! same sessions.)
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use lrp_import::import_onnx_model;
-use lrp_runtime::{Device, ExportOutputs, Forward, run_onnx_bytes};
+use lrp_runtime::{Device, ExportOutputs, Forward};
 use lrp_testkit::{VggConfig, random_normal};
 use ndarray::{ArrayD, IxDyn};
 
@@ -64,12 +65,4 @@ fn forward_tensors_come_from_the_global_allocator() {
         "ONNX Runtime allocated {during} bytes with the global allocator during the run, less \
          than the {exported} bytes of the activations it exported"
     );
-    let reference =
-        run_onnx_bytes(&lrp_onnx::encode_model(&model), x.view()).expect("reference run");
-    let out = acts.get(graph.output_id()).expect("output");
-    let scale = reference[0].iter().fold(0f32, |m, v| m.max(v.abs()));
-    let diff = (out - &reference[0])
-        .iter()
-        .fold(0f32, |m, v| m.max(v.abs()));
-    assert!(diff <= 1e-5 * scale, "max |Δ| = {diff}, max |y| = {scale}");
 }
