@@ -1,6 +1,9 @@
-//! The forward pass does not export ReLU outputs; the relevance pass makes them again from
-//! the ReLU's input where a rule reads them. A rule on the ReLU nodes and the rules after them
-//! see the values ONNX Runtime would have exported, and the relevance is unchanged.
+//! What the forward pass keeps. It does not export ReLU outputs; the relevance pass makes them
+//! again from the ReLU's input where a rule reads them. A rule on the ReLU nodes and the rules
+//! after them see the values ONNX Runtime would have exported, and the relevance is unchanged.
+//! A layer whose rule does not read its output, followed only by ReLUs whose rules do not read
+//! their inputs, is not exported at all (the ReLU's output is, instead): the relevance is the
+//! same, and a rule that reads what it said it would not gets NaN and fails loudly.
 
 mod common;
 
@@ -8,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::*;
-use lrp_rules::{NodeContext, Rule};
+use lrp_rules::{BasicRule, BiasMode, NodeContext, Rule, Stabilizer};
 use ndarray::{ArrayD, ArrayViewD};
 
 /// Passes the relevance on, after checking that the node's output is `max(input, 0)`;
@@ -66,4 +69,105 @@ fn rules_read_remade_relu_outputs() {
     );
     assert_eq!(got.relevance, want.relevance);
     assert_eq!(got.node_sums, want.node_sums);
+}
+
+/// α1β0 (bias Full, as the `sglrp` preset), saying whether it reads its output as told, and
+/// counting the calls that saw an all-NaN output (one the forward pass left out).
+#[derive(Debug)]
+struct OutputProbe {
+    inner: BasicRule,
+    reads: bool,
+    calls: AtomicUsize,
+    nan_outputs: AtomicUsize,
+}
+
+impl OutputProbe {
+    fn new(inner: BasicRule, reads: bool) -> Self {
+        OutputProbe {
+            inner,
+            reads,
+            calls: AtomicUsize::new(0),
+            nan_outputs: AtomicUsize::new(0),
+        }
+    }
+
+    fn alpha1_beta0(reads: bool) -> Self {
+        let stab = Stabilizer::ZeroGuard(1e-7);
+        Self::new(BasicRule::alpha_beta(1.0, 0.0, BiasMode::Full, stab), reads)
+    }
+}
+
+impl Rule for OutputProbe {
+    fn relevance(
+        &self,
+        ctx: &NodeContext<'_>,
+        r_out: ArrayViewD<'_, f32>,
+    ) -> Result<Vec<ArrayD<f32>>, String> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if ctx.output.iter().all(|v| v.is_nan()) {
+            self.nan_outputs.fetch_add(1, Ordering::SeqCst);
+        }
+        self.inner.relevance(ctx, r_out)
+    }
+
+    fn describe(&self) -> String {
+        format!("OutputProbe(reads: {})", self.reads)
+    }
+
+    fn reads_output(&self) -> bool {
+        self.reads
+    }
+}
+
+#[test]
+fn outputs_no_rule_reads_are_left_out_with_the_same_relevance() {
+    let config = |name: &str| {
+        format!("(select: Ops([Conv, Dense]), rule: {name}), (select: Op(Relu), rule: Pass)")
+    };
+    let kept = Arc::new(OutputProbe::alpha1_beta0(true));
+    let want = explain_vgg_small(&config("Probe"), &registry_with("Probe", kept.clone())).unwrap();
+    let left_out = Arc::new(OutputProbe::alpha1_beta0(false));
+    let got =
+        explain_vgg_small(&config("Probe"), &registry_with("Probe", left_out.clone())).unwrap();
+    // vgg_small: every Conv and Dense layer but the last goes to a ReLU.
+    let calls = left_out.calls.load(Ordering::SeqCst);
+    assert_eq!(kept.nan_outputs.load(Ordering::SeqCst), 0);
+    assert!(calls >= 3, "{calls} calls");
+    assert_eq!(
+        left_out.nan_outputs.load(Ordering::SeqCst),
+        calls - 1,
+        "every layer but the last is left out"
+    );
+    assert_eq!(got.relevance, want.relevance);
+    assert_eq!(got.node_sums, want.node_sums);
+    assert_eq!(got.kept, want.kept);
+}
+
+#[test]
+fn a_relu_rule_that_reads_its_input_keeps_the_layer_output() {
+    let relu = Arc::new(ReluProbe::default());
+    let layer = Arc::new(OutputProbe::alpha1_beta0(false));
+    let mut reg = registry_with("ReluProbe", relu.clone());
+    let l = layer.clone();
+    reg.register("Probe", "a test rule", vec![], move |_, _| Ok(l.clone()))
+        .unwrap();
+    explain_vgg_small(
+        "(select: Ops([Conv, Dense]), rule: Probe), (select: Op(Relu), rule: ReluProbe)",
+        &reg,
+    )
+    .unwrap();
+    assert!(relu.0.load(Ordering::SeqCst) > 0);
+    assert_eq!(layer.nan_outputs.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn a_rule_that_reads_an_output_it_said_it_would_not_fails() {
+    // Epsilon divides by the layer's output.
+    let liar = Arc::new(OutputProbe::new(BasicRule::epsilon(1e-6), false));
+    let err = explain_vgg_small(
+        "(select: Ops([Conv, Dense]), rule: Liar), (select: Op(Relu), rule: Pass)",
+        &registry_with("Liar", liar),
+    )
+    .unwrap_err();
+    assert!(err.contains("NaN"), "{err}");
 }

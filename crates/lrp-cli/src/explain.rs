@@ -147,6 +147,9 @@ fn install_interrupt_handler() {
 /// `explain` with a registry that may hold a user's rules.
 pub fn run_with(a: ExplainArgs, registry: &Registry) -> Result<()> {
     let clock = std::time::Instant::now();
+    // Small pages from the start, in case the run is short (see crate::small_pages); undone
+    // below once the inputs say it is not.
+    crate::small_pages(true);
     let mut stages = serde_json::Map::new();
     let mut lap = |name: &str, since: &mut std::time::Instant| {
         stages.insert(
@@ -245,8 +248,8 @@ pub fn run_with(a: ExplainArgs, registry: &Registry) -> Result<()> {
         Inputs::Array(batch) => batch.shape()[0],
         Inputs::Files(items) => items.len(),
     };
-    if todo.div_ceil(a.batch_size) * configs.len() <= crate::SMALL_PAGE_CALLS {
-        crate::small_pages();
+    if todo.div_ceil(a.batch_size) * configs.len() > crate::SMALL_PAGE_CALLS {
+        crate::small_pages(false);
     }
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("--out {}: cannot create the folder", a.out.display()))?;

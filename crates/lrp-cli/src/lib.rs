@@ -34,24 +34,27 @@ use lrp_rules::Registry;
 /// [`small_pages`]); longer runs keep the kernel's transparent huge pages.
 pub const SMALL_PAGE_CALLS: usize = 8;
 
-/// Asks the kernel (Linux) to back this process's memory, from here on, with 4 KiB pages only,
-/// not transparent huge pages (which mimalloc asks for); returns whether it agreed (always
-/// `false` elsewhere). `predict`, and `explain` runs of at most [`SMALL_PAGE_CALLS`] calls,
-/// call it before they open a session.
+/// Asks the kernel (Linux) to back this process's memory, from here on, with 4 KiB pages only
+/// (`on`), not transparent huge pages (which mimalloc asks for), or to allow those again
+/// (`!on`); returns whether it agreed (always `false` elsewhere). `predict`, and `explain` runs
+/// of at most [`SMALL_PAGE_CALLS`] calls, run on small pages from their start (`explain`
+/// switches them off again once it knows the run is longer).
 ///
 /// Measured on this project's 2-core virtual machine (docs/performance.md, ninth session): a
 /// first touch of 440 MB of huge pages took 0.03–1.12 s (about 5 ms per page at worst), and a
 /// cold `explain` of VGG16 (batch 8, runs a few seconds apart) took 2.3–2.5 s with huge pages
 /// and 1.6–1.7 s without. Runs in one process, which reuse their memory, were faster with huge
 /// pages: lrp-epsilon's relevance part by 2–4 %, sglrp by 7–13 %.
-pub fn small_pages() -> bool {
+pub fn small_pages(on: bool) -> bool {
     #[cfg(target_os = "linux")]
     {
+        let on = libc::c_ulong::from(on);
         // SAFETY: PR_SET_THP_DISABLE takes plain integers and touches no memory of ours.
-        unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) == 0 }
+        unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, on, 0, 0, 0) == 0 }
     }
     #[cfg(not(target_os = "linux"))]
     {
+        let _ = on;
         false
     }
 }
@@ -200,10 +203,10 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 
 #[cfg(test)]
 mod tests {
-    /// The kernel's own account of the process: THP_enabled is 0 once huge pages are off.
+    /// The kernel's own account of the process: THP_enabled is 0 while huge pages are off.
     #[cfg(target_os = "linux")]
     #[test]
-    fn small_pages_turns_huge_pages_off_for_the_process() {
+    fn small_pages_turn_huge_pages_off_and_on_for_the_process() {
         let thp = || {
             std::fs::read_to_string("/proc/self/status")
                 .unwrap()
@@ -214,7 +217,9 @@ mod tests {
         if thp().is_none() {
             return;
         }
-        assert!(super::small_pages());
+        assert!(super::small_pages(true));
         assert_eq!(thp().as_deref(), Some("0"));
+        assert!(super::small_pages(false));
+        assert_eq!(thp().as_deref(), Some("1"));
     }
 }

@@ -8,6 +8,8 @@ use ndarray::{Array2, Ix2};
 use crate::args::PredictArgs;
 
 pub fn run(a: PredictArgs) -> Result<()> {
+    // One batch: a short run (see crate::small_pages), from the input's first byte on.
+    crate::small_pages(true);
     let graph = Graph::load(&a.graph)?;
     let pre: Option<Preprocess> = a
         .preprocess
@@ -23,8 +25,6 @@ pub fn run(a: PredictArgs) -> Result<()> {
     }
     let (batch, sources) = lrp_io::load_input(&a.input, graph.input(), pre.as_ref())?;
     let logits_id = logits_node(&graph)?;
-    // One batch: a short run (see crate::small_pages).
-    crate::small_pages();
     let mut fwd = Forward::new(
         &graph,
         a.device.into(),

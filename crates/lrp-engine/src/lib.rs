@@ -23,7 +23,7 @@ use lrp_rules::{
     Assignment, BatchNormMode, Bounds, NodeContext, Registry, RuleConfig, Signal, SignalNote,
 };
 use lrp_runtime::{ActivationViews, Device, ExportOutputs, Forward, RuntimeError};
-use ndarray::{Array2, ArrayD, ArrayViewD, Axis, Ix2, IxDyn, Slice};
+use ndarray::{Array2, ArrayD, ArrayViewD, Axis, Ix2, IxDyn, ShapeBuilder, Slice};
 use rayon::prelude::*;
 
 /// Errors of the relevance pass.
@@ -141,6 +141,8 @@ pub struct Explainer {
     forward: Forward,
     softmax_removed: bool,
     backends: Backends,
+    /// Per node: whether the forward pass leaves its output out (see [`unread_outputs`]).
+    unread: Vec<bool>,
 }
 
 impl Explainer {
@@ -157,12 +159,14 @@ impl Explainer {
         let (graph, softmax_removed) = canonicalize(graph, &config)?;
         let assignment = config.assign(&graph, registry)?;
         // Every activation but the ReLU outputs the relevance pass makes again from their
-        // inputs: a VGG16 batch of 8 then holds 0.47 GB less (docs/performance.md).
+        // inputs (a VGG16 batch of 8 then holds 0.47 GB less, docs/performance.md) and the
+        // outputs no rule reads (ONNX Runtime then fuses those nodes with their ReLUs).
+        let unread = unread_outputs(&graph, &assignment);
         let export = graph
             .topo_order()
             .iter()
             .copied()
-            .filter(|&id| !remade_relu(&graph, id))
+            .filter(|&id| !unread[id] && !remade_relu(&graph, id, &unread))
             .collect();
         let forward = Forward::new(&graph, device, ExportOutputs::Selected(export), threads)?;
         // The relevance pass's large f32 products and convolutions run on ONNX Runtime's CPU
@@ -183,6 +187,7 @@ impl Explainer {
             forward,
             softmax_removed,
             backends,
+            unread,
         })
     }
 
@@ -272,6 +277,7 @@ impl Explainer {
             graph,
             assignment,
             config,
+            unread,
             ..
         } = self;
         // The pass reads the activations in ONNX Runtime's own buffers, without a copy.
@@ -281,6 +287,7 @@ impl Explainer {
                 graph,
                 assignment,
                 config,
+                unread,
                 acts,
                 batch,
                 opts,
@@ -291,10 +298,12 @@ impl Explainer {
 }
 
 /// The relevance pass over a forward pass's activations.
+#[allow(clippy::too_many_arguments)]
 fn relevance_pass(
     g: &Graph,
     assignment: &Assignment,
     config: &RuleConfig,
+    unread: &[bool],
     acts: &ActivationViews<'_>,
     batch: &ArrayD<f32>,
     opts: &ExplainOptions,
@@ -333,6 +342,7 @@ fn relevance_pass(
     let walk = Walk {
         g,
         assignment,
+        unread,
         maps,
         opts,
     };
@@ -444,6 +454,8 @@ fn image_groups(
 struct Walk<'a> {
     g: &'a Graph,
     assignment: &'a Assignment,
+    /// Per node: whether the forward pass left its output out ([`unread_outputs`]).
+    unread: &'a [bool],
     maps: usize,
     opts: &'a ExplainOptions,
 }
@@ -532,10 +544,22 @@ impl Walk<'_> {
         let Walk {
             g,
             assignment,
+            unread,
             maps,
             opts,
         } = *self;
         let n = acts.batch();
+        // What a rule sees of an output the forward pass left out: its shape, NaN values.
+        let not_kept = |id: NodeId| -> ArrayViewD<'static, f32> {
+            let mut shape = vec![n];
+            shape.extend_from_slice(g.shape(id));
+            let strides = IxDyn(&vec![0; shape.len()]);
+            ArrayViewD::from_shape(
+                IxDyn(&shape).strides(strides),
+                std::slice::from_ref(&NOT_KEPT),
+            )
+            .expect("one value repeated")
+        };
         let input_name = &g.input().name;
         let mut remade: HashMap<NodeId, ArrayD<f32>> = HashMap::new();
         for &id in nodes {
@@ -548,11 +572,13 @@ impl Walk<'_> {
             };
             let own_output = match acts.get(id) {
                 Some(_) => None,
+                None if unread[id] => None,
                 None => Some(remade_here.unwrap_or_else(|| remake_relu(acts, g, id))),
             };
             for s in &node.inputs {
                 if let Some(sid) = g.node_id(s)
                     && acts.get(sid).is_none()
+                    && !unread[sid]
                 {
                     remade
                         .entry(sid)
@@ -574,6 +600,7 @@ impl Walk<'_> {
                         let sid = g.node_id(s).expect("validated");
                         match acts.get(sid) {
                             Some(a) => a.view(),
+                            None if unread[sid] => not_kept(sid),
                             None => remade[&sid].view(),
                         }
                     }
@@ -583,9 +610,10 @@ impl Walk<'_> {
                 graph: g,
                 id,
                 inputs,
-                output: match &own_output {
-                    Some(a) => a.view(),
-                    None => acts.get(id).expect("exported").view(),
+                output: match (&own_output, acts.get(id)) {
+                    (Some(a), _) => a.view(),
+                    (None, Some(a)) => a.view(),
+                    (None, None) => not_kept(id),
                 },
                 maps,
                 bounds: opts.bounds.as_ref(),
@@ -656,16 +684,40 @@ impl Walk<'_> {
     }
 }
 
+/// The value of every element of an output the forward pass left out ([`unread_outputs`]).
+static NOT_KEPT: f32 = f32::NAN;
+
+/// Per node: whether the forward pass leaves its output out because nothing reads its values:
+/// its rule does not ([`Rule::reads_output`]), it is not the graph's output, and it goes only
+/// to ReLUs whose rules do not read their inputs ([`Rule::reads_inputs`]). The forward pass
+/// keeps those ReLUs' outputs instead (what the next layers read), and ONNX Runtime fuses the
+/// node with them.
+fn unread_outputs(g: &Graph, assignment: &Assignment) -> Vec<bool> {
+    (0..g.nodes().len())
+        .map(|id| {
+            let consumers = g.consumers(id);
+            id != g.output_id()
+                && !consumers.is_empty()
+                && !assignment.rule(id).reads_output()
+                && consumers.iter().all(|&(c, _)| {
+                    matches!(g.nodes()[c].op, Op::Relu)
+                        && g.nodes()[c].inputs.len() == 1
+                        && !assignment.rule(c).reads_inputs()
+                })
+        })
+        .collect()
+}
+
 /// Whether node `id` is a ReLU whose output the forward pass does not export: one that reads
-/// another node's exported output and is not the graph's output. The relevance pass makes it
-/// again ([`remake_relu`]) where a rule reads it.
-fn remade_relu(g: &Graph, id: NodeId) -> bool {
+/// another node's exported output (not one left out, see `unread`) and is not the graph's
+/// output. The relevance pass makes it again ([`remake_relu`]) where a rule reads it.
+fn remade_relu(g: &Graph, id: NodeId, unread: &[bool]) -> bool {
     let node = &g.nodes()[id];
     matches!(node.op, Op::Relu)
         && id != g.output_id()
         && node.inputs.len() == 1
         && g.node_id(&node.inputs[0])
-            .is_some_and(|src| !remade_relu(g, src))
+            .is_some_and(|src| !unread[src] && !remade_relu(g, src, unread))
 }
 
 /// `max(x, 0)` of the exported input of ReLU node `id` (see [`remade_relu`]), in parallel.

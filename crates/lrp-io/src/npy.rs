@@ -238,7 +238,10 @@ fn read_raw(path: &Path) -> Result<Raw> {
         .and_then(|n| Some((n, (n as u64).checked_mul(size)?)))
         .filter(|&(_, b)| b < u64::MAX / 2)
         .ok_or_else(|| not_npy(format!("shape {:?} is too large", header.shape)))?;
-    let mut data = Vec::new();
+    // Room for the whole payload at once (no regrowth: fresh memory is slow to touch), but no
+    // more than the file holds, whatever the header claims.
+    let file_len = r.get_ref().metadata().map_or(0, |m| m.len());
+    let mut data = Vec::with_capacity((expected + 1).min(file_len) as usize);
     (&mut r)
         .take(expected + 1)
         .read_to_end(&mut data)

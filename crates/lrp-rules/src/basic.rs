@@ -174,6 +174,23 @@ pub struct Term {
     pub mask: OutputMask,
 }
 
+impl Term {
+    /// Whether the term's denominator is the layer's own output `z` (one plain branch, the
+    /// bias as it is): the relevance pass then reads `z` instead of computing it again.
+    fn is_plain(&self) -> bool {
+        self.branches.len() == 1
+            && self.branches[0].sign == 1.0
+            && self.branches[0].input == InputMod::Identity
+            && self.branches[0].param == ParamMod::Identity
+            && self.bias == BiasMod::Identity
+    }
+
+    /// Whether the term reads the layer's output `z`: as its denominator, or for its mask.
+    fn reads_output(&self) -> bool {
+        self.is_plain() || self.mask != OutputMask::All
+    }
+}
+
 fn one() -> f32 {
     1.0
 }
@@ -781,6 +798,10 @@ impl Rule for BasicRule {
     fn describe(&self) -> String {
         self.description.clone()
     }
+
+    fn reads_output(&self) -> bool {
+        self.terms.iter().any(Term::reads_output)
+    }
 }
 
 /// The output relevance a [`BasicRule`] gets: a view, or the array itself, which the last term
@@ -821,11 +842,7 @@ impl BasicRule {
         let mut result: Option<ArrayD<f32>> = None;
         for (ti, t) in self.terms.iter().enumerate() {
             // The denominator, per image.
-            let plain = t.branches.len() == 1
-                && t.branches[0].sign == 1.0
-                && t.branches[0].input == InputMod::Identity
-                && t.branches[0].param == ParamMod::Identity
-                && t.bias == BiasMod::Identity;
+            let plain = t.is_plain();
             let mut inputs = Vec::with_capacity(t.branches.len());
             let mut weights = Vec::with_capacity(t.branches.len());
             let mut live = Vec::with_capacity(t.branches.len());
@@ -1104,6 +1121,33 @@ mod tests {
             let back: Vec<Term> = ron::from_str(&text).unwrap();
             assert_eq!(back, r.terms, "{text}");
         }
+    }
+
+    /// Only the rules whose denominator is the layer's output, or whose terms are masked by
+    /// its sign, read it.
+    #[test]
+    fn rules_read_the_output_where_a_term_uses_z() {
+        let stab = Stabilizer::ZeroGuard(1e-7);
+        let bounds = Bounds {
+            low: vec![-1.0],
+            high: vec![1.0],
+        };
+        assert!(BasicRule::z(stab).reads_output());
+        assert!(BasicRule::epsilon(1e-6).reads_output());
+        assert!(!BasicRule::alpha_beta(1.0, 0.0, BiasMode::Full, stab).reads_output());
+        assert!(!BasicRule::alpha_beta(2.0, 1.0, BiasMode::Split, stab).reads_output());
+        assert!(!BasicRule::z_box(bounds, stab).reads_output());
+        assert!(!BasicRule::flat(stab).reads_output());
+        assert!(!BasicRule::w_square(stab).reads_output());
+        // Zennit's generalised γ splits by the sign of z; the plain form does not.
+        assert!(BasicRule::gamma(0.25, true, stab).reads_output());
+        assert!(!BasicRule::gamma(0.25, false, stab).reads_output());
+        // A plain term with a modified bias computes its own denominator; a mask reads z.
+        let mut r = BasicRule::z(stab);
+        r.terms[0].bias = BiasMod::None;
+        assert!(!r.reads_output());
+        r.terms[0].mask = OutputMask::Positive;
+        assert!(r.reads_output());
     }
 
     #[test]

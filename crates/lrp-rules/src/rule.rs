@@ -45,6 +45,23 @@ pub trait Rule: Send + Sync + std::fmt::Debug {
     fn moves_unchanged(&self, _ctx: &NodeContext<'_>) -> bool {
         false
     }
+
+    /// Whether the rule reads the values of the node's forward output
+    /// ([`NodeContext::output`]), not only its shape. Where a rule does not, and only ReLUs
+    /// whose rules do not read their inputs consume the output, the forward pass keeps the
+    /// ReLUs' outputs instead of this one (ONNX Runtime can then fuse the node with its ReLU),
+    /// and the rule sees an `output` of the right shape whose every value is NaN. Default: true.
+    fn reads_output(&self) -> bool {
+        true
+    }
+
+    /// Whether the rule reads the values of the node's forward inputs
+    /// ([`NodeContext::inputs`]), not only their shapes. A ReLU whose rule does not may see an
+    /// input of the right shape whose every value is NaN (see [`Rule::reads_output`]).
+    /// Default: true.
+    fn reads_inputs(&self) -> bool {
+        true
+    }
 }
 
 /// Input bounds of the bounded (z^B) rule given on the command line: they override the bounds
@@ -64,9 +81,11 @@ pub struct NodeContext<'a> {
     pub graph: &'a Graph,
     /// The node.
     pub id: NodeId,
-    /// The forward inputs of the node, each `[N, ...]` (the `N` images the rule is called for).
+    /// The forward inputs of the node, each `[N, ...]` (the `N` images the rule is called for);
+    /// all NaN where the forward pass did not keep them (see [`Rule::reads_inputs`]).
     pub inputs: Vec<ArrayViewD<'a, f32>>,
-    /// The forward output of the node, `[N, ...]`.
+    /// The forward output of the node, `[N, ...]`; all NaN where the forward pass did not keep
+    /// it (see [`Rule::reads_output`]).
     pub output: ArrayViewD<'a, f32>,
     /// Relevance maps per image in `r_out`.
     pub maps: usize,

@@ -32,6 +32,14 @@ impl Rule for Pass {
     fn moves_unchanged(&self, ctx: &NodeContext<'_>) -> bool {
         ctx.inputs.len() == 1 && ctx.inputs[0].shape() == ctx.output.shape()
     }
+
+    fn reads_output(&self) -> bool {
+        false
+    }
+
+    fn reads_inputs(&self) -> bool {
+        false
+    }
 }
 
 /// Moves relevance with the values: Flatten, Reshape, Squeeze, Unsqueeze (reshape back),
@@ -129,6 +137,14 @@ impl Rule for Move {
                     | Op::Identity
                     | Op::Dropout
             )
+    }
+
+    fn reads_output(&self) -> bool {
+        false
+    }
+
+    fn reads_inputs(&self) -> bool {
+        false
     }
 }
 
