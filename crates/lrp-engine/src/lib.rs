@@ -358,6 +358,8 @@ fn relevance_pass(
         &mut gathered,
     )?;
     if split < order.len() {
+        // Every group runs the same layers: each Winograd filter is transformed once.
+        let _filters = lrp_kernels::kernels::keep_filters();
         for start in (0..n).step_by(group) {
             let images = start..(start + group).min(n);
             let mut part = pending

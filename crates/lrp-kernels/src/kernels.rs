@@ -170,6 +170,103 @@ impl Drop for BackendGuard {
     }
 }
 
+thread_local! {
+    static FILTERS: std::cell::RefCell<Option<FilterCache>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Most bytes of Winograd filters (with the weights they were made from) a [`FilterScope`]
+/// keeps; filters made beyond it are used once and dropped.
+const FILTER_CACHE_BYTES: usize = 256 << 20;
+
+/// Winograd filters made on this thread while a [`FilterScope`] lives, with the weights each
+/// was made from.
+#[derive(Default)]
+struct FilterCache {
+    entries: Vec<FilterEntry>,
+    bytes: usize,
+}
+
+/// A layer's filters in Winograd form, made from `weights` (a copy: a hit compares every bit).
+struct FilterEntry {
+    o: usize,
+    c: usize,
+    transpose: bool,
+    tile: winograd::Tile,
+    weights: Vec<f32>,
+    filter: std::sync::Arc<winograd::Filter>,
+}
+
+/// Keeps the Winograd filters the kernels make on this thread until dropped (then the previous
+/// scope's, if any, are in use again); see [`keep_filters`].
+#[must_use = "filters are kept only while the scope lives"]
+pub struct FilterScope {
+    previous: Option<Option<FilterCache>>,
+}
+
+impl Drop for FilterScope {
+    fn drop(&mut self) {
+        if let Some(p) = self.previous.take() {
+            FILTERS.with(|c| *c.borrow_mut() = p);
+        }
+    }
+}
+
+/// Keeps the Winograd filters the convolutions on this thread make (up to 256 MiB) until the
+/// returned scope is dropped, so that calls with the same weights (the groups of images of one
+/// relevance pass) transform them once. A filter is reused only for weights equal to its own
+/// bit for bit, so results are the same as without the scope.
+pub fn keep_filters() -> FilterScope {
+    FilterScope {
+        previous: Some(FILTERS.with(|c| c.borrow_mut().replace(FilterCache::default()))),
+    }
+}
+
+/// The Winograd filters of weight `w` (`[o, c, 3, 3]`), from the [`FilterScope`] in use when
+/// it holds them, and kept there when there is one and it has room.
+fn winograd_filter(
+    w: &[f32],
+    o: usize,
+    c: usize,
+    transpose: bool,
+    tile: winograd::Tile,
+) -> std::sync::Arc<winograd::Filter> {
+    let same = |e: &FilterEntry| {
+        (e.o, e.c, e.transpose, e.tile) == (o, c, transpose, tile)
+            && e.weights.len() == w.len()
+            && e.weights
+                .iter()
+                .zip(w)
+                .all(|(a, b)| a.to_bits() == b.to_bits())
+    };
+    let cached = FILTERS.with(|cell| {
+        let cache = cell.borrow();
+        cache
+            .as_ref()
+            .and_then(|k| k.entries.iter().find(|e| same(e)).map(|e| e.filter.clone()))
+    });
+    if let Some(f) = cached {
+        return f;
+    }
+    let filter = std::sync::Arc::new(winograd::Filter::new(w, o, c, transpose, tile));
+    FILTERS.with(|cell| {
+        if let Some(cache) = cell.borrow_mut().as_mut() {
+            let bytes = filter.bytes() + std::mem::size_of_val(w);
+            if cache.bytes + bytes <= FILTER_CACHE_BYTES {
+                cache.bytes += bytes;
+                cache.entries.push(FilterEntry {
+                    o,
+                    c,
+                    transpose,
+                    tile,
+                    weights: w.to_vec(),
+                    filter: filter.clone(),
+                });
+            }
+        }
+    });
+    filter
+}
+
 /// Makes the kernels on this thread use `backends` for large f32 work until the returned guard
 /// is dropped.
 pub fn use_backends(backends: Backends) -> BackendGuard {
@@ -488,7 +585,7 @@ impl ConvGeometry {
         scale: Option<winograd::Scale<'_>>,
     ) -> Array4<f32> {
         let ([c, h, wd], [o, oh, ow]) = (self.input, self.output);
-        let f = winograd::Filter::new(w, o, c, transpose, tile);
+        let f = winograd_filter(w, o, c, transpose, tile);
         // the transpose reads the map's output and writes its input, padded by 2 − p
         let shape = if transpose {
             winograd::Shape {
@@ -1986,6 +2083,56 @@ mod tests {
                     .all(|(a, b)| a.to_bits() == b.to_bits())
             );
         }
+    }
+
+    /// Inside a filter scope a weight's Winograd filters are made once and reused while the
+    /// weight's bits are the same; a weight changed in place (the same address) gets new ones.
+    /// Every result equals the one made without the scope, bit for bit.
+    #[test]
+    fn kept_filters_are_reused_for_the_same_weights_only() {
+        let op = Op::Conv {
+            kernel: [3, 3],
+            strides: [1, 1],
+            pads: [1, 1, 1, 1],
+            dilations: [1, 1],
+            groups: 1,
+        };
+        let g = ConvGeometry::new(&op, &[8, 20, 19], &[16, 8, 3, 3]).unwrap();
+        let s = ramp((6, 16, 20, 19), 0.53);
+        let x = ramp((6, 8, 20, 19), 0.37);
+        let mut w = ramp((16, 8, 3, 3), 0.91);
+        let _guard = use_backends(Backends {
+            conv3x3: Conv3x3::Winograd,
+            ..Backends::default()
+        });
+        if !winograd::fast() {
+            return;
+        }
+        let kept = || FILTERS.with(|c| c.borrow().as_ref().map(|k| k.entries.len()));
+        let same = |a: &Array4<f32>, b: &Array4<f32>| {
+            a.shape() == b.shape() && a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits())
+        };
+        let transpose = conv2d_transpose(s.view(), w.view(), &g);
+        let map = conv2d_forward(x.view(), w.view(), &g);
+        assert_eq!(kept(), None);
+        let changed = {
+            let _scope = keep_filters();
+            assert_eq!(kept(), Some(0));
+            for _ in 0..2 {
+                assert!(same(&conv2d_transpose(s.view(), w.view(), &g), &transpose));
+                assert_eq!(kept(), Some(1));
+            }
+            // The map's filters are others.
+            assert!(same(&conv2d_forward(x.view(), w.view(), &g), &map));
+            assert_eq!(kept(), Some(2));
+            w[[3, 5, 1, 2]] += 0.5;
+            let changed = conv2d_transpose(s.view(), w.view(), &g);
+            assert_eq!(kept(), Some(3));
+            changed
+        };
+        assert_eq!(kept(), None);
+        assert!(same(&changed, &conv2d_transpose(s.view(), w.view(), &g)));
+        assert!(!same(&changed, &transpose));
     }
 
     /// The transpose multiplied by the activations as it is written equals the transpose

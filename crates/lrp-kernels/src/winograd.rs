@@ -122,6 +122,11 @@ impl Filter {
         }
     }
 
+    /// Bytes of the transformed filters.
+    pub(crate) fn bytes(&self) -> usize {
+        self.u.len() * std::mem::size_of::<f32>()
+    }
+
     fn row_blocks(&self) -> usize {
         self.rows.div_ceil(MR)
     }
