@@ -81,6 +81,12 @@ impl Rule for GammaByDepth {
             self.gamma, self.growth, self.stabilizer
         )
     }
+
+    /// `z` is computed again from the inputs: the forward pass need not keep the layer's
+    /// output (ONNX Runtime may then fuse the layer with its ReLU).
+    fn reads_output(&self) -> bool {
+        false
+    }
 }
 
 /// Registers GammaByDepth in `registry` with its parameters `gamma` (default 0.25), `growth`
