@@ -13,14 +13,15 @@
 #
 # A peer whose interpreter is not set is left out. The interpreters need torch, torchvision and
 # zennit (tests/fixtures/requirements.txt), and `tensorflow-cpu==2.14.*` with
-# `innvestigate==2.1.2`. Needs scripts/setup.sh to have run; LRP_BENCH_BIN_DIR as for
-# benches/cli_cold.sh.
+# `innvestigate==2.1.2`. Needs scripts/setup.sh to have run; LRP_BENCH_BIN_DIR and
+# LRP_BENCH_PAUSE (seconds before each of our runs) as for benches/cli_cold.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BATCH=${1:-8}
 ROUNDS=${2:-3}
 THREADS=${3:-$(nproc)}
 METHODS=(lrp-epsilon sglrp epsilon-plus lrp-a)
+PAUSE=${LRP_BENCH_PAUSE:-0}
 # shellcheck source=benches/cold_setup.sh
 . benches/cold_setup.sh
 LOG=$WORK/side_by_side.log
@@ -49,11 +50,13 @@ peer() {
 
 for round in $(seq "$ROUNDS"); do
   echo "round $round of $ROUNDS" >&2
+  sleep "$PAUSE"
   read -r t r < <(run_once "$BIN" predict "$WORK/vgg16.ron" --input "$WORK/batch$BATCH.npy" \
     --threads "$THREADS")
   echo "predict $t $r" >> "$LOG"
   for m in "${METHODS[@]}"; do
     rm -rf "$WORK/out"
+    sleep "$PAUSE"
     read -r t r < <(run_once "$BIN" explain "$WORK/vgg16.ron" --input "$WORK/batch$BATCH.npy" \
       --method "$m" --threads "$THREADS" --low "$LOW" --high "$HIGH" --out "$WORK/out")
     echo "$m $t $r" >> "$LOG"
