@@ -2085,11 +2085,8 @@ mod tests {
         }
     }
 
-    /// Inside a filter scope a weight's Winograd filters are made once and reused while the
-    /// weight's bits are the same; a weight changed in place (the same address) gets new ones.
-    /// Every result equals the one made without the scope, bit for bit.
-    #[test]
-    fn kept_filters_are_reused_for_the_same_weights_only() {
+    /// A 3×3 convolution with padding 1 from 8 channels of 20 × 19 to 16: one Winograd takes.
+    fn same_3x3_8_to_16() -> ConvGeometry {
         let op = Op::Conv {
             kernel: [3, 3],
             strides: [1, 1],
@@ -2097,7 +2094,15 @@ mod tests {
             dilations: [1, 1],
             groups: 1,
         };
-        let g = ConvGeometry::new(&op, &[8, 20, 19], &[16, 8, 3, 3]).unwrap();
+        ConvGeometry::new(&op, &[8, 20, 19], &[16, 8, 3, 3]).unwrap()
+    }
+
+    /// Inside a filter scope a weight's Winograd filters are made once and reused while the
+    /// weight's bits are the same; a weight changed in place (the same address) gets new ones.
+    /// Every result equals the one made without the scope, bit for bit.
+    #[test]
+    fn kept_filters_are_reused_for_the_same_weights_only() {
+        let g = same_3x3_8_to_16();
         let s = ramp((6, 16, 20, 19), 0.53);
         let x = ramp((6, 8, 20, 19), 0.37);
         let mut w = ramp((16, 8, 3, 3), 0.91);
@@ -2141,14 +2146,7 @@ mod tests {
     /// algorithm in use it declines.
     #[test]
     fn fused_transpose_and_multiplication() {
-        let op = Op::Conv {
-            kernel: [3, 3],
-            strides: [1, 1],
-            pads: [1, 1, 1, 1],
-            dilations: [1, 1],
-            groups: 1,
-        };
-        let g = ConvGeometry::new(&op, &[8, 20, 19], &[16, 8, 3, 3]).unwrap();
+        let g = same_3x3_8_to_16();
         let (images, maps) = (3, 2);
         let s = ramp((images * maps, 16, 20, 19), 0.53);
         let w = ramp((16, 8, 3, 3), 0.91);
