@@ -56,7 +56,6 @@ done
 
 # median of a key's times
 med() { printf '%s\n' ${TIMES[$1]} | median; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
 
 echo "VGG16 (seeded random weights) batch $BATCH x 224², $THREADS threads, median of $REPS fresh processes (rounds interleaved, ${PAUSE} s before each run)"
 echo

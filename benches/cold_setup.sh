@@ -3,7 +3,7 @@
 # set, names a folder holding prebuilt ones, for a machine without cargo), writes the bench's
 # VGG16-shaped graph (seeded random weights, 224x224), a batch of BATCH normalised images and
 # their box (the z^B bounds) to WORK (LRP_BENCH_DIR, default target/cli-bench), and defines
-# `run_once`. Sets BIN, WORK, LOW and HIGH.
+# `run_once`, `median` and `ratio`. Sets BIN, WORK, LOW and HIGH.
 WORK=${LRP_BENCH_DIR:-target/cli-bench}
 if [ -n "${LRP_BENCH_BIN_DIR:-}" ]; then
   BIN=$LRP_BENCH_BIN_DIR/lrp-graph
@@ -26,6 +26,9 @@ run_once() {
   out=$(tail -1 "$WORK/time.txt")
   echo "${out% *} $(( ${out#* } / 1024 ))"
 }
+
+# A / B with two decimals.
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
 
 # The median of the numbers on standard input.
 median() {

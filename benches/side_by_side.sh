@@ -68,7 +68,6 @@ done
 # The median of column COL of NAME's lines: 2 the fresh process's seconds (ours: its wall time;
 # a peer's: set-up + first call), 3 peak RSS MiB (a peer's whole process), 4 a peer's warm call.
 col() { awk -v n="$1" -v c="$2" '$1 == n {print $c}' "$LOG" | median; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.1f", a / b}'; }
 
 P=$(col predict 2)
 echo "VGG16 (random weights), batch $BATCH × 224², $THREADS threads; medians of $ROUNDS rounds"

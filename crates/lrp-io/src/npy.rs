@@ -161,7 +161,8 @@ struct Header {
 
 fn read_raw(path: &Path) -> Result<Raw> {
     let file = std::fs::File::open(path).map_err(|e| read_error(path, e))?;
-    if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
+    let meta = file.metadata().ok();
+    if meta.as_ref().is_some_and(|m| m.is_dir()) {
         return Err(IoError::NotNpy {
             path: path.to_path_buf(),
             reason: "it is a directory".into(),
@@ -240,7 +241,7 @@ fn read_raw(path: &Path) -> Result<Raw> {
         .ok_or_else(|| not_npy(format!("shape {:?} is too large", header.shape)))?;
     // Room for the whole payload at once (no regrowth: fresh memory is slow to touch), but no
     // more than the file holds, whatever the header claims.
-    let file_len = r.get_ref().metadata().map_or(0, |m| m.len());
+    let file_len = meta.map_or(0, |m| m.len());
     let mut data = Vec::with_capacity((expected + 1).min(file_len) as usize);
     (&mut r)
         .take(expected + 1)
