@@ -140,7 +140,9 @@ pub enum Conv3x3 {
     /// outputs and channel pair instead of 36. Its transforms' coefficients are 0, ±1 and ±½,
     /// so results differ from a direct sum by rounding only (each output sums a few more
     /// terms; measured RMS error 1.3–1.8× a plain f32 sum's). Used where the processor
-    /// has AVX2 and FMA or AVX-512 and both channel counts are at least 8; elsewhere `Direct`.
+    /// has AVX2 and FMA or AVX-512 and both channel counts are at least 8; elsewhere `Direct`,
+    /// except for transposes into at most 8 channels (an RGB layer's), which in this mode and
+    /// in `Winograd4` run by direct sums of this crate's own (one pass over the wide side).
     Winograd,
     /// Winograd's F(4×4, 3×3): 36 products per 4×4 outputs instead of 144. Its transforms
     /// have coefficients up to 8 and 1/24, so its rounding error is several times a direct
@@ -572,6 +574,36 @@ impl ConvGeometry {
         .then_some(tile)
     }
 
+    /// Whether [`conv2d_transpose_mul`] and [`conv2d_ratio_transpose_mul`] run (rather than
+    /// decline) for `rows` relevance rows with this geometry and the backends in use.
+    pub fn transposes_fused(&self, rows: usize) -> bool {
+        self.winograd(rows).is_some() || self.narrow(rows)
+    }
+
+    /// The same convolution with `channels` input channels (one group only; None otherwise).
+    pub fn with_input_channels(&self, channels: usize) -> Option<ConvGeometry> {
+        (self.groups == 1 && channels > 0).then(|| ConvGeometry {
+            input: [channels, self.input[1], self.input[2]],
+            ..self.clone()
+        })
+    }
+
+    /// Whether the transpose over `rows` relevance rows goes to the direct kernel for a few
+    /// channels (`narrow`): a 3×3, stride-1 map into at most [`narrow::MAX_ROWS`] input
+    /// channels (an RGB layer), padding at most 2, enough work for the workers, where the 3×3
+    /// convolutions are not left to the backend ([`Conv3x3::Direct`]).
+    fn narrow(&self, rows: usize) -> bool {
+        BACKENDS.with(|c| c.borrow().conv3x3) != Conv3x3::Direct
+            && self.kernel == [3, 3]
+            && self.strides == [1, 1]
+            && self.dilations == [1, 1]
+            && self.groups == 1
+            && self.pads[0] <= 2
+            && self.pads[1] <= 2
+            && self.input[0] <= crate::narrow::MAX_ROWS
+            && self.for_backend(rows)
+    }
+
     /// The map over `x` (`[n, C, H, W]`, standard layout), or with `transpose` its transpose
     /// over `x` (`[n, O, OH, OW]`), by Winograd's algorithm; with `scale`, each output times its
     /// factor.
@@ -618,6 +650,39 @@ impl ConvGeometry {
             scale,
         );
         // SAFETY: `conv` writes every element.
+        unsafe { out.assume_init() }
+    }
+
+    /// The transpose over `source` (`[n, O, OH, OW]`) by the direct kernel for a few channels
+    /// (see [`narrow`](Self::narrow)), each output times its factor with `scale`.
+    fn narrow_run(
+        &self,
+        source: winograd::Source<'_>,
+        w: &[f32],
+        n: usize,
+        scale: Option<winograd::Scale<'_>>,
+    ) -> Array4<f32> {
+        let ([c, h, wd], [o, oh, ow]) = (self.input, self.output);
+        let shape = crate::narrow::Shape {
+            n,
+            rows: c,
+            h,
+            w: wd,
+            cols: o,
+            oh,
+            ow,
+            top: self.pads[0],
+            left: self.pads[1],
+        };
+        let mut out = Array4::<f32>::uninit((n, c, h, wd));
+        crate::narrow::transpose(
+            source,
+            w,
+            shape,
+            out.as_slice_mut().expect("fresh array"),
+            scale,
+        );
+        // SAFETY: `transpose` writes every element.
         unsafe { out.assume_init() }
     }
 
@@ -1124,8 +1189,9 @@ fn conv2d_transpose_budget(
 }
 
 /// `x ⊙ `[`conv2d_transpose`]`(s, w, g)` in one pass where the transpose runs by Winograd's
-/// algorithm (see [`Conv3x3`]): row `m` of the result is multiplied by row `m / maps` of `x`
-/// (`[M / maps, C, H, W]`) as it is written. None, having done nothing, where it does not.
+/// algorithm (see [`Conv3x3`]) or, into at most 8 channels, by direct sums: row `m` of the
+/// result is multiplied by row `m / maps` of `x` (`[M / maps, C, H, W]`) as it is written.
+/// None, having done nothing, elsewhere ([`ConvGeometry::transposes_fused`]).
 pub fn conv2d_transpose_mul(
     s: ArrayView4<f32>,
     w: ArrayView4<f32>,
@@ -1151,10 +1217,10 @@ pub struct Divide<'a> {
     pub f64: bool,
 }
 
-/// `x ⊙ `[`conv2d_transpose`]`(r / stab(d + b), w, g)` in one pass where the transpose runs by
-/// Winograd's algorithm (see [`Conv3x3`]): `r` divided as `divide` says as it is read, the
-/// result multiplied as [`conv2d_transpose_mul`]'s as it is written. None, having done
-/// nothing, where it does not.
+/// `x ⊙ `[`conv2d_transpose`]`(r / stab(d + b), w, g)` in one pass where
+/// [`conv2d_transpose_mul`] runs: `r` divided as `divide` says as it is read, the result
+/// multiplied as [`conv2d_transpose_mul`]'s as it is written. None, having done nothing,
+/// elsewhere.
 pub fn conv2d_ratio_transpose_mul(
     r: ArrayView4<f32>,
     divide: Divide<'_>,
@@ -1193,7 +1259,10 @@ fn transpose_mul(
             "{what}: a bias needs f64 and one value per output channel"
         );
     }
-    let tile = g.winograd(m)?;
+    let tile = g.winograd(m);
+    if tile.is_none() && !g.narrow(m) {
+        return None;
+    }
     let (s, w, x) = (
         s.as_standard_layout(),
         w.as_standard_layout(),
@@ -1212,17 +1281,15 @@ fn transpose_mul(
         },
         _ => winograd::Source::Plain(ss),
     };
-    Some(g.winograd_run(
-        source,
-        w.as_slice().expect("standard layout"),
-        m,
-        true,
-        tile,
-        Some(winograd::Scale {
-            x: x.as_slice().expect("standard layout"),
-            maps,
-        }),
-    ))
+    let scale = Some(winograd::Scale {
+        x: x.as_slice().expect("standard layout"),
+        maps,
+    });
+    let w = w.as_slice().expect("standard layout");
+    Some(match tile {
+        Some(tile) => g.winograd_run(source, w, m, true, tile, scale),
+        None => g.narrow_run(source, w, m, scale),
+    })
 }
 
 /// Adds a per-channel bias to an NCHW tensor: `y[n, o, :, :] += b[o]`.
@@ -1303,12 +1370,23 @@ pub fn dense_forward_mapped(
     );
     let (out, inp) = w.dim();
     let mut y = Array2::zeros((x.nrows(), out));
+    let xt = x.t().as_standard_layout().into_owned();
     let mut buf = Vec::new();
     for (o0, o1) in weight_blocks(out, inp) {
         let block = mapped_block(w, o0, o1, &f, &mut buf);
-        matmul(x, block.t(), &mut y.slice_mut(s![.., o0..o1]));
+        block_forward(block, xt.view(), &mut y.slice_mut(s![.., o0..o1]));
     }
     y
+}
+
+/// `out = x · blockᵀ` of a mapped weight block (`[rows, inp]`) and the input `xt = xᵀ`
+/// (`[inp, n]`, standard layout), computed as `block · xt`: the product then runs over the
+/// block's contiguous rows, a few times faster than over its transpose for the few rows of a
+/// batch (docs/performance.md, eleventh session).
+fn block_forward(block: ArrayView2<f32>, xt: ArrayView2<f32>, out: &mut ArrayViewMut2<f32>) {
+    let mut t = Array2::<f32>::zeros((block.nrows(), xt.ncols()));
+    matmul(block, xt, &mut t.view_mut());
+    out.assign(&t.t());
 }
 
 /// [`dense_transpose`] with the weight `f(w)` applied element-wise, one block of rows at a
@@ -1368,17 +1446,18 @@ pub fn dense_ratio_transpose_mapped(
         "{what}: one bias per output unit"
     );
     // Whole-width `d` and `s`, each block's products written to and read from their columns:
-    // the same strided products as `dense_forward_mapped` and `dense_transpose_mapped`, so the
-    // same values.
+    // the same products as `dense_forward_mapped` and `dense_transpose_mapped`, so the same
+    // values.
     let mut d = Array2::<f32>::zeros((n, out));
     let mut s = Array2::<f32>::zeros((m, out));
     let mut g = Array2::zeros((m, inp));
     let mut part = Array2::zeros((m, inp));
+    let xt = x.t().as_standard_layout().into_owned();
     let mut buf = Vec::new();
     for (o0, o1) in weight_blocks(out, inp) {
         let block = mapped_block(w, o0, o1, &f, &mut buf);
         let mut db = d.slice_mut(s![.., o0..o1]);
-        matmul(x, block.t(), &mut db);
+        block_forward(block, xt.view(), &mut db);
         if sign != 1.0 {
             db.mapv_inplace(|v| v * sign);
         }
@@ -2194,6 +2273,153 @@ mod tests {
                 conv2d_transpose_mul(ratio.view(), w.view(), &g, x.view(), maps).unwrap(),
                 "{divide:?}"
             );
+        }
+    }
+
+    /// The transpose into a few channels (3 and 5, paddings 0 to 2 on each side, rows of 23
+    /// pixels: not a whole vector) equals the direct f64 sum times the activations, within 4
+    /// f32 epsilons of each output's sum of magnitudes; dividing as it reads equals dividing
+    /// first, bit for bit (f32, and f64 with a bias); with the 3×3 convolutions left to the
+    /// backend it declines.
+    #[test]
+    fn narrow_transpose_equals_the_direct_sum() {
+        let (images, maps, o) = (3, 2, 16);
+        let _guard = use_backends(Backends {
+            conv3x3: Conv3x3::Winograd,
+            ..Backends::default()
+        });
+        for (c, pads) in [(3, [1, 1, 1, 1]), (5, [2, 0, 0, 2]), (3, [0, 2, 2, 1])] {
+            let op = Op::Conv {
+                kernel: [3, 3],
+                strides: [1, 1],
+                pads,
+                dilations: [1, 1],
+                groups: 1,
+            };
+            let g = ConvGeometry::new(&op, &[c, 24, 23], &[o, c, 3, 3]).unwrap();
+            let [_, oh, ow] = g.output_shape();
+            let s = ramp((images * maps, o, oh, ow), 0.53);
+            let w = ramp((o, c, 3, 3), 0.91);
+            let x = ramp((images, c, 24, 23), 0.37);
+            assert!(g.narrow(images * maps) && g.winograd(images * maps).is_none());
+            let got = conv2d_transpose_mul(s.view(), w.view(), &g, x.view(), maps).unwrap();
+            for ((m, ci, y, xx), &v) in got.indexed_iter() {
+                let (mut sum, mut mag) = (0f64, 0f64);
+                for oi in 0..o {
+                    for kh in 0..3 {
+                        for kw in 0..3 {
+                            let (oy, ox) = (y + pads[0], xx + pads[1]);
+                            if oy < kh || ox < kw || oy - kh >= oh || ox - kw >= ow {
+                                continue;
+                            }
+                            let t = f64::from(s[[m, oi, oy - kh, ox - kw]])
+                                * f64::from(w[[oi, ci, kh, kw]]);
+                            sum += t;
+                            mag += t.abs();
+                        }
+                    }
+                }
+                let f = f64::from(x[[m / maps, ci, y, xx]]);
+                let tol = 4.0 * f64::from(f32::EPSILON) * mag * f.abs() + 1e-30;
+                assert!(
+                    (f64::from(v) - sum * f).abs() <= tol,
+                    "c {c} pads {pads:?} at {:?}: {v} against {}",
+                    (m, ci, y, xx),
+                    sum * f
+                );
+            }
+            let z = ramp((images, o, oh, ow), 0.29);
+            assert!(z.iter().any(|&v| v == 0.0) && z.iter().any(|&v| v < 0.0));
+            let stab = Stabilizer::SignEpsilon(0.25);
+            let bias: Vec<f64> = (0..o).map(|k| k as f64 * 0.125 - 1.0).collect();
+            for (b, f64) in [(None, false), (Some(&bias[..]), true)] {
+                let divide = Divide {
+                    d: z.view(),
+                    stab,
+                    bias: b,
+                    f64,
+                };
+                let mut ratio = s.clone();
+                for ((m, oi, y, xx), r) in ratio.indexed_iter_mut() {
+                    let d = z[[m / maps, oi, y, xx]];
+                    *r = match b {
+                        None => *r / stab.apply(d),
+                        Some(b) => stab.divide_f64(*r, f64::from(d) + b[oi]),
+                    };
+                }
+                let fused =
+                    conv2d_ratio_transpose_mul(s.view(), divide, w.view(), &g, x.view(), maps)
+                        .unwrap();
+                let want =
+                    conv2d_transpose_mul(ratio.view(), w.view(), &g, x.view(), maps).unwrap();
+                assert!(
+                    fused
+                        .iter()
+                        .zip(&want)
+                        .all(|(p, q)| p.to_bits() == q.to_bits()),
+                    "{divide:?}"
+                );
+            }
+            let _direct = use_backends(Backends::default());
+            assert!(conv2d_transpose_mul(s.view(), w.view(), &g, x.view(), maps).is_none());
+        }
+    }
+
+    /// Two weights stacked as input channels (`with_input_channels`) transpose, channel for
+    /// channel, to the same values as each weight alone, bit for bit, into a few channels (3)
+    /// and by Winograd's algorithm (8): the rules transpose a term's branches together so.
+    #[test]
+    fn stacked_weights_transpose_like_each_alone() {
+        let (images, maps, o) = (3, 2, 16);
+        let _guard = use_backends(Backends {
+            conv3x3: Conv3x3::Winograd,
+            ..Backends::default()
+        });
+        for c in [3, 8] {
+            let op = Op::Conv {
+                kernel: [3, 3],
+                strides: [1, 1],
+                pads: [1, 1, 1, 1],
+                dilations: [1, 1],
+                groups: 1,
+            };
+            let g = ConvGeometry::new(&op, &[c, 24, 23], &[o, c, 3, 3]).unwrap();
+            let stacked = g.with_input_channels(2 * c).unwrap();
+            assert_eq!(stacked.input_shape(), [2 * c, 24, 23]);
+            if !stacked.transposes_fused(images * maps) || !g.transposes_fused(images * maps) {
+                return;
+            }
+            let r = ramp((images * maps, o, 24, 23), 0.53);
+            let d = ramp((images, o, 24, 23), 0.29);
+            let (w1, w2) = (ramp((o, c, 3, 3), 0.91), ramp((o, c, 3, 3), 0.47));
+            let (x1, x2) = (
+                ramp((images, c, 24, 23), 0.37),
+                ramp((images, c, 24, 23), 0.71),
+            );
+            let bias: Vec<f64> = (0..o).map(|k| k as f64 * 0.125 - 1.0).collect();
+            let divide = Divide {
+                d: d.view(),
+                stab: Stabilizer::ZeroGuard(1e-7),
+                bias: Some(&bias),
+                f64: true,
+            };
+            let w = ndarray::concatenate(Axis(1), &[w1.view(), w2.view()]).unwrap();
+            let x = ndarray::concatenate(Axis(1), &[x1.view(), x2.view()]).unwrap();
+            let both =
+                conv2d_ratio_transpose_mul(r.view(), divide, w.view(), &stacked, x.view(), maps)
+                    .unwrap();
+            for (k, (wk, xk)) in [(&w1, &x1), (&w2, &x2)].into_iter().enumerate() {
+                let alone =
+                    conv2d_ratio_transpose_mul(r.view(), divide, wk.view(), &g, xk.view(), maps)
+                        .unwrap();
+                let part = both.slice(s![.., k * c..(k + 1) * c, .., ..]);
+                assert!(
+                    part.iter()
+                        .zip(&alone)
+                        .all(|(p, q)| p.to_bits() == q.to_bits()),
+                    "{c} channels, weight {k}"
+                );
+            }
         }
     }
 

@@ -646,6 +646,56 @@ fn definite_sign(values: ArrayViewD<'_, f32>) -> Option<f32> {
     }
 }
 
+/// `x_k ⊙ T(r / stab(d + b), w_k)` for each of a convolution's `branches` (`(w_k, x_k)`), as
+/// one transpose over the branches' weights stacked as input channels, with the division (in
+/// f64, as `divide_rows`) as the relevance is read: every value equals the branch's own
+/// transpose of the divided relevance. None, having done nothing, where the kernels would not
+/// run it in one pass (see `kernels::conv2d_ratio_transpose_mul`).
+fn stacked_ratio_transpose<'a>(
+    lin: &Linear<'_>,
+    r: ArrayViewD<'_, f32>,
+    d: ArrayViewD<'_, f32>,
+    stab: Stabilizer,
+    bias: Option<&[f64]>,
+    branches: impl Iterator<Item = (ArrayViewD<'a, f32>, ArrayViewD<'a, f32>)>,
+    maps: usize,
+) -> Option<Vec<ArrayD<f32>>> {
+    let LinearKind::Conv(g) = &lin.kind else {
+        return None;
+    };
+    let (ws, xs): (Vec<_>, Vec<_>) = branches.unzip();
+    let [c, _, _] = g.input_shape();
+    let stacked = g.with_input_channels(c * ws.len())?;
+    if ws.len() < 2 || !stacked.transposes_fused(r.shape()[0]) {
+        return None;
+    }
+    let w = ndarray::concatenate(Axis(1), &ws).ok()?;
+    let x = ndarray::concatenate(Axis(1), &xs).ok()?;
+    let divide = kernels::Divide {
+        d: d.into_dimensionality().ok()?,
+        stab,
+        bias,
+        f64: true,
+    };
+    let out = kernels::conv2d_ratio_transpose_mul(
+        r.into_dimensionality().ok()?,
+        divide,
+        w.view().into_dimensionality().ok()?,
+        &stacked,
+        x.view().into_dimensionality().ok()?,
+        maps,
+    )?;
+    Some(
+        (0..ws.len())
+            .map(|k| {
+                out.slice(ndarray::s![.., k * c..(k + 1) * c, .., ..])
+                    .to_owned()
+                    .into_dyn()
+            })
+            .collect(),
+    )
+}
+
 /// `acc + c·g` (`c·g` when there is no `acc` yet).
 fn add_scaled(acc: Option<ArrayD<f32>>, g: ArrayD<f32>, c: f32) -> ArrayD<f32> {
     match acc {
@@ -1029,6 +1079,36 @@ impl BasicRule {
                         )
                     {
                         result = Some(add_scaled(result, g, t.coef * t.branches[k].sign));
+                        continue;
+                    }
+                    // Several branches on a convolution: their transposes as one, the division
+                    // as it is read (the same values as dividing first, branch by branch).
+                    if single.is_none()
+                        && t.mask == OutputMask::All
+                        && mapped.iter().all(Option::is_none)
+                        && let Some(parts) = stacked_ratio_transpose(
+                            &lin,
+                            own.as_ref().map_or_else(|| r_in.view(), |a| a.view()),
+                            d.view(),
+                            stab,
+                            bias64.as_deref(),
+                            t.branches.iter().enumerate().filter(|(k, _)| live[*k]).map(
+                                |(k, _)| {
+                                    (
+                                        weights[k]
+                                            .as_deref()
+                                            .map_or(lin.weight.view(), |w| w.view()),
+                                        inputs[k].as_ref().map_or(x.view(), |a| a.view()),
+                                    )
+                                },
+                            ),
+                            maps,
+                        )
+                    {
+                        let live_branches = t.branches.iter().enumerate().filter(|(k, _)| live[*k]);
+                        for ((_, b), g) in live_branches.zip(parts) {
+                            result = Some(add_scaled(result, g, t.coef * b.sign));
+                        }
                         continue;
                     }
                     divide_rows(&r_in, own, &d, bias64.as_deref(), maps, stab)

@@ -207,8 +207,8 @@ impl Linear<'_> {
 
     /// `x ⊙ T(s, w)`: the transpose with row `m` of the result multiplied by row `m / maps` of
     /// `x` (`[rows / maps, ...in]`), in one pass where the kernels can (a convolution by
-    /// Winograd's algorithm), otherwise the transpose (written over `s` when it is handed over
-    /// and can be) and then the product.
+    /// Winograd's algorithm, or into a few channels), otherwise the transpose (written over `s`
+    /// when it is handed over and can be) and then the product.
     pub fn transpose_mul(
         &self,
         s: CowArray<'_, f32, IxDyn>,
@@ -239,7 +239,7 @@ impl Linear<'_> {
     /// `x ⊙ T(r / stab(d + b), w)`: row `m` of `r` divided by row `m / maps` of `d` (plus
     /// `bias`, one value per output unit, the sum and division in f64 when `f64`), and the
     /// result's row `m` multiplied by row `m / maps` of `x`, in one pass where the kernels can
-    /// (a convolution by Winograd's algorithm); None otherwise.
+    /// (see [`Linear::transpose_mul`]); None otherwise.
     #[allow(clippy::too_many_arguments)]
     pub fn ratio_transpose_mul(
         &self,
