@@ -188,7 +188,8 @@ pub enum Conv3x3Arg {
     Winograd,
     /// Winograd's F(4×4, 3×3): 4× fewer products, several times the rounding error.
     Winograd4,
-    /// Like every other convolution.
+    /// Like every other convolution (also their transposes into a few channels, which the
+    /// other two run by direct sums).
     Direct,
 }
 
