@@ -2244,12 +2244,24 @@ mod tests {
             row *= &x.index_axis(Axis(0), m / maps);
         }
         assert_eq!(fused, want);
-        // With the ε-rule's division on the way in (z with zeros and both signs).
-        let z = ramp((images, 16, 20, 19), 0.29);
+        assert_division_as_read(&s, &ramp((images, 16, 20, 19), 0.29), &w, &g, &x, maps);
+    }
+
+    /// Dividing the relevance `s` by the denominators `z` (zeros and both signs) as the fused
+    /// transpose reads it, as the ε-rule does (f32) and as the rules that recompute their
+    /// denominators do (f64, a bias per channel), gives the same values, bit for bit, as
+    /// dividing first as the rules' own step does.
+    fn assert_division_as_read(
+        s: &Array4<f32>,
+        z: &Array4<f32>,
+        w: &Array4<f32>,
+        g: &ConvGeometry,
+        x: &Array4<f32>,
+        maps: usize,
+    ) {
         assert!(z.iter().any(|&v| v == 0.0) && z.iter().any(|&v| v < 0.0));
         let stab = Stabilizer::SignEpsilon(0.25);
-        // And in f64 with a bias per channel, as the rules that recompute their denominators.
-        let bias: Vec<f64> = (0..16).map(|o| o as f64 * 0.125 - 1.0).collect();
+        let bias: Vec<f64> = (0..z.shape()[1]).map(|o| o as f64 * 0.125 - 1.0).collect();
         for (b, f64) in [(None, false), (Some(&bias[..]), true)] {
             let divide = Divide {
                 d: z.view(),
@@ -2257,20 +2269,22 @@ mod tests {
                 bias: b,
                 f64,
             };
-            // the relevance divided as the rules' own step does
             let mut ratio = s.clone();
             for ((m, o, y, xx), r) in ratio.indexed_iter_mut() {
                 let d = z[[m / maps, o, y, xx]];
                 *r = match b {
                     None => *r / stab.apply(d),
-                    Some(b) => (f64::from(*r) / stab.apply_f64(f64::from(d) + b[o])) as f32,
+                    Some(b) => stab.divide_f64(*r, f64::from(d) + b[o]),
                 };
             }
             let fused =
-                conv2d_ratio_transpose_mul(s.view(), divide, w.view(), &g, x.view(), maps).unwrap();
-            assert_eq!(
-                fused,
-                conv2d_transpose_mul(ratio.view(), w.view(), &g, x.view(), maps).unwrap(),
+                conv2d_ratio_transpose_mul(s.view(), divide, w.view(), g, x.view(), maps).unwrap();
+            let want = conv2d_transpose_mul(ratio.view(), w.view(), g, x.view(), maps).unwrap();
+            assert!(
+                fused
+                    .iter()
+                    .zip(&want)
+                    .all(|(p, q)| p.to_bits() == q.to_bits()),
                 "{divide:?}"
             );
         }
@@ -2328,38 +2342,7 @@ mod tests {
                     sum * f
                 );
             }
-            let z = ramp((images, o, oh, ow), 0.29);
-            assert!(z.iter().any(|&v| v == 0.0) && z.iter().any(|&v| v < 0.0));
-            let stab = Stabilizer::SignEpsilon(0.25);
-            let bias: Vec<f64> = (0..o).map(|k| k as f64 * 0.125 - 1.0).collect();
-            for (b, f64) in [(None, false), (Some(&bias[..]), true)] {
-                let divide = Divide {
-                    d: z.view(),
-                    stab,
-                    bias: b,
-                    f64,
-                };
-                let mut ratio = s.clone();
-                for ((m, oi, y, xx), r) in ratio.indexed_iter_mut() {
-                    let d = z[[m / maps, oi, y, xx]];
-                    *r = match b {
-                        None => *r / stab.apply(d),
-                        Some(b) => stab.divide_f64(*r, f64::from(d) + b[oi]),
-                    };
-                }
-                let fused =
-                    conv2d_ratio_transpose_mul(s.view(), divide, w.view(), &g, x.view(), maps)
-                        .unwrap();
-                let want =
-                    conv2d_transpose_mul(ratio.view(), w.view(), &g, x.view(), maps).unwrap();
-                assert!(
-                    fused
-                        .iter()
-                        .zip(&want)
-                        .all(|(p, q)| p.to_bits() == q.to_bits()),
-                    "{divide:?}"
-                );
-            }
+            assert_division_as_read(&s, &ramp((images, o, oh, ow), 0.29), &w, &g, &x, maps);
             let _direct = use_backends(Backends::default());
             assert!(conv2d_transpose_mul(s.view(), w.view(), &g, x.view(), maps).is_none());
         }
