@@ -1354,8 +1354,79 @@ fn weight_blocks(out: usize, inp: usize) -> impl Iterator<Item = (usize, usize)>
         .map(move |o0| (o0, (o0 + rows).min(out)))
 }
 
+/// The weight blocks of the `_mapped` Dense kernels go to this many ranges of consecutive
+/// blocks, whatever the number of workers. The ranges run in parallel; a transpose sums each
+/// range's blocks in order and then adds the ranges' sums in order, so its values do not
+/// depend on the workers.
+const MAPPED_RANGES: usize = 16;
+
+/// The row blocks of a `[out, in]` weight, in at most [`MAPPED_RANGES`] ranges of consecutive
+/// blocks.
+fn weight_ranges(out: usize, inp: usize) -> Vec<Vec<(usize, usize)>> {
+    let blocks: Vec<_> = weight_blocks(out, inp).collect();
+    let per = blocks.len().div_ceil(MAPPED_RANGES).max(1);
+    blocks.chunks(per).map(<[_]>::to_vec).collect()
+}
+
+/// `out = lhs · rhs`, or `out += lhs · rhs` with `accumulate`, on the calling thread (the
+/// `_mapped` Dense kernels run one weight range per worker).
+fn product_here(
+    lhs: ArrayView2<f32>,
+    rhs: ArrayView2<f32>,
+    out: &mut ArrayViewMut2<f32>,
+    accumulate: bool,
+) {
+    let (m, k) = lhs.dim();
+    let n = rhs.ncols();
+    assert!(
+        rhs.nrows() == k && out.dim() == (m, n),
+        "product_here: [{m}, {k}] × {:?} into {:?}",
+        rhs.dim(),
+        out.dim()
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            out.fill(0.0);
+        }
+        return;
+    }
+    let (ls, rs) = (lhs.strides(), rhs.strides());
+    let os = [out.strides()[0], out.strides()[1]];
+    let dst = out.as_mut_ptr();
+    // SAFETY: the pointers and strides describe the three views exactly (dimensions checked
+    // above); `out` is borrowed mutably, so it aliases neither input. gemm writes
+    // `out = a·out + lhs·rhs`, reading `out` only with `accumulate` (a = 1).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            os[1],
+            os[0],
+            accumulate,
+            lhs.as_ptr(),
+            ls[1],
+            ls[0],
+            rhs.as_ptr(),
+            rs[1],
+            rs[0],
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
 /// [`dense_forward`] with the weight `f(w)` applied element-wise, without making `f(w)`
-/// whole: the weight is mapped one block of rows at a time into a reused buffer.
+/// whole: the weight is mapped one block of rows at a time into a reused buffer, the blocks'
+/// ranges in parallel.
 pub fn dense_forward_mapped(
     x: ArrayView2<f32>,
     w: ArrayView2<f32>,
@@ -1369,24 +1440,71 @@ pub fn dense_forward_mapped(
         w.ncols()
     );
     let (out, inp) = w.dim();
-    let mut y = Array2::zeros((x.nrows(), out));
     let xt = x.t().as_standard_layout().into_owned();
-    let mut buf = Vec::new();
-    for (o0, o1) in weight_blocks(out, inp) {
-        let block = mapped_block(w, o0, o1, &f, &mut buf);
-        block_forward(block, xt.view(), &mut y.slice_mut(s![.., o0..o1]));
+    // yᵀ, range by range
+    let parts: Vec<Array2<f32>> = weight_ranges(out, inp)
+        .into_par_iter()
+        .map(|range| {
+            let rows = range.iter().map(|&(o0, o1)| o1 - o0).sum();
+            let mut yt = Array2::<f32>::zeros((rows, x.nrows()));
+            let mut buf = Vec::new();
+            let mut at = 0;
+            for (o0, o1) in range {
+                let block = mapped_block(w, o0, o1, &f, &mut buf);
+                let mut part = yt.slice_mut(s![at..at + (o1 - o0), ..]);
+                block_forward(block, xt.view(), &mut part);
+                at += o1 - o0;
+            }
+            yt
+        })
+        .collect();
+    let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
+    match views.is_empty() {
+        true => Array2::zeros((x.nrows(), out)),
+        false => ndarray::concatenate(Axis(0), &views)
+            .expect("same widths")
+            .reversed_axes()
+            .as_standard_layout()
+            .into_owned(),
     }
-    y
 }
 
-/// `out = x · blockᵀ` of a mapped weight block (`[rows, inp]`) and the input `xt = xᵀ`
-/// (`[inp, n]`, standard layout), computed as `block · xt`: the product then runs over the
-/// block's contiguous rows, a few times faster than over its transpose for the few rows of a
-/// batch (docs/performance.md, eleventh session).
+/// `block · xt` (`[rows, inp]` by `[inp, n]`) into `out` (`[rows, n]`): a mapped block's
+/// outputs, over its contiguous rows (a few times faster than `x · blockᵀ` for the few rows
+/// of a batch, docs/performance.md, eleventh session).
 fn block_forward(block: ArrayView2<f32>, xt: ArrayView2<f32>, out: &mut ArrayViewMut2<f32>) {
-    let mut t = Array2::<f32>::zeros((block.nrows(), xt.ncols()));
-    matmul(block, xt, &mut t.view_mut());
-    out.assign(&t.t());
+    product_here(block, xt, out, false);
+}
+
+/// `Σ_blocks signal(o0, o1, block) · block` over the mapped blocks of `w` (`[out, in]`), for a
+/// signal of `m` rows: each range of blocks summed on one worker, the ranges' sums added in
+/// order (see [`MAPPED_RANGES`]).
+fn mapped_transpose(
+    w: ArrayView2<f32>,
+    f: &(impl Fn(f32) -> f32 + Sync),
+    m: usize,
+    signal: impl Fn(usize, usize, ArrayView2<f32>) -> Array2<f32> + Sync,
+) -> Array2<f32> {
+    let (out, inp) = w.dim();
+    let sums: Vec<Array2<f32>> = weight_ranges(out, inp)
+        .into_par_iter()
+        .map(|range| {
+            let mut g = Array2::<f32>::zeros((m, inp));
+            let mut buf = Vec::new();
+            for (i, (o0, o1)) in range.into_iter().enumerate() {
+                let block = mapped_block(w, o0, o1, f, &mut buf);
+                let sb = signal(o0, o1, block);
+                product_here(sb.view(), block, &mut g.view_mut(), i > 0);
+            }
+            g
+        })
+        .collect();
+    let mut sums = sums.into_iter();
+    let mut g = sums.next().unwrap_or_else(|| Array2::zeros((m, inp)));
+    for p in sums {
+        g += &p;
+    }
+    g
 }
 
 /// [`dense_transpose`] with the weight `f(w)` applied element-wise, one block of rows at a
@@ -1403,16 +1521,9 @@ pub fn dense_transpose_mapped(
         s.ncols(),
         w.nrows()
     );
-    let (out, inp) = w.dim();
-    let mut r = Array2::zeros((s.nrows(), inp));
-    let mut part = Array2::zeros((s.nrows(), inp));
-    let mut buf = Vec::new();
-    for (o0, o1) in weight_blocks(out, inp) {
-        let block = mapped_block(w, o0, o1, &f, &mut buf);
-        matmul(s.slice(s![.., o0..o1]), block, &mut part.view_mut());
-        r += &part;
-    }
-    r
+    mapped_transpose(w, &f, s.nrows(), |o0, o1, _| {
+        s.slice(s![.., o0..o1]).to_owned()
+    })
 }
 
 /// [`dense_transpose_mapped`]`(s, w, f)` for the rules' ratio `s = r / stab(sign · x·f(w)ᵀ + b)`
@@ -1445,34 +1556,21 @@ pub fn dense_ratio_transpose_mapped(
         bias.is_none_or(|b| b.len() == out),
         "{what}: one bias per output unit"
     );
-    // Whole-width `d` and `s`, each block's products written to and read from their columns:
-    // the same products as `dense_forward_mapped` and `dense_transpose_mapped`, so the same
-    // values.
-    let mut d = Array2::<f32>::zeros((n, out));
-    let mut s = Array2::<f32>::zeros((m, out));
-    let mut g = Array2::zeros((m, inp));
-    let mut part = Array2::zeros((m, inp));
+    // Each block's denominators and ratios as `dense_forward_mapped` and the rules' division
+    // make them, then the same sums as `dense_transpose_mapped`: the same values.
     let xt = x.t().as_standard_layout().into_owned();
-    let mut buf = Vec::new();
-    for (o0, o1) in weight_blocks(out, inp) {
-        let block = mapped_block(w, o0, o1, &f, &mut buf);
-        let mut db = d.slice_mut(s![.., o0..o1]);
-        block_forward(block, xt.view(), &mut db);
+    mapped_transpose(w, &f, m, |o0, o1, block| {
+        let mut dt = Array2::<f32>::zeros((o1 - o0, n));
+        block_forward(block, xt.view(), &mut dt.view_mut());
         if sign != 1.0 {
-            db.mapv_inplace(|v| v * sign);
+            dt.mapv_inplace(|v| v * sign);
         }
-        for (mi, mut srow) in s.slice_mut(s![.., o0..o1]).outer_iter_mut().enumerate() {
-            let (rrow, drow) = (r.row(mi), d.row(mi / maps));
-            for (j, v) in srow.iter_mut().enumerate() {
-                let u = o0 + j;
-                let b = bias.map_or(0.0, |b| b[u]);
-                *v = stab.divide_f64(rrow[u], f64::from(drow[u]) + b);
-            }
-        }
-        matmul(s.slice(s![.., o0..o1]), block, &mut part.view_mut());
-        g += &part;
-    }
-    g
+        Array2::from_shape_fn((m, o1 - o0), |(mi, j)| {
+            let u = o0 + j;
+            let b = bias.map_or(0.0, |b| b[u]);
+            stab.divide_f64(r[[mi, u]], f64::from(dt[[j, mi / maps]]) + b)
+        })
+    })
 }
 
 /// Rows `o0..o1` of `w` mapped by `f`, in `buf`.
