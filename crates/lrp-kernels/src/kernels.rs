@@ -2226,7 +2226,8 @@ mod tests {
 
     /// The one-pass ratio and transpose of a mapped Dense weight equals the denominators, the
     /// division (as the rules do it: f64, a bias per unit) and the transpose one after the
-    /// other, bit for bit, over several weight blocks, with both branch signs.
+    /// other, bit for bit, over several weight blocks (in several ranges), with both branch
+    /// signs.
     #[test]
     fn dense_ratio_transpose_in_one_pass() {
         let (n, maps, out, inp) = (3, 2, 40, 60_000);
@@ -2236,7 +2237,10 @@ mod tests {
         let bias: Vec<f64> = (0..out).map(|j| (j as f64 * 0.3).sin()).collect();
         let stab = crate::Stabilizer::ZeroGuard(1e-7);
         let f = |v: f32| v.max(0.0);
-        assert!(weight_blocks(out, inp).count() > 1);
+        assert!(weight_ranges(out, inp).len() > 1);
+        let same = |a: &Array2<f32>, b: &Array2<f32>| {
+            a.dim() == b.dim() && a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits())
+        };
         for sign in [1.0f32, -1.0] {
             let d = dense_forward_mapped(x.view(), w.view(), f).mapv(|v| v * sign);
             let s = Array::from_shape_fn((n * maps, out), |(m, j)| {
@@ -2254,12 +2258,50 @@ mod tests {
                 Some(&bias),
                 maps,
             );
-            assert!(
-                got.iter()
-                    .zip(&want)
-                    .all(|(a, b)| a.to_bits() == b.to_bits())
-            );
+            assert!(same(&got, &want));
         }
+    }
+
+    /// The mapped Dense kernels give the same values on one worker as on three, with more
+    /// weight blocks than ranges (18 blocks of 1024 rows).
+    #[test]
+    fn mapped_dense_values_do_not_depend_on_the_workers() {
+        let (n, out, inp) = (2, 18 * 1024, 1024);
+        assert!(weight_blocks(out, inp).count() > MAPPED_RANGES);
+        let w = Array::from_shape_fn((out, inp), |(o, i)| ((o * inp + i) as f32 * 0.37).sin());
+        let x = Array::from_shape_fn((n, inp), |(m, i)| ((m * inp + i) as f32 * 0.11).cos());
+        let r = Array::from_shape_fn((n, out), |(m, j)| ((m * out + j) as f32 * 0.07).sin());
+        let f = |v: f32| v.max(0.0);
+        let stab = crate::Stabilizer::ZeroGuard(1e-7);
+        let on = |workers: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(workers)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                (
+                    dense_forward_mapped(x.view(), w.view(), f),
+                    dense_transpose_mapped(r.view(), w.view(), f),
+                    dense_ratio_transpose_mapped(
+                        r.view(),
+                        x.view(),
+                        w.view(),
+                        f,
+                        1.0,
+                        stab,
+                        None,
+                        1,
+                    ),
+                )
+            })
+        };
+        let (one, three) = (on(1), on(3));
+        let same = |a: &Array2<f32>, b: &Array2<f32>| {
+            a.dim() == b.dim() && a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits())
+        };
+        assert!(same(&one.0, &three.0), "forward");
+        assert!(same(&one.1, &three.1), "transpose");
+        assert!(same(&one.2, &three.2), "ratio and transpose");
     }
 
     /// A 3×3 convolution with padding 1 from 8 channels of 20 × 19 to 16: one Winograd takes.
