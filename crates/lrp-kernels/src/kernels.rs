@@ -416,12 +416,26 @@ pub fn matmul<A: LinalgScalar>(lhs: ArrayView2<A>, rhs: ArrayView2<A>, out: &mut
     } else {
         gemm::Parallelism::None
     };
+    gemm_into(lhs, rhs, out, false, parallelism);
+}
+
+/// `out = lhs · rhs`, or `out += lhs · rhs` with `accumulate`, by the gemm crate (`lhs`
+/// `[m, k]`, `rhs` `[k, n]`, `out` `[m, n]`, none of them empty; the callers check the shapes).
+fn gemm_into<A: LinalgScalar>(
+    lhs: ArrayView2<A>,
+    rhs: ArrayView2<A>,
+    out: &mut ArrayViewMut2<A>,
+    accumulate: bool,
+    parallelism: gemm::Parallelism,
+) {
+    let ((m, k), n) = (lhs.dim(), rhs.ncols());
+    debug_assert!(rhs.nrows() == k && out.dim() == (m, n) && m * n * k > 0);
     let (ls, rs) = (lhs.strides(), rhs.strides());
     let os = [out.strides()[0], out.strides()[1]];
     let dst = out.as_mut_ptr();
-    // SAFETY: the pointers and strides describe the three views exactly (dimensions checked
-    // above); `out` is borrowed mutably, so it aliases neither input. With `read_dst = false`
-    // gemm writes `out = 1·lhs·rhs` without reading it.
+    // SAFETY: the pointers and strides describe the three views exactly (their shapes agree,
+    // the callers' checks); `out` is borrowed mutably, so it aliases neither input. gemm
+    // writes `out = a·out + lhs·rhs`, reading `out` only with `accumulate` (a = 1).
     unsafe {
         gemm::gemm(
             m,
@@ -430,14 +444,14 @@ pub fn matmul<A: LinalgScalar>(lhs: ArrayView2<A>, rhs: ArrayView2<A>, out: &mut
             dst,
             os[1],
             os[0],
-            false,
+            accumulate,
             lhs.as_ptr(),
             ls[1],
             ls[0],
             rhs.as_ptr(),
             rs[1],
             rs[0],
-            A::zero(),
+            if accumulate { A::one() } else { A::zero() },
             A::one(),
             false,
             false,
@@ -1393,35 +1407,7 @@ fn product_here(
         }
         return;
     }
-    let (ls, rs) = (lhs.strides(), rhs.strides());
-    let os = [out.strides()[0], out.strides()[1]];
-    let dst = out.as_mut_ptr();
-    // SAFETY: the pointers and strides describe the three views exactly (dimensions checked
-    // above); `out` is borrowed mutably, so it aliases neither input. gemm writes
-    // `out = a·out + lhs·rhs`, reading `out` only with `accumulate` (a = 1).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            os[1],
-            os[0],
-            accumulate,
-            lhs.as_ptr(),
-            ls[1],
-            ls[0],
-            rhs.as_ptr(),
-            rs[1],
-            rs[0],
-            if accumulate { 1.0 } else { 0.0 },
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
+    gemm_into(lhs, rhs, out, accumulate, gemm::Parallelism::None);
 }
 
 /// [`dense_forward`] with the weight `f(w)` applied element-wise, without making `f(w)`
