@@ -575,17 +575,23 @@ impl ConvGeometry {
             Conv3x3::Winograd => winograd::Tile::F2,
             Conv3x3::Winograd4 => winograd::Tile::F4,
         };
-        (self.kernel == [3, 3]
-            && self.strides == [1, 1]
-            && self.dilations == [1, 1]
-            && self.groups == 1
-            && self.pads[0] <= 2
-            && self.pads[1] <= 2
+        (self.is_3x3_stride_1()
             && self.input[0] >= 8
             && self.output[0] >= 8
             && self.for_backend(images)
             && winograd::fast())
         .then_some(tile)
+    }
+
+    /// Whether this is a 3×3, stride-1, undilated convolution of one group with top and left
+    /// padding of at most 2: the shape the kernels of [`Conv3x3`]'s fast modes take.
+    fn is_3x3_stride_1(&self) -> bool {
+        self.kernel == [3, 3]
+            && self.strides == [1, 1]
+            && self.dilations == [1, 1]
+            && self.groups == 1
+            && self.pads[0] <= 2
+            && self.pads[1] <= 2
     }
 
     /// Whether [`conv2d_transpose_mul`] and [`conv2d_ratio_transpose_mul`] run (rather than
@@ -608,12 +614,7 @@ impl ConvGeometry {
     /// convolutions are not left to the backend ([`Conv3x3::Direct`]).
     fn narrow(&self, rows: usize) -> bool {
         BACKENDS.with(|c| c.borrow().conv3x3) != Conv3x3::Direct
-            && self.kernel == [3, 3]
-            && self.strides == [1, 1]
-            && self.dilations == [1, 1]
-            && self.groups == 1
-            && self.pads[0] <= 2
-            && self.pads[1] <= 2
+            && self.is_3x3_stride_1()
             && self.input[0] <= crate::narrow::MAX_ROWS
             && self.for_backend(rows)
     }
@@ -2290,16 +2291,21 @@ mod tests {
         assert!(same(&one.2, &three.2), "ratio and transpose");
     }
 
-    /// A 3×3 convolution with padding 1 from 8 channels of 20 × 19 to 16: one Winograd takes.
-    fn same_3x3_8_to_16() -> ConvGeometry {
+    /// A 3×3, stride-1 convolution from `c` channels of `h × w` to `o`, padded by `pads`.
+    fn conv_3x3(c: usize, [h, w]: [usize; 2], o: usize, pads: [usize; 4]) -> ConvGeometry {
         let op = Op::Conv {
             kernel: [3, 3],
             strides: [1, 1],
-            pads: [1, 1, 1, 1],
+            pads,
             dilations: [1, 1],
             groups: 1,
         };
-        ConvGeometry::new(&op, &[8, 20, 19], &[16, 8, 3, 3]).unwrap()
+        ConvGeometry::new(&op, &[c, h, w], &[o, c, 3, 3]).unwrap()
+    }
+
+    /// A 3×3 convolution with padding 1 from 8 channels of 20 × 19 to 16: one Winograd takes.
+    fn same_3x3_8_to_16() -> ConvGeometry {
+        conv_3x3(8, [20, 19], 16, [1, 1, 1, 1])
     }
 
     /// Inside a filter scope a weight's Winograd filters are made once and reused while the
@@ -2429,14 +2435,7 @@ mod tests {
             ..Backends::default()
         });
         for (c, pads) in [(3, [1, 1, 1, 1]), (5, [2, 0, 0, 2]), (3, [0, 2, 2, 1])] {
-            let op = Op::Conv {
-                kernel: [3, 3],
-                strides: [1, 1],
-                pads,
-                dilations: [1, 1],
-                groups: 1,
-            };
-            let g = ConvGeometry::new(&op, &[c, 24, 23], &[o, c, 3, 3]).unwrap();
+            let g = conv_3x3(c, [24, 23], o, pads);
             let [_, oh, ow] = g.output_shape();
             let s = ramp((images * maps, o, oh, ow), 0.53);
             let w = ramp((o, c, 3, 3), 0.91);
@@ -2485,14 +2484,7 @@ mod tests {
             ..Backends::default()
         });
         for c in [3, 8] {
-            let op = Op::Conv {
-                kernel: [3, 3],
-                strides: [1, 1],
-                pads: [1, 1, 1, 1],
-                dilations: [1, 1],
-                groups: 1,
-            };
-            let g = ConvGeometry::new(&op, &[c, 24, 23], &[o, c, 3, 3]).unwrap();
+            let g = conv_3x3(c, [24, 23], o, [1, 1, 1, 1]);
             let stacked = g.with_input_channels(2 * c).unwrap();
             assert_eq!(stacked.input_shape(), [2 * c, 24, 23]);
             if !stacked.transposes_fused(images * maps) || !g.transposes_fused(images * maps) {

@@ -12,7 +12,7 @@
 
 use rayon::prelude::*;
 
-use crate::winograd::{Scale, Source};
+use crate::winograd::{Kernel, Scale, Source};
 
 /// The most channels (rows of the transpose) this kernel takes.
 pub(crate) const MAX_ROWS: usize = 8;
@@ -75,7 +75,13 @@ pub(crate) fn transpose(
         );
     }
     let bands = s.h.div_ceil(BAND);
-    let dst = SendPtr(out.as_mut_ptr() as *mut f32);
+    let job = Job {
+        src,
+        wt,
+        s,
+        dst: SendPtr(out.as_mut_ptr() as *mut f32),
+        scale,
+    };
     (0..s.n * bands).into_par_iter().for_each_init(
         || Buffers {
             acc: vec![0f32; BAND * s.rows * padded_width(s.w)],
@@ -86,7 +92,7 @@ pub(crate) fn transpose(
             let ys = band * BAND..((band + 1) * BAND).min(s.h);
             // SAFETY: rows `ys` of image `m` are this item's alone; `dst` spans `out`, whose
             // size was checked above.
-            unsafe { run(src, wt, &s, m, ys, buf, dst, scale) };
+            unsafe { run(job, m, ys, buf) };
         },
     );
 }
@@ -119,77 +125,47 @@ unsafe impl Send for SendPtr {}
 // SAFETY: as above.
 unsafe impl Sync for SendPtr {}
 
-/// Output rows `ys` of image `m`, by the fastest body this processor runs.
+/// What every work item of one transpose reads and where it writes.
+#[derive(Clone, Copy)]
+struct Job<'a> {
+    src: Source<'a>,
+    wt: &'a [f32],
+    s: Shape,
+    dst: SendPtr,
+    scale: Option<Scale<'a>>,
+}
+
+/// Output rows `ys` of image `m`, by the fastest body this processor runs (the Winograd
+/// kernels' choice).
 ///
 /// # Safety
-/// `dst` must point at the `[n, rows, h, w]` output, whose rows `ys` of image `m` no one else
-/// reads or writes during the call.
-#[allow(clippy::too_many_arguments)]
-unsafe fn run(
-    src: Source<'_>,
-    wt: &[f32],
-    s: &Shape,
-    m: usize,
-    ys: std::ops::Range<usize>,
-    buf: &mut Buffers,
-    dst: SendPtr,
-    scale: Option<Scale<'_>>,
-) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static FMA: std::sync::OnceLock<(bool, bool)> = std::sync::OnceLock::new();
-        let (avx512, avx2) = *FMA.get_or_init(|| {
-            let fma = std::arch::is_x86_feature_detected!("fma");
-            (
-                fma && std::arch::is_x86_feature_detected!("avx512f"),
-                fma && std::arch::is_x86_feature_detected!("avx2"),
-            )
-        });
-        if avx512 {
-            // SAFETY: the processor has AVX-512F and FMA; the caller's promise.
-            return unsafe { rows_avx512(src, wt, s, m, ys, buf, dst, scale) };
-        }
-        if avx2 {
-            // SAFETY: the processor has AVX2 and FMA; the caller's promise.
-            return unsafe { rows_avx2(src, wt, s, m, ys, buf, dst, scale) };
-        }
+/// `job.dst` must point at the `[n, rows, h, w]` output, whose rows `ys` of image `m` no one
+/// else reads or writes during the call.
+unsafe fn run(job: Job<'_>, m: usize, ys: std::ops::Range<usize>, buf: &mut Buffers) {
+    match Kernel::best() {
+        // SAFETY: the processor has AVX-512F and FMA (detected); the caller's promise.
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 => unsafe { rows_avx512(job, m, ys, buf) },
+        // SAFETY: the processor has AVX2 and FMA (detected); the caller's promise.
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => unsafe { rows_avx2(job, m, ys, buf) },
+        // SAFETY: the caller's promise.
+        Kernel::Portable => unsafe { rows::<false>(job, m, ys, buf) },
     }
-    // SAFETY: the caller's promise.
-    unsafe { rows::<false>(src, wt, s, m, ys, buf, dst, scale) }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn rows_avx512(
-    src: Source<'_>,
-    wt: &[f32],
-    s: &Shape,
-    m: usize,
-    ys: std::ops::Range<usize>,
-    buf: &mut Buffers,
-    dst: SendPtr,
-    scale: Option<Scale<'_>>,
-) {
+unsafe fn rows_avx512(job: Job<'_>, m: usize, ys: std::ops::Range<usize>, buf: &mut Buffers) {
     // SAFETY: the caller's promise.
-    unsafe { rows::<true>(src, wt, s, m, ys, buf, dst, scale) }
+    unsafe { rows::<true>(job, m, ys, buf) }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn rows_avx2(
-    src: Source<'_>,
-    wt: &[f32],
-    s: &Shape,
-    m: usize,
-    ys: std::ops::Range<usize>,
-    buf: &mut Buffers,
-    dst: SendPtr,
-    scale: Option<Scale<'_>>,
-) {
+unsafe fn rows_avx2(job: Job<'_>, m: usize, ys: std::ops::Range<usize>, buf: &mut Buffers) {
     // SAFETY: the caller's promise.
-    unsafe { rows::<true>(src, wt, s, m, ys, buf, dst, scale) }
+    unsafe { rows::<true>(job, m, ys, buf) }
 }
 
 /// Output rows `ys` of image `m`; multiply-adds fused where `FMA`.
@@ -197,23 +173,25 @@ unsafe fn rows_avx2(
 /// # Safety
 /// As [`run`].
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 unsafe fn rows<const FMA: bool>(
-    src: Source<'_>,
-    wt: &[f32],
-    s: &Shape,
+    job: Job<'_>,
     m: usize,
     ys: std::ops::Range<usize>,
     buf: &mut Buffers,
-    dst: SendPtr,
-    scale: Option<Scale<'_>>,
 ) {
+    let Job {
+        src,
+        wt,
+        s,
+        dst,
+        scale,
+    } = job;
     let (w, ow, rows) = (s.w, s.ow, s.rows);
     let wp = padded_width(w);
     let plane_in = s.oh * ow;
     let plane = s.h * w;
     let Buffers { acc, row } = buf;
-    let len = row_len(s);
+    let len = row_len(&s);
     // relevance rows oy0 .. oy1 feed output rows ys (oy = y + top − kh, kh < 3)
     let oy0 = (ys.start + s.top).saturating_sub(2);
     let oy1 = (ys.end - 1 + s.top + 1).min(s.oh);

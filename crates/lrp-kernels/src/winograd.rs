@@ -932,9 +932,10 @@ pub(crate) fn fast() -> bool {
     !matches!(Kernel::best(), Kernel::Portable)
 }
 
-/// The product kernels this processor runs.
+/// The product kernels this processor runs (the direct transposes of `narrow` pick theirs by
+/// the same instruction sets).
 #[derive(Debug, Clone, Copy)]
-enum Kernel {
+pub(crate) enum Kernel {
     #[cfg(target_arch = "x86_64")]
     Avx512,
     #[cfg(target_arch = "x86_64")]
@@ -960,7 +961,7 @@ impl Kernel {
     }
 
     /// The fastest kernel this processor runs (detected once).
-    fn best() -> Kernel {
+    pub(crate) fn best() -> Kernel {
         static BEST: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
         *BEST.get_or_init(|| *Kernel::available().last().expect("the portable kernel"))
     }

@@ -664,9 +664,12 @@ fn stacked_ratio_transpose<'a>(
         return None;
     };
     let (ws, xs): (Vec<_>, Vec<_>) = branches.unzip();
+    if ws.len() < 2 {
+        return None;
+    }
     let [c, _, _] = g.input_shape();
     let stacked = g.with_input_channels(c * ws.len())?;
-    if ws.len() < 2 || !stacked.transposes_fused(r.shape()[0]) {
+    if !stacked.transposes_fused(r.shape()[0]) {
         return None;
     }
     let w = ndarray::concatenate(Axis(1), &ws).ok()?;
@@ -1083,6 +1086,7 @@ impl BasicRule {
                     }
                     // Several branches on a convolution: their transposes as one, the division
                     // as it is read (the same values as dividing first, branch by branch).
+                    let ks: Vec<usize> = (0..live.len()).filter(|&k| live[k]).collect();
                     if single.is_none()
                         && t.mask == OutputMask::All
                         && mapped.iter().all(Option::is_none)
@@ -1092,22 +1096,19 @@ impl BasicRule {
                             d.view(),
                             stab,
                             bias64.as_deref(),
-                            t.branches.iter().enumerate().filter(|(k, _)| live[*k]).map(
-                                |(k, _)| {
-                                    (
-                                        weights[k]
-                                            .as_deref()
-                                            .map_or(lin.weight.view(), |w| w.view()),
-                                        inputs[k].as_ref().map_or(x.view(), |a| a.view()),
-                                    )
-                                },
-                            ),
+                            ks.iter().map(|&k| {
+                                (
+                                    weights[k]
+                                        .as_deref()
+                                        .map_or(lin.weight.view(), |w| w.view()),
+                                    inputs[k].as_ref().map_or(x.view(), |a| a.view()),
+                                )
+                            }),
                             maps,
                         )
                     {
-                        let live_branches = t.branches.iter().enumerate().filter(|(k, _)| live[*k]);
-                        for ((_, b), g) in live_branches.zip(parts) {
-                            result = Some(add_scaled(result, g, t.coef * b.sign));
+                        for (&k, g) in ks.iter().zip(parts) {
+                            result = Some(add_scaled(result, g, t.coef * t.branches[k].sign));
                         }
                         continue;
                     }
