@@ -984,9 +984,9 @@ impl Kernel {
     }
 }
 
-/// `M[p] = U[p] · V[p]` over the block's first `nb` tiles, one register block at a time by
-/// `block(k, a, b, ldb, c, ldc)` (`a`: `[k][MR]`, `b`: `k` rows of `NR`, `ldb` apart; `c`:
-/// `MR` rows of `NR`, `ldc` apart).
+/// `M[p] = U[p] · V[p]` over the block's first `nb` tiles, position after position, one
+/// register block at a time by `block(k, a, b, ldb, c, ldc)` (`a`: `[k][MR]`, `b`: `k` rows
+/// of `NR`, `ldb` apart; `c`: `MR` rows of `NR`, `ldc` apart).
 #[inline(always)]
 fn products_with(
     f: &Filter,
@@ -1012,8 +1012,12 @@ fn products_with(
             && tb <= ldv
     );
     assert!(tb.is_multiple_of(NR) && cols > 0);
-    for rb in 0..f.row_blocks() {
-        for p in 0..positions {
+    // Position by position: while one position's products run, only its share of the block's
+    // transformed inputs (`cols` rows of the block's tiles) is read, again for every row block,
+    // and stays in the core's second-level cache even where the whole block's would not
+    // (wide layers, F(4×4, 3×3)'s 36 positions).
+    for p in 0..positions {
+        for rb in 0..f.row_blocks() {
             let a = f.panel(rb, p);
             let vp = &v[p * vpos..][..cols * ldv];
             let mp = &mut m[p * mpos + rb * MR * tb..][..MR * tb];
