@@ -115,7 +115,7 @@ fn explain_writes_relevance_heatmaps_and_report() {
     }
     let png = image_size(&out.join("heatmap_0.png"));
     assert_eq!(png, (128, 128), "32 × 32 zoomed ×4");
-    assert_eq!(report["conv3x3"], "winograd", "the default");
+    assert_eq!(report["conv3x3"], "winograd4", "the default");
 
     // The same with the direct convolutions: recorded, and the same maps up to rounding.
     let direct = dir.path().join("direct");

@@ -24,12 +24,18 @@ fn explain(model: &str, method: &str, x: &ArrayD<f32>, group_bytes: usize) -> Ex
     .unwrap_or_else(|e| panic!("{model}, {method}: {e}"))
 }
 
+/// How close a group's values must be to the whole batch's, relative to the largest. A group
+/// of fewer images can fall below the work at which the 3×3 convolutions take the Winograd path,
+/// so the two may differ by F(4×4, 3×3)'s rounding, which sglrp's difference of two passes
+/// magnifies (measured: up to 1.4e-5 on `resnet_block`; 1e-5 held for F(2×2, 3×3)).
+const TOLERANCE: f32 = 5e-5;
+
 fn assert_close(what: &str, got: &ArrayD<f32>, want: &ArrayD<f32>) {
     assert_eq!(got.shape(), want.shape(), "{what}");
     let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
     for (g, w) in got.iter().zip(want) {
         assert!(
-            (g - w).abs() <= 1e-5 * scale,
+            (g - w).abs() <= TOLERANCE * scale,
             "{what}: {g} vs {w} (largest value {scale})"
         );
     }
@@ -54,7 +60,7 @@ fn assert_same(what: &str, got: &Explanation, want: &Explanation) {
         assert_eq!(gn, wn);
         for (gi, wi) in g.iter().flatten().zip(w.iter().flatten()) {
             assert!(
-                (gi - wi).abs() <= 1e-5 * wi.abs().max(1e-12),
+                (gi - wi).abs() <= f64::from(TOLERANCE) * wi.abs().max(1e-12),
                 "{what}: sum at {gn}: {gi} vs {wi}"
             );
         }

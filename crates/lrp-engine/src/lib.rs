@@ -90,8 +90,9 @@ pub struct ExplainOptions {
     pub conv3x3: Option<Conv3x3>,
 }
 
-/// The default of [`ExplainOptions::conv3x3`]: Winograd's F(2×2, 3×3), 2.25× fewer products.
-pub const DEFAULT_CONV3X3: Conv3x3 = Conv3x3::Winograd;
+/// The default of [`ExplainOptions::conv3x3`]: Winograd's F(4×4, 3×3) (4× fewer products)
+/// on all but small outputs, where F(2×2, 3×3) (2.25× fewer).
+pub const DEFAULT_CONV3X3: Conv3x3 = Conv3x3::Winograd4;
 
 /// The default of [`ExplainOptions::group_bytes`]: 32 MiB.
 pub const DEFAULT_GROUP_BYTES: usize = 32 << 20;

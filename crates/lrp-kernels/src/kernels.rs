@@ -148,7 +148,9 @@ pub enum Conv3x3 {
     /// have coefficients up to 8 and 1/24, so its rounding error is several times a direct
     /// sum's (measured RMS error 6.5–8.7× a plain f32 sum's; bounded in the tests by 32 f32
     /// epsilons of the sum of the terms' magnitudes, against 8 for F(2×2, 3×3)). Used where
-    /// `Winograd` is.
+    /// `Winograd` is and F(4×4, 3×3)'s tiles need at most two thirds of F(2×2, 3×3)'s
+    /// products (outputs of 28×28 and more; not 14×14, which its tiles overhang); F(2×2, 3×3)
+    /// elsewhere. The default of the `lrp-graph` command line and of the engine.
     Winograd4,
 }
 
@@ -573,7 +575,7 @@ impl ConvGeometry {
         let tile = match BACKENDS.with(|c| c.borrow().conv3x3) {
             Conv3x3::Direct => return None,
             Conv3x3::Winograd => winograd::Tile::F2,
-            Conv3x3::Winograd4 => winograd::Tile::F4,
+            Conv3x3::Winograd4 => winograd::Tile::widest_for(self.output[1], self.output[2]),
         };
         (self.is_3x3_stride_1()
             && self.input[0] >= 8
