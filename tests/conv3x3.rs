@@ -1,8 +1,8 @@
-//! The relevance pass computes 3×3, stride-1 convolutions by Winograd's F(2×2, 3×3) unless told
-//! otherwise (`ExplainOptions::conv3x3`). Its maps, passes and node sums, and F(4×4, 3×3)'s, are
-//! those of the direct convolutions up to rounding, for one- and two-pass signals and for rules
-//! that convolve modified weights (z⁺, αβ, z^B); and they are not bit-identical, so the
-//! Winograd paths ran.
+//! The relevance pass computes 3×3, stride-1 convolutions by Winograd's F(4×4, 3×3) (F(2×2, 3×3)
+//! on small outputs) unless told otherwise (`ExplainOptions::conv3x3`). Its maps, passes and node
+//! sums, by either tile, are those of the direct convolutions up to rounding, for one- and
+//! two-pass signals and for rules that convolve modified weights (z⁺, αβ, z^B); and they are not
+//! bit-identical, so the Winograd paths ran.
 
 mod common;
 
