@@ -158,8 +158,8 @@ pub struct ExplainArgs {
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
     /// How the relevance pass computes large 3×3, stride-1 convolutions: winograd4 (F(4×4, 3×3),
-    /// 4× fewer products, on outputs of 28×28 and more or wherever it saves a third of
-    /// F(2×2, 3×3)'s products; F(2×2, 3×3) elsewhere), winograd (F(2×2, 3×3) everywhere,
+    /// 4× fewer products, on outputs from 23×23 up; F(2×2, 3×3) on smaller ones, where
+    /// F(4×4, 3×3) was no faster), winograd (F(2×2, 3×3) everywhere,
     /// 2.25× fewer products, about a fifth of winograd4's rounding error) or direct (as
     /// every other convolution); results differ by rounding only.
     #[arg(long, value_enum, default_value_t = Conv3x3Arg::Winograd4)]
@@ -188,8 +188,8 @@ pub enum ProgressArg {
 pub enum Conv3x3Arg {
     /// Winograd's minimal filtering F(2×2, 3×3).
     Winograd,
-    /// Winograd's F(4×4, 3×3) where it saves a third of F(2×2, 3×3)'s products: 4× fewer
-    /// products than a direct sum, several times the rounding error.
+    /// Winograd's F(4×4, 3×3) on outputs from 23×23 up (F(2×2, 3×3) on smaller ones): 4×
+    /// fewer products than a direct sum, several times the rounding error.
     Winograd4,
     /// Like every other convolution (also their transposes into a few channels, which the
     /// other two run by direct sums).

@@ -148,9 +148,10 @@ pub enum Conv3x3 {
     /// have coefficients up to 8 and 1/24, so its rounding error is several times a direct
     /// sum's (measured RMS error 6.5–8.7× a plain f32 sum's; bounded in the tests by 32 f32
     /// epsilons of the sum of the terms' magnitudes, against 8 for F(2×2, 3×3)). Used where
-    /// `Winograd` is and F(4×4, 3×3)'s tiles need at most two thirds of F(2×2, 3×3)'s
-    /// products (outputs of 28×28 and more; not 14×14, which its tiles overhang); F(2×2, 3×3)
-    /// elsewhere. The default of the `lrp-graph` command line and of the engine.
+    /// `Winograd` is, where F(4×4, 3×3)'s tiles need at most two thirds of F(2×2, 3×3)'s
+    /// products and an image has at least 32 of them (square outputs from 23×23 up; not 14×14,
+    /// which its tiles overhang, nor 7×7); F(2×2, 3×3) elsewhere. The default of the
+    /// `lrp-graph` command line and of the engine.
     Winograd4,
 }
 

@@ -57,15 +57,26 @@ impl Tile {
     /// Products per input–output channel pair of an `oh`×`ow` output: the tiles covering it
     /// (the last ones may overhang) times the positions of a transformed tile.
     pub(crate) fn products(self, oh: usize, ow: usize) -> usize {
+        self.tiles(oh, ow) * self.side() * self.side()
+    }
+
+    /// Tiles covering an `oh`×`ow` output.
+    fn tiles(self, oh: usize, ow: usize) -> usize {
         let step = self.side() - 2;
-        oh.div_ceil(step) * ow.div_ceil(step) * self.side() * self.side()
+        oh.div_ceil(step) * ow.div_ceil(step)
     }
 
     /// F(4×4, 3×3) where it saves at least a third of F(2×2, 3×3)'s products on an `oh`×`ow`
-    /// output, F(2×2, 3×3) elsewhere. F(4×4, 3×3)'s transforms cost more, and its tiles
-    /// overhang small outputs: at 14×14 it saves 27 % of the products and ran no faster.
+    /// output and an image has at least a register block's width ([`NR`]) of its tiles;
+    /// F(2×2, 3×3) elsewhere. F(4×4, 3×3)'s transforms cost more, and its tiles overhang
+    /// small outputs: at 14×14 it saves 27 % of the products and ran no faster. At 7×7 it
+    /// saves 44 %, but an image's 4 tiles fill an eighth of a register block (the pass runs
+    /// small groups of images) and the work splits into fewer blocks: ResNet-50's 7×7 layers
+    /// ran up to 1.5× slower.
     pub(crate) fn widest_for(oh: usize, ow: usize) -> Tile {
-        if 3 * Tile::F4.products(oh, ow) <= 2 * Tile::F2.products(oh, ow) {
+        if 3 * Tile::F4.products(oh, ow) <= 2 * Tile::F2.products(oh, ow)
+            && Tile::F4.tiles(oh, ow) >= NR
+        {
             Tile::F4
         } else {
             Tile::F2
@@ -1156,11 +1167,15 @@ mod tests {
         assert_eq!(Tile::F2.products(14, 14), 784);
         assert_eq!(Tile::F4.products(14, 14), 576);
         assert_eq!(Tile::widest_for(14, 14), Tile::F2);
-        // 28×28: 3136 against 1764; 7×7: both overhang by 1, 256 against 144
+        // 28×28: 3136 against 1764, 49 tiles of F(4×4)
         assert_eq!(Tile::F4.products(28, 28), 1764);
         assert_eq!(Tile::widest_for(28, 28), Tile::F4);
-        assert_eq!(Tile::widest_for(7, 7), Tile::F4);
         assert_eq!(Tile::widest_for(224, 224), Tile::F4);
+        // 7×7: both overhang by 1, 256 against 144, but only 4 tiles of F(4×4); 24×24: 36
+        assert_eq!(Tile::F4.products(7, 7), 144);
+        assert_eq!(Tile::widest_for(7, 7), Tile::F2);
+        assert_eq!(Tile::widest_for(24, 24), Tile::F4);
+        assert_eq!(Tile::widest_for(20, 20), Tile::F2);
         // 2 wide: F(4×4)'s tiles are half empty
         assert_eq!(Tile::widest_for(56, 2), Tile::F2);
     }
