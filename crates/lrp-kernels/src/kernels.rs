@@ -2294,6 +2294,14 @@ mod tests {
         assert!(same(&one.2, &three.2), "ratio and transpose");
     }
 
+    /// The default backends with `mode` for the 3×3 convolutions, until the guard is dropped.
+    fn conv3x3_mode(mode: Conv3x3) -> BackendGuard {
+        use_backends(Backends {
+            conv3x3: mode,
+            ..Backends::default()
+        })
+    }
+
     /// A 3×3, stride-1 convolution from `c` channels of `h × w` to `o`, padded by `pads`.
     fn conv_3x3(c: usize, [h, w]: [usize; 2], o: usize, pads: [usize; 4]) -> ConvGeometry {
         let op = Op::Conv {
@@ -2320,10 +2328,7 @@ mod tests {
         let s = ramp((6, 16, 20, 19), 0.53);
         let x = ramp((6, 8, 20, 19), 0.37);
         let mut w = ramp((16, 8, 3, 3), 0.91);
-        let _guard = use_backends(Backends {
-            conv3x3: Conv3x3::Winograd,
-            ..Backends::default()
-        });
+        let _guard = conv3x3_mode(Conv3x3::Winograd);
         if !winograd::fast() {
             return;
         }
@@ -2366,10 +2371,7 @@ mod tests {
         let w = ramp((16, 8, 3, 3), 0.91);
         let x = ramp((images, 8, 20, 19), 0.37);
         assert!(conv2d_transpose_mul(s.view(), w.view(), &g, x.view(), maps).is_none());
-        let _guard = use_backends(Backends {
-            conv3x3: Conv3x3::Winograd,
-            ..Backends::default()
-        });
+        let _guard = conv3x3_mode(Conv3x3::Winograd);
         if !winograd::fast() {
             return;
         }
@@ -2433,10 +2435,7 @@ mod tests {
     #[test]
     fn narrow_transpose_equals_the_direct_sum() {
         let (images, maps, o) = (3, 2, 16);
-        let _guard = use_backends(Backends {
-            conv3x3: Conv3x3::Winograd,
-            ..Backends::default()
-        });
+        let _guard = conv3x3_mode(Conv3x3::Winograd);
         for (c, pads) in [(3, [1, 1, 1, 1]), (5, [2, 0, 0, 2]), (3, [0, 2, 2, 1])] {
             let g = conv_3x3(c, [24, 23], o, pads);
             let [_, oh, ow] = g.output_shape();
@@ -2482,10 +2481,7 @@ mod tests {
     #[test]
     fn stacked_weights_transpose_like_each_alone() {
         let (images, maps, o) = (3, 2, 16);
-        let _guard = use_backends(Backends {
-            conv3x3: Conv3x3::Winograd,
-            ..Backends::default()
-        });
+        let _guard = conv3x3_mode(Conv3x3::Winograd);
         for c in [3, 8] {
             let g = conv_3x3(c, [24, 23], o, [1, 1, 1, 1]);
             let stacked = g.with_input_channels(2 * c).unwrap();

@@ -56,7 +56,7 @@ impl Tile {
 
     /// Products per input–output channel pair of an `oh`×`ow` output: the tiles covering it
     /// (the last ones may overhang) times the positions of a transformed tile.
-    pub(crate) fn products(self, oh: usize, ow: usize) -> usize {
+    fn products(self, oh: usize, ow: usize) -> usize {
         self.tiles(oh, ow) * self.side() * self.side()
     }
 

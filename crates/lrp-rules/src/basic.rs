@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use lrp_kernels::Stabilizer;
 use lrp_kernels::kernels;
-use ndarray::{ArrayD, ArrayViewD, Axis, CowArray, LinalgScalar};
+use ndarray::{ArrayD, ArrayViewD, Axis, CowArray, LinalgScalar, Slice};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -648,9 +648,10 @@ fn definite_sign(values: ArrayViewD<'_, f32>) -> Option<f32> {
 
 /// `x_k ⊙ T(r / stab(d + b), w_k)` for each of a convolution's `branches` (`(w_k, x_k)`), as
 /// one transpose over the branches' weights stacked as input channels, with the division (in
-/// f64, as `divide_rows`) as the relevance is read: every value equals the branch's own
-/// transpose of the divided relevance. None, having done nothing, where the kernels would not
-/// run it in one pass (see `kernels::conv2d_ratio_transpose_mul`).
+/// f64, as `divide_rows`) as the relevance is read: branch `k`'s result is channels
+/// `k·C .. (k+1)·C` of the returned array (`C` the layer's input channels), every value equal to
+/// the branch's own transpose of the divided relevance. None, having done nothing, where the
+/// kernels would not run it in one pass (see `kernels::conv2d_ratio_transpose_mul`).
 fn stacked_ratio_transpose<'a>(
     lin: &Linear<'_>,
     r: ArrayViewD<'_, f32>,
@@ -659,7 +660,7 @@ fn stacked_ratio_transpose<'a>(
     bias: Option<&[f64]>,
     branches: impl Iterator<Item = (ArrayViewD<'a, f32>, ArrayViewD<'a, f32>)>,
     maps: usize,
-) -> Option<Vec<ArrayD<f32>>> {
+) -> Option<ArrayD<f32>> {
     let LinearKind::Conv(g) = &lin.kind else {
         return None;
     };
@@ -680,29 +681,26 @@ fn stacked_ratio_transpose<'a>(
         bias,
         f64: true,
     };
-    let out = kernels::conv2d_ratio_transpose_mul(
+    kernels::conv2d_ratio_transpose_mul(
         r.into_dimensionality().ok()?,
         divide,
         w.view().into_dimensionality().ok()?,
         &stacked,
         x.view().into_dimensionality().ok()?,
         maps,
-    )?;
-    Some(
-        (0..ws.len())
-            .map(|k| {
-                out.slice(ndarray::s![.., k * c..(k + 1) * c, .., ..])
-                    .to_owned()
-                    .into_dyn()
-            })
-            .collect(),
     )
+    .map(|out| out.into_dyn())
 }
 
 /// `acc + c·g` (`c·g` when there is no `acc` yet).
-fn add_scaled(acc: Option<ArrayD<f32>>, g: ArrayD<f32>, c: f32) -> ArrayD<f32> {
+fn add_scaled<'g>(
+    acc: Option<ArrayD<f32>>,
+    g: impl Into<CowArray<'g, f32, ndarray::IxDyn>>,
+    c: f32,
+) -> ArrayD<f32> {
+    let g = g.into();
     match acc {
-        None if c == 1.0 => g,
+        None if c == 1.0 => g.into_owned(),
         None => g.mapv(|v| v * c),
         Some(mut acc) => {
             acc.scaled_add(c, &g);
@@ -1090,7 +1088,7 @@ impl BasicRule {
                     if single.is_none()
                         && t.mask == OutputMask::All
                         && mapped.iter().all(Option::is_none)
-                        && let Some(parts) = stacked_ratio_transpose(
+                        && let Some(stacked) = stacked_ratio_transpose(
                             &lin,
                             own.as_ref().map_or_else(|| r_in.view(), |a| a.view()),
                             d.view(),
@@ -1107,7 +1105,9 @@ impl BasicRule {
                             maps,
                         )
                     {
-                        for (&k, g) in ks.iter().zip(parts) {
+                        let c = x.shape()[1];
+                        for (i, &k) in ks.iter().enumerate() {
+                            let g = stacked.slice_axis(Axis(1), Slice::from(i * c..(i + 1) * c));
                             result = Some(add_scaled(result, g, t.coef * t.branches[k].sign));
                         }
                         continue;
