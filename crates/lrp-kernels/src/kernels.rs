@@ -2427,21 +2427,31 @@ mod tests {
         }
     }
 
-    /// The transpose into a few channels (3 and 5, paddings 0 to 2 on each side, rows of 23
-    /// pixels: not a whole vector) equals the direct f64 sum times the activations, within 4
-    /// f32 epsilons of each output's sum of magnitudes; dividing as it reads equals dividing
-    /// first, bit for bit (f32, and f64 with a bias); with the 3×3 convolutions left to the
-    /// backend it declines.
+    /// The transpose into a few channels (1 to 7, paddings 0 to 2 on each side, rows of 23
+    /// pixels, not a whole vector, and of 150, several register blocks of vectors and a rest)
+    /// equals the direct f64 sum times the activations, within 4 f32 epsilons of each output's
+    /// sum of magnitudes; dividing as it reads equals dividing first, bit for bit (f32, and
+    /// f64 with a bias); with the 3×3 convolutions left to the backend it declines.
     #[test]
     fn narrow_transpose_equals_the_direct_sum() {
         let (images, maps, o) = (3, 2, 16);
         let _guard = conv3x3_mode(Conv3x3::Winograd);
-        for (c, pads) in [(3, [1, 1, 1, 1]), (5, [2, 0, 0, 2]), (3, [0, 2, 2, 1])] {
-            let g = conv_3x3(c, [24, 23], o, pads);
+        let cases = [
+            (3, [1, 1, 1, 1], 23),
+            (5, [2, 0, 0, 2], 23),
+            (3, [0, 2, 2, 1], 23),
+            (1, [1, 1, 1, 1], 150),
+            (2, [0, 1, 2, 1], 150),
+            (4, [1, 2, 1, 0], 150),
+            (6, [1, 1, 1, 1], 150),
+            (7, [2, 2, 0, 0], 150),
+        ];
+        for (c, pads, width) in cases {
+            let g = conv_3x3(c, [24, width], o, pads);
             let [_, oh, ow] = g.output_shape();
             let s = ramp((images * maps, o, oh, ow), 0.53);
             let w = ramp((o, c, 3, 3), 0.91);
-            let x = ramp((images, c, 24, 23), 0.37);
+            let x = ramp((images, c, 24, width), 0.37);
             assert!(g.narrow(images * maps) && g.winograd(images * maps).is_none());
             let got = conv2d_transpose_mul(s.view(), w.view(), &g, x.view(), maps).unwrap();
             for ((m, ci, y, xx), &v) in got.indexed_iter() {

@@ -75,26 +75,53 @@ pub(crate) fn transpose(
         );
     }
     let bands = s.h.div_ceil(BAND);
+    let taps = reorder_taps(wt, s.cols, s.rows);
     let job = Job {
         src,
-        wt,
+        taps: &taps,
         s,
         dst: SendPtr(out.as_mut_ptr() as *mut f32),
         scale,
     };
-    (0..s.n * bands).into_par_iter().for_each_init(
-        || Buffers {
-            acc: vec![0f32; BAND * s.rows * padded_width(s.w)],
-            row: vec![0f32; (BAND + 2) * row_len(&s)],
-        },
-        |buf, item| {
-            let (m, band) = (item / bands, item % bands);
-            let ys = band * BAND..((band + 1) * BAND).min(s.h);
-            // SAFETY: rows `ys` of image `m` are this item's alone; `dst` spans `out`, whose
-            // size was checked above.
-            unsafe { run(job, m, ys, buf) };
-        },
-    );
+    let len = s.cols * (BAND + 2) * row_len(&s);
+    (0..s.n * bands).into_par_iter().for_each(|item| {
+        let (m, band) = (item / bands, item % bands);
+        let ys = band * BAND..((band + 1) * BAND).min(s.h);
+        // SAFETY: rows `ys` of image `m` are this item's alone; `dst` spans `out`, whose size
+        // was checked above.
+        let work = |rows: &mut [f32]| unsafe { run(job, m, ys, rows) };
+        // This thread's buffer, kept from call to call: `prepare` writes every value the sums
+        // read.
+        ROWS.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut rows) => {
+                if rows.len() < len {
+                    *rows = vec![0f32; len];
+                }
+                work(&mut rows[..len])
+            }
+            Err(_) => work(&mut vec![0f32; len]),
+        });
+    });
+}
+
+thread_local! {
+    /// The padded relevance rows of a work item ([`prepare`]) on this thread.
+    static ROWS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The taps of `wt` (`[cols, rows, 3, 3]`) in the order the sums read them: output channel
+/// fastest, then the kernel column, the kernel row and the relevance channel
+/// (`t[((o·3 + kh)·3 + kw)·rows + c] = wt[o, c, kh, kw]`).
+fn reorder_taps(wt: &[f32], cols: usize, rows: usize) -> Vec<f32> {
+    let mut t = vec![0f32; wt.len()];
+    for o in 0..cols {
+        for c in 0..rows {
+            for k in 0..9 {
+                t[(o * 9 + k) * rows + c] = wt[(o * rows + c) * 9 + k];
+            }
+        }
+    }
+    t
 }
 
 /// Columns summed per step (one AVX-512 register of f32).
@@ -111,13 +138,6 @@ fn row_len(s: &Shape) -> usize {
     (LEAD + s.ow).max(LEAD + 2 + padded_width(s.w))
 }
 
-/// A work item's accumulators (its band's output rows, `rows` channels each) and padded
-/// relevance rows (the band's and two more).
-struct Buffers {
-    acc: Vec<f32>,
-    row: Vec<f32>,
-}
-
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
 // SAFETY: only used to write disjoint rows from different work items.
@@ -129,83 +149,50 @@ unsafe impl Sync for SendPtr {}
 #[derive(Clone, Copy)]
 struct Job<'a> {
     src: Source<'a>,
-    wt: &'a [f32],
+    /// The weights as [`reorder_taps`] orders them.
+    taps: &'a [f32],
     s: Shape,
     dst: SendPtr,
     scale: Option<Scale<'a>>,
 }
 
 /// Output rows `ys` of image `m`, by the fastest body this processor runs (the Winograd
-/// kernels' choice).
+/// kernels' choice), with `rows` as the buffer of the padded relevance rows.
 ///
 /// # Safety
 /// `job.dst` must point at the `[n, rows, h, w]` output, whose rows `ys` of image `m` no one
 /// else reads or writes during the call.
-unsafe fn run(job: Job<'_>, m: usize, ys: std::ops::Range<usize>, buf: &mut Buffers) {
+unsafe fn run(job: Job<'_>, m: usize, ys: std::ops::Range<usize>, rows: &mut [f32]) {
+    // (each body prepares the rows itself, compiled for its instructions: the divisions
+    // vectorise)
     match Kernel::best() {
         // SAFETY: the processor has AVX-512F and FMA (detected); the caller's promise.
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512 => unsafe { rows_avx512(job, m, ys, buf) },
+        Kernel::Avx512 => unsafe { sums_avx512(job, m, ys, rows) },
         // SAFETY: the processor has AVX2 and FMA (detected); the caller's promise.
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2 => unsafe { rows_avx2(job, m, ys, buf) },
+        Kernel::Avx2 => unsafe { sums_avx2(job, m, ys, rows) },
         // SAFETY: the caller's promise.
-        Kernel::Portable => unsafe { rows::<false>(job, m, ys, buf) },
+        Kernel::Portable => unsafe { sums::<false, false>(job, m, ys, rows) },
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,fma")]
-unsafe fn rows_avx512(job: Job<'_>, m: usize, ys: std::ops::Range<usize>, buf: &mut Buffers) {
-    // SAFETY: the caller's promise.
-    unsafe { rows::<true>(job, m, ys, buf) }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn rows_avx2(job: Job<'_>, m: usize, ys: std::ops::Range<usize>, buf: &mut Buffers) {
-    // SAFETY: the caller's promise.
-    unsafe { rows::<true>(job, m, ys, buf) }
-}
-
-/// Output rows `ys` of image `m`; multiply-adds fused where `FMA`.
-///
-/// # Safety
-/// As [`run`].
+/// The relevance rows `oy0 .. oy1` (see [`relevance_rows`]) that output rows `ys` of image
+/// `m` read, of every channel, divided as they are read, [`LEAD`] zeros before each and zeros
+/// after: row `oy` of channel `o` at `rows[(o·(BAND + 2) + oy − oy0)·row_len ..]`.
 #[inline(always)]
-unsafe fn rows<const FMA: bool>(
-    job: Job<'_>,
-    m: usize,
-    ys: std::ops::Range<usize>,
-    buf: &mut Buffers,
-) {
-    let Job {
-        src,
-        wt,
-        s,
-        dst,
-        scale,
-    } = job;
-    let (w, ow, rows) = (s.w, s.ow, s.rows);
-    let wp = padded_width(w);
-    let plane_in = s.oh * ow;
-    let plane = s.h * w;
-    let Buffers { acc, row } = buf;
-    let len = row_len(&s);
-    // relevance rows oy0 .. oy1 feed output rows ys (oy = y + top − kh, kh < 3)
-    let oy0 = (ys.start + s.top).saturating_sub(2);
-    let oy1 = (ys.end - 1 + s.top + 1).min(s.oh);
-    let band = &mut acc[..ys.len() * rows * wp];
-    band.fill(0.0);
+fn prepare(job: &Job<'_>, m: usize, ys: &std::ops::Range<usize>, rows: &mut [f32]) {
+    let s = job.s;
+    let (ow, plane_in, len) = (s.ow, s.oh * s.ow, row_len(&s));
+    let (oy0, oy1) = relevance_rows(&s, ys);
     for o in 0..s.cols {
-        // each relevance row once (divided as it is read), LEAD zeros before it
         for oy in oy0..oy1 {
-            let padded = &mut row[(oy - oy0) * len..][..len];
+            let padded = &mut rows[(o * (BAND + 2) + oy - oy0) * len..][..len];
             let at = (m * s.cols + o) * plane_in + oy * ow;
             padded[..LEAD].fill(0.0);
             padded[LEAD + ow..].fill(0.0);
             let dst_row = &mut padded[LEAD..LEAD + ow];
-            match src {
+            match job.src {
                 Source::Plain(x) => dst_row.copy_from_slice(&x[at..at + ow]),
                 Source::Ratio {
                     r,
@@ -230,56 +217,225 @@ unsafe fn rows<const FMA: bool>(
                 }
             }
         }
-        let taps = &wt[(o * rows) * 9..(o * rows + rows) * 9];
-        for (yi, y) in ys.clone().enumerate() {
-            let out_rows = &mut band[yi * rows * wp..][..rows * wp];
-            for kh in 0..3 {
-                let Some(oy) = (y + s.top).checked_sub(kh).filter(|&oy| oy < s.oh) else {
-                    continue;
-                };
-                let padded = &row[(oy - oy0) * len..][..len];
-                // the three taps of a row of the kernel per chunk of LANES columns, the sums
-                // held in a register meanwhile (column x reads relevance column x + left − kw)
-                for (c, a) in out_rows.chunks_exact_mut(wp).enumerate() {
-                    let k = &taps[c * 9 + kh * 3..][..3];
-                    for (x0, a) in a.chunks_exact_mut(LANES).enumerate() {
-                        let a: &mut [f32; LANES] = a.try_into().expect("a chunk");
-                        let mut v = *a;
-                        for (kw, &kv) in k.iter().enumerate() {
-                            let seg: &[f32; LANES] = padded[LEAD + s.left - kw + x0 * LANES..]
-                                [..LANES]
-                                .try_into()
-                                .expect("inside the padded row");
-                            for (v, &sv) in v.iter_mut().zip(seg) {
-                                *v = if FMA {
-                                    kv.mul_add(sv, *v)
-                                } else {
-                                    *v + kv * sv
-                                };
-                            }
+    }
+}
+
+/// The relevance rows `oy0 .. oy1` that output rows `ys` read (`oy = y + top − kh`, `kh < 3`).
+fn relevance_rows(s: &Shape, ys: &std::ops::Range<usize>) -> (usize, usize) {
+    (
+        (ys.start + s.top).saturating_sub(2),
+        (ys.end - 1 + s.top + 1).min(s.oh),
+    )
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn sums_avx512(job: Job<'_>, m: usize, ys: std::ops::Range<usize>, rows: &mut [f32]) {
+    // SAFETY: the caller's promise.
+    unsafe { sums::<true, true>(job, m, ys, rows) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn sums_avx2(job: Job<'_>, m: usize, ys: std::ops::Range<usize>, rows: &mut [f32]) {
+    // SAFETY: the caller's promise.
+    unsafe { sums::<true, false>(job, m, ys, rows) }
+}
+
+/// Output rows `ys` of image `m` from the prepared relevance `rows` ([`prepare`]): by register
+/// blocks of every output channel and several steps of [`LANES`] columns with AVX-512 (`WIDE`),
+/// one step at a time otherwise; multiply-adds fused where `FMA`.
+///
+/// # Safety
+/// As [`run`]; with `WIDE`, the processor must have AVX-512F.
+#[inline(always)]
+unsafe fn sums<const FMA: bool, const WIDE: bool>(
+    job: Job<'_>,
+    m: usize,
+    ys: std::ops::Range<usize>,
+    rows: &mut [f32],
+) {
+    prepare(&job, m, &ys, rows);
+    let rows = &*rows;
+    #[cfg(target_arch = "x86_64")]
+    if WIDE {
+        // SAFETY (every arm): the caller's promise.
+        unsafe {
+            match job.s.rows {
+                1 => block_rows::<1, 8>(job, m, ys, rows),
+                2 => block_rows::<2, 8>(job, m, ys, rows),
+                3 => block_rows::<3, 8>(job, m, ys, rows),
+                4 => block_rows::<4, 6>(job, m, ys, rows),
+                5 => block_rows::<5, 4>(job, m, ys, rows),
+                6 => block_rows::<6, 4>(job, m, ys, rows),
+                7 => block_rows::<7, 3>(job, m, ys, rows),
+                8 => block_rows::<8, 3>(job, m, ys, rows),
+                r => unreachable!("narrow: {r} rows (at most {MAX_ROWS})"),
+            }
+        }
+        return;
+    }
+    for y in ys.clone() {
+        for x in (0..padded_width(job.s.w)).step_by(LANES) {
+            let r = job.s.rows;
+            let mut acc = [[0f32; LANES]; MAX_ROWS];
+            let acc = &mut acc[..r];
+            sum_terms(&job, &ys, y, rows, |o, kh, padded| {
+                let taps = &job.taps[(o * 3 + kh) * 3 * r..][..3 * r];
+                for kw in 0..3 {
+                    let seg: &[f32; LANES] = padded[LEAD + job.s.left - kw + x..][..LANES]
+                        .try_into()
+                        .expect("inside the padded row");
+                    for (c, a) in acc.iter_mut().enumerate() {
+                        let kv = taps[kw * r + c];
+                        for (v, &sv) in a.iter_mut().zip(seg) {
+                            *v = if FMA {
+                                kv.mul_add(sv, *v)
+                            } else {
+                                *v + kv * sv
+                            };
                         }
-                        *a = v;
                     }
                 }
+            });
+            for (c, a) in acc.iter().enumerate() {
+                // SAFETY: the caller's promise.
+                unsafe { write(&job, m, c, y, x, |k| a[k]) };
             }
         }
     }
-    for (yi, y) in ys.enumerate() {
-        let acc = &band[yi * rows * wp..][..rows * wp];
-        for (c, a) in acc.chunks_exact(wp).map(|a| &a[..w]).enumerate() {
-            let at = (m * rows + c) * plane + y * w;
-            // SAFETY: row y of channel c of image m lies inside the output and is this
-            // call's alone (the caller's promise).
-            let out = unsafe { std::slice::from_raw_parts_mut(dst.0.add(at), w) };
-            match scale {
-                None => out.copy_from_slice(a),
-                Some(sc) => {
-                    let xat = ((m / sc.maps) * rows + c) * plane + y * w;
-                    for ((o, &v), &f) in out.iter_mut().zip(a).zip(&sc.x[xat..xat + w]) {
-                        *o = v * f;
-                    }
+}
+
+/// Calls `f(o, kh, padded)` for every relevance channel `o` and kernel row `kh` whose relevance
+/// row (`y + top − kh`) output row `y` reads, `padded` that row as [`prepare`] left it in
+/// `rows`: the order of every output's sum.
+#[inline(always)]
+fn sum_terms(
+    job: &Job<'_>,
+    ys: &std::ops::Range<usize>,
+    y: usize,
+    rows: &[f32],
+    mut f: impl FnMut(usize, usize, &[f32]),
+) {
+    let s = job.s;
+    let len = row_len(&s);
+    let (oy0, _) = relevance_rows(&s, ys);
+    for o in 0..s.cols {
+        for kh in 0..3 {
+            let Some(oy) = (y + s.top).checked_sub(kh).filter(|&oy| oy < s.oh) else {
+                continue;
+            };
+            f(o, kh, &rows[(o * (BAND + 2) + oy - oy0) * len..][..len]);
+        }
+    }
+}
+
+/// Writes the sums of output channel `c`, row `y`, columns `x .. x + LANES` of image `m` (those
+/// inside the row; `value(k)` is column `x + k`'s), times their factors with `scale`.
+///
+/// # Safety
+/// As [`run`].
+#[inline(always)]
+unsafe fn write(
+    job: &Job<'_>,
+    m: usize,
+    c: usize,
+    y: usize,
+    x: usize,
+    value: impl Fn(usize) -> f32,
+) {
+    let s = job.s;
+    if x >= s.w {
+        return;
+    }
+    let live = (s.w - x).min(LANES);
+    let plane = s.h * s.w;
+    let at = (m * s.rows + c) * plane + y * s.w + x;
+    // SAFETY: these `live` values of row y of channel c of image m lie inside the output and
+    // are this call's alone (the caller's promise).
+    let out = unsafe { std::slice::from_raw_parts_mut(job.dst.0.add(at), live) };
+    match job.scale {
+        None => out.iter_mut().enumerate().for_each(|(k, o)| *o = value(k)),
+        Some(sc) => {
+            let xat = ((m / sc.maps) * s.rows + c) * plane + y * s.w + x;
+            for (k, (o, &f)) in out.iter_mut().zip(&sc.x[xat..xat + live]).enumerate() {
+                *o = value(k) * f;
+            }
+        }
+    }
+}
+
+/// [`sums`] with AVX-512 for `R` output channels, in blocks of `X` steps of [`LANES`] columns
+/// (one step at a time at a row's end).
+///
+/// # Safety
+/// As [`run`]; the processor must have AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn block_rows<const R: usize, const X: usize>(
+    job: Job<'_>,
+    m: usize,
+    ys: std::ops::Range<usize>,
+    rows: &[f32],
+) {
+    let wp = padded_width(job.s.w);
+    for y in ys.clone() {
+        let mut x = 0;
+        while x + X * LANES <= wp {
+            // SAFETY: the caller's promise.
+            unsafe { block::<R, X>(&job, m, &ys, y, x, rows) };
+            x += X * LANES;
+        }
+        while x < wp {
+            // SAFETY: the caller's promise.
+            unsafe { block::<R, 1>(&job, m, &ys, y, x, rows) };
+            x += LANES;
+        }
+    }
+}
+
+/// Output row `y` of image `m`, columns `x .. x + X·LANES`, all `R` channels: the sums held in
+/// registers over every term ([`sum_terms`]), then written.
+///
+/// # Safety
+/// As [`run`]; the processor must have AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn block<const R: usize, const X: usize>(
+    job: &Job<'_>,
+    m: usize,
+    ys: &std::ops::Range<usize>,
+    y: usize,
+    x: usize,
+    rows: &[f32],
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); X]; R];
+    let left = job.s.left;
+    sum_terms(job, ys, y, rows, |o, kh, padded| {
+        let taps = &job.taps[(o * 3 + kh) * 3 * R..][..3 * R];
+        assert!(LEAD + left + x + X * LANES <= padded.len());
+        for kw in 0..3 {
+            // SAFETY: inside the padded row (asserted above; kw ≤ 2 ≤ LEAD).
+            let seg: [__m512; X] = std::array::from_fn(|xb| unsafe {
+                _mm512_loadu_ps(padded.as_ptr().add(LEAD + left - kw + x + xb * LANES))
+            });
+            for (c, acc) in acc.iter_mut().enumerate() {
+                let kv = _mm512_set1_ps(taps[kw * R + c]);
+                for (a, &sv) in acc.iter_mut().zip(&seg) {
+                    *a = _mm512_fmadd_ps(kv, sv, *a);
                 }
             }
+        }
+    });
+    for (c, acc) in acc.iter().enumerate() {
+        for (xb, &a) in acc.iter().enumerate() {
+            let mut lanes = [0f32; LANES];
+            // SAFETY: sixteen values into an array of sixteen.
+            unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), a) };
+            // SAFETY: the caller's promise.
+            unsafe { write(job, m, c, y, x + xb * LANES, |k| lanes[k]) };
         }
     }
 }

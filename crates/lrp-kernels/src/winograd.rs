@@ -105,8 +105,11 @@ impl Filter {
         let side = tile.side();
         let positions = side * side;
         let blocks = rows.div_ceil(MR);
-        let mut u = vec![0f32; blocks * positions * cols * MR];
-        u.par_chunks_mut(positions * cols * MR)
+        // Every value is written below (the lanes past the last row as zeros): no clearing
+        // first, which would be one thread's pass over all of it.
+        let mut u = Vec::<f32>::with_capacity(blocks * positions * cols * MR);
+        u.spare_capacity_mut()[..blocks * positions * cols * MR]
+            .par_chunks_mut(positions * cols * MR)
             .enumerate()
             .for_each(|(rb, block)| {
                 let r0 = rb * MR;
@@ -138,11 +141,16 @@ impl Filter {
                         let mut row = [[0f32; MR]; 6];
                         filter_1d(tile, [cols_g[0][i], cols_g[1][i], cols_g[2][i]], &mut row);
                         for (j, lanes) in row[..side].iter().enumerate() {
-                            block[((i * side + j) * cols + k) * MR..][..MR].copy_from_slice(lanes);
+                            let at = &mut block[((i * side + j) * cols + k) * MR..][..MR];
+                            for (a, &v) in at.iter_mut().zip(lanes) {
+                                a.write(v);
+                            }
                         }
                     }
                 }
             });
+        // SAFETY: every value was written above (each block's positions × cols × MR values).
+        unsafe { u.set_len(blocks * positions * cols * MR) };
         Filter {
             u,
             rows,
@@ -373,9 +381,8 @@ pub(crate) fn conv(
     let layout = Layout::new(tb, cols, padded_rows);
     let kernel = Kernel::best();
     let dst = SendPtr(out.as_mut_ptr() as *mut f32);
-    (0..total.div_ceil(tb)).into_par_iter().for_each_init(
-        || layout.buffers(positions),
-        |(v, m), b| {
+    (0..total.div_ceil(tb)).into_par_iter().for_each(|b| {
+        layout.with_buffers(positions, |v, m| {
             let start = b * tb;
             let runs = runs(start, (start + tb).min(total), th, tw);
             let block = Block {
@@ -392,8 +399,8 @@ pub(crate) fn conv(
             // SAFETY: the block's tiles cover output pixels no other block writes; `dst` spans
             // `out`, whose size was checked above.
             unsafe { kernel.run(block) };
-        },
-    );
+        })
+    });
 }
 
 #[derive(Clone, Copy)]
@@ -432,6 +439,36 @@ impl Layout {
             vec![0f32; positions * self.mpos + SLACK],
         )
     }
+
+    /// Calls `f` with buffers `v` and `m` as [`buffers`](Self::buffers) sizes them: this
+    /// thread's, kept from call to call (grown where too small), so that a convolution neither
+    /// allocates nor clears them. Their values are whatever an earlier block left (the blocks
+    /// write what they read).
+    fn with_buffers<R>(&self, positions: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
+        let (vl, ml) = (positions * self.vpos, positions * self.mpos + SLACK);
+        BUFFERS.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut kept) => {
+                let (v, m) = &mut *kept;
+                for (b, len) in [(&mut *v, vl), (&mut *m, ml)] {
+                    if b.len() < len {
+                        *b = vec![0f32; len];
+                    }
+                }
+                f(&mut v[..vl], &mut m[..ml])
+            }
+            // (in use further up this thread's stack: buffers of its own)
+            Err(_) => {
+                let (mut v, mut m) = self.buffers(positions);
+                f(&mut v, &mut m)
+            }
+        })
+    }
+}
+
+thread_local! {
+    /// The block buffers of [`Layout::with_buffers`] on this thread.
+    static BUFFERS: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// One block's work: its tiles' runs, its buffers (see [`Layout`]), and where its output goes.
@@ -516,6 +553,64 @@ fn runs(start: usize, end: usize, th: usize, tw: usize) -> Vec<Run> {
     out
 }
 
+/// How many channels ahead [`transform_inputs`] asks for the rows it reads: the rows of one
+/// chunk of one channel are a few hundred bytes apart from the next channel's, too short a
+/// stream for the processor's prefetchers, so without the hint every row waits on memory.
+const PREFETCH_CHANNELS: usize = 2;
+
+/// Asks the processor to fetch the input rows that [`transform_inputs`] reads for channel `c`
+/// of image `n` at a chunk whose first column is `x0` and first row `y0` (`width` columns of
+/// `IN` rows, those inside the image): of the relevance and its denominators for a ratio.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn prefetch_rows<const IN: usize>(
+    x: Source<'_>,
+    n: usize,
+    c: usize,
+    cols: usize,
+    s: &Shape,
+    x0: isize,
+    y0: isize,
+    width: usize,
+) {
+    let plane = s.h * s.w;
+    let lo = (-x0).clamp(0, width as isize) as usize;
+    let hi = (s.w as isize - x0).clamp(lo as isize, width as isize) as usize;
+    if hi == lo {
+        return;
+    }
+    let (first, second) = match x {
+        Source::Plain(x) => (&x[(n * cols + c) * plane..][..plane], None),
+        Source::Ratio { r, z, maps, .. } => (
+            &r[(n * cols + c) * plane..][..plane],
+            Some(&z[((n / maps) * cols + c) * plane..][..plane]),
+        ),
+    };
+    for img in std::iter::once(first).chain(second) {
+        for i in 0..IN {
+            let y = y0 + i as isize;
+            if y < 0 || y >= s.h as isize {
+                continue;
+            }
+            let seg = &img[y as usize * s.w + (x0 + lo as isize) as usize..][..hi - lo];
+            // one hint per cache line, and the last
+            #[cfg(target_arch = "x86_64")]
+            for k in (0..seg.len()).step_by(16).chain([seg.len() - 1]) {
+                // SAFETY: a prefetch has no effect on memory and does not fault; the address
+                // lies inside `img`.
+                unsafe {
+                    std::arch::x86_64::_mm_prefetch(
+                        seg.as_ptr().add(k).cast(),
+                        std::arch::x86_64::_MM_HINT_T0,
+                    );
+                }
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = seg;
+        }
+    }
+}
+
 /// Most tiles of one run handled at a time by the transforms (their row buffers' size).
 const RUN_CHUNK: usize = 64;
 /// Tiles transformed together (one vector register of f32 on AVX-512).
@@ -574,6 +669,9 @@ fn transform_inputs<const IN: usize, const OUT: usize, const AVX512: bool>(
                 let y0 = (OUT * run.ty) as isize - s.top as isize;
                 // whole groups of OUT columns, covering the chunk's OUT·len + IN − OUT
                 let width = OUT * (len + 1);
+                if c + PREFETCH_CHANNELS < cols {
+                    prefetch_rows::<IN>(x, run.n, c + PREFETCH_CHANNELS, cols, s, x0, y0, width);
+                }
                 for (i, buf) in rows.iter_mut().enumerate() {
                     let y = y0 + i as isize;
                     let buf = &mut buf[..width];
