@@ -1355,9 +1355,39 @@ pub fn dense_transpose(s: ArrayView2<f32>, w: ArrayView2<f32>) -> Array2<f32> {
         s.ncols(),
         w.nrows()
     );
+    if let Some(out) = streamed(s, w, &|v| v) {
+        return out;
+    }
     let mut out = Array2::zeros((s.nrows(), w.ncols()));
     matmul(s, w, &mut out.view_mut());
     out
+}
+
+/// Weights of at least this many values go to the streamed transposes (see [`streamed`]).
+const STREAM_MIN_WEIGHTS: usize = 1 << 20;
+
+/// `s · f(w)` by the streamed transpose (`stream`) where it runs: a large weight (at least
+/// [`STREAM_MIN_WEIGHTS`] values) and a few signal rows; None otherwise.
+fn streamed(
+    s: ArrayView2<f32>,
+    w: ArrayView2<f32>,
+    f: &(impl Fn(f32) -> f32 + Sync),
+) -> Option<Array2<f32>> {
+    let (m, n) = (s.nrows(), w.ncols());
+    if w.len() < STREAM_MIN_WEIGHTS || !crate::stream::available(m) {
+        return None;
+    }
+    let (s, w) = (s.as_standard_layout(), w.as_standard_layout());
+    let mut out = Array2::<f32>::zeros((m, n));
+    crate::stream::transpose(
+        s.as_slice().expect("standard layout"),
+        m,
+        w.as_slice().expect("standard layout"),
+        n,
+        f,
+        out.as_slice_mut().expect("fresh array"),
+    );
+    Some(out)
 }
 
 /// Weight rows per block of the `_mapped` dense kernels: a block holds at most this many
@@ -1430,6 +1460,19 @@ pub fn dense_forward_mapped(
         w.ncols()
     );
     let (out, inp) = w.dim();
+    if w.len() >= STREAM_MIN_WEIGHTS && crate::stream::available(0) {
+        let (x, w) = (x.as_standard_layout(), w.as_standard_layout());
+        let mut y = Array2::<f32>::zeros((x.nrows(), out));
+        crate::stream::forward(
+            x.as_slice().expect("standard layout"),
+            x.nrows(),
+            w.as_slice().expect("standard layout"),
+            inp,
+            &f,
+            y.as_slice_mut().expect("fresh array"),
+        );
+        return y;
+    }
     let xt = x.t().as_standard_layout().into_owned();
     // yᵀ, range by range
     let parts: Vec<Array2<f32>> = weight_ranges(out, inp)
@@ -1511,6 +1554,9 @@ pub fn dense_transpose_mapped(
         s.ncols(),
         w.nrows()
     );
+    if let Some(out) = streamed(s, w, &f) {
+        return out;
+    }
     mapped_transpose(w, &f, s.nrows(), |o0, o1, _| {
         s.slice(s![.., o0..o1]).to_owned()
     })
@@ -1546,6 +1592,19 @@ pub fn dense_ratio_transpose_mapped(
         bias.is_none_or(|b| b.len() == out),
         "{what}: one bias per output unit"
     );
+    // Where the transpose is streamed: the denominators in one pass over the weight, the
+    // ratios, and the transpose in a second.
+    if crate::stream::available(m) && w.len() >= STREAM_MIN_WEIGHTS {
+        let mut d = dense_forward_mapped(x, w, &f);
+        if sign != 1.0 {
+            d.mapv_inplace(|v| v * sign);
+        }
+        let ratio = Array2::from_shape_fn((m, out), |(mi, u)| {
+            let b = bias.map_or(0.0, |b| b[u]);
+            stab.divide_f64(r[[mi, u]], f64::from(d[[mi / maps, u]]) + b)
+        });
+        return streamed(ratio.view(), w, &f).expect("streamed (checked above)");
+    }
     // Each block's denominators and ratios as `dense_forward_mapped` and the rules' division
     // make them, then the same sums as `dense_transpose_mapped`: the same values.
     let xt = x.t().as_standard_layout().into_owned();
@@ -2212,6 +2271,81 @@ mod tests {
         Array::from_iter((0..len).map(|i| ((i as f32 * k).sin() * 3.0).round() / 2.0))
             .into_shape_with_order(shape)
             .unwrap()
+    }
+
+    /// The Dense transposes of large weights for a few signal rows (1 to 17; weight rows not a
+    /// multiple of eight, columns not of sixteen: streamed where the processor can) equal the
+    /// f64 sums within 4 f32 epsilons of each output's sum of magnitudes, mapped weights too,
+    /// as do the mapped forward sums, and both are the same with one worker and with three.
+    #[test]
+    fn large_dense_transposes_equal_the_f64_sums() {
+        let wave = |len: usize, k: f32| -> Vec<f32> {
+            (0..len)
+                .map(|i| ((i as f32 * k).sin() * 3.0).round() / 2.0 + 0.01)
+                .collect()
+        };
+        for (m, k, n) in [(1, 67, 16_411), (8, 130, 8_100), (17, 1_029, 1_021)] {
+            let s = Array2::from_shape_vec((m, k), wave(m * k, 0.37)).unwrap();
+            let w = Array2::from_shape_vec((k, n), wave(k * n, 0.91)).unwrap();
+            assert!(w.len() >= STREAM_MIN_WEIGHTS);
+            let positive = |v: f32| v.max(0.0);
+            let plain = dense_transpose(s.view(), w.view());
+            let mapped = dense_transpose_mapped(s.view(), w.view(), positive);
+            for (got, f) in [
+                (&plain, &(|v: f32| v) as &dyn Fn(f32) -> f32),
+                (&mapped, &positive),
+            ] {
+                for ((r, c), &v) in got.indexed_iter() {
+                    let (mut sum, mut mag) = (0f64, 0f64);
+                    for kk in 0..k {
+                        let t = f64::from(s[[r, kk]]) * f64::from(f(w[[kk, c]]));
+                        sum += t;
+                        mag += t.abs();
+                    }
+                    let tol = 4.0 * f64::from(f32::EPSILON) * mag + 1e-30;
+                    assert!(
+                        (f64::from(v) - sum).abs() <= tol,
+                        "[{m}, {k}] × [{k}, {n}] at ({r}, {c}): {v} against {sum}"
+                    );
+                }
+            }
+            // the forward sums of the weight's transpose (`[n, k]`) over the signal's rows
+            let wt = w.t().as_standard_layout().into_owned();
+            let z = dense_forward_mapped(s.view(), wt.view(), positive);
+            for ((r, c), &v) in z.indexed_iter() {
+                let (mut sum, mut mag) = (0f64, 0f64);
+                for kk in 0..k {
+                    let t = f64::from(s[[r, kk]]) * f64::from(positive(wt[[c, kk]]));
+                    sum += t;
+                    mag += t.abs();
+                }
+                let tol = 4.0 * f64::from(f32::EPSILON) * mag + 1e-30;
+                assert!(
+                    (f64::from(v) - sum).abs() <= tol,
+                    "forward [{m}, {k}] × [{n}, {k}]ᵀ at ({r}, {c}): {v} against {sum}"
+                );
+            }
+            for threads in [1, 3] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let again = pool.install(|| dense_transpose(s.view(), w.view()));
+                assert!(
+                    again
+                        .iter()
+                        .zip(&plain)
+                        .all(|(a, b)| a.to_bits() == b.to_bits())
+                );
+                let again = pool.install(|| dense_forward_mapped(s.view(), wt.view(), positive));
+                assert!(
+                    again
+                        .iter()
+                        .zip(&z)
+                        .all(|(a, b)| a.to_bits() == b.to_bits())
+                );
+            }
+        }
     }
 
     /// The one-pass ratio and transpose of a mapped Dense weight equals the denominators, the

@@ -2,13 +2,14 @@
 //!
 //! [`kernels`] holds the f32 building blocks every rule is made of: the linear maps of Conv and
 //! Dense layers and their transposes (im2col + GEMM, or Winograd's algorithm for 3×3, stride-1
-//! convolutions, and direct sums for their transposes into a few channels), and the
-//! redistribution of relevance through
-//! max, average and global pools. [`Stabilizer`] is the division stabiliser of the rules.
+//! convolutions, and direct sums for their transposes into a few channels; large Dense
+//! weights read once for a few rows), and the redistribution of relevance through max, average
+//! and global pools. [`Stabilizer`] is the division stabiliser of the rules.
 
 pub mod kernels;
 mod narrow;
 mod stabilizer;
+mod stream;
 mod winograd;
 
 pub use kernels::{ConvGeometry, KernelError, PoolGeometry};

@@ -26,7 +26,7 @@ use rayon::prelude::*;
 /// Rows (output channels) of the product's register block.
 const MR: usize = 8;
 /// Columns (output tiles) of the product's register block.
-const NR: usize = 32;
+const NR: usize = 48;
 /// Bytes of a block's transformed inputs and products together (per worker).
 const BLOCK_BYTES: usize = 1 << 20;
 /// Most tiles in a block.
@@ -75,7 +75,7 @@ impl Tile {
     /// ran up to 1.5× slower.
     pub(crate) fn widest_for(oh: usize, ow: usize) -> Tile {
         if 3 * Tile::F4.products(oh, ow) <= 2 * Tile::F2.products(oh, ow)
-            && Tile::F4.tiles(oh, ow) >= NR
+            && Tile::F4.tiles(oh, ow) >= 32
         {
             Tile::F4
         } else {
@@ -1061,7 +1061,7 @@ pub(crate) fn fast() -> bool {
 
 /// The product kernels this processor runs (the direct transposes of `narrow` pick theirs by
 /// the same instruction sets).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kernel {
     #[cfg(target_arch = "x86_64")]
     Avx512,
@@ -1167,27 +1167,25 @@ unsafe fn block_avx512(block: Block<'_>) {
     use std::arch::x86_64::*;
     let kernel = |k: usize, a: &[f32], b: &[f32], ldb: usize, c: &mut [f32], ldc: usize| {
         check_block(k, a, b, ldb, c, ldc);
-        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+        const NV: usize = NR / 16;
+        let mut acc = [[_mm512_setzero_ps(); NV]; MR];
         for kk in 0..k {
             // SAFETY: in bounds (checked above); unaligned loads.
-            let (b0, b1) = unsafe {
-                (
-                    _mm512_loadu_ps(b.as_ptr().add(kk * ldb)),
-                    _mm512_loadu_ps(b.as_ptr().add(kk * ldb + 16)),
-                )
-            };
+            let bv: [__m512; NV] = std::array::from_fn(|j| unsafe {
+                _mm512_loadu_ps(b.as_ptr().add(kk * ldb + 16 * j))
+            });
             for (r, acc) in acc.iter_mut().enumerate() {
                 // SAFETY: in bounds (checked above).
                 let ar = _mm512_set1_ps(unsafe { *a.get_unchecked(kk * MR + r) });
-                acc[0] = _mm512_fmadd_ps(ar, b0, acc[0]);
-                acc[1] = _mm512_fmadd_ps(ar, b1, acc[1]);
+                for (a, &b) in acc.iter_mut().zip(&bv) {
+                    *a = _mm512_fmadd_ps(ar, b, *a);
+                }
             }
         }
         for (r, acc) in acc.iter().enumerate() {
-            // SAFETY: in bounds (checked above); unaligned stores.
-            unsafe {
-                _mm512_storeu_ps(c.as_mut_ptr().add(r * ldc), acc[0]);
-                _mm512_storeu_ps(c.as_mut_ptr().add(r * ldc + 16), acc[1]);
+            for (j, &v) in acc.iter().enumerate() {
+                // SAFETY: in bounds (checked above); unaligned stores.
+                unsafe { _mm512_storeu_ps(c.as_mut_ptr().add(r * ldc + 16 * j), v) };
             }
         }
     };
