@@ -31,7 +31,7 @@
 //! | `--width-div D` | `LRP_BENCH_WIDTH_DIV` | 1 (4 quick) | VGG channel divisor |
 //! | `--seed S` | `LRP_BENCH_SEED` | testkit's DEFAULT_SEED | weights; input uses S+1 |
 //! | `--model M` | `LRP_BENCH_MODEL` | `vgg16` | `vgg16` or `resnet50` (torchvision's architectures) |
-//! | `--group-mib G` | `LRP_BENCH_GROUP_MIB` | the engine's (32) | `ExplainOptions::group_bytes` in MiB; `max`: the whole batch at once |
+//! | `--group-mib G` | `LRP_BENCH_GROUP_MIB` | the engine's (32) | `ExplainOptions::group_bytes` in MiB (per relevance map); `max`: the whole batch at once |
 //! | `--conv3x3 C` | `LRP_BENCH_CONV3X3` | the engine's (`winograd4`) | `ExplainOptions::conv3x3`: `winograd`, `winograd4` or `direct` |
 //!
 //! A method is a preset name, a rule configuration file (`path/to/config.ron`), or

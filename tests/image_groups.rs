@@ -89,16 +89,18 @@ fn groups_of_images_give_the_whole_batch_result() {
         for &method in methods {
             let whole = explain(model, method, &x, usize::MAX);
             assert_eq!(whole.groups, None, "{model}, {method}");
-            // From the logits on one image at a time; then, with budgets between the largest
-            // tensor of one image and of the batch, from a later node on, in groups of 2 or 3
-            // (the last one shorter).
+            // From the logits on one image at a time; then, with budgets (per relevance map)
+            // between the largest tensor of one image and of the batch, from a later node on,
+            // in groups of 2 or 3 (the last one shorter).
+            let maps = whole.passes.shape()[0] / 5;
             let per_image = whole
                 .kept
                 .iter()
                 .map(|(_, r)| r.len() / 5 * 4)
-                .chain([x.len() / 5 * 4 * whole.passes.shape()[0] / 5])
+                .chain([x.len() / 5 * 4 * maps])
                 .max()
-                .unwrap();
+                .unwrap()
+                / maps;
             let mut seen = Vec::new();
             for budget in [1, 2 * per_image, 3 * per_image] {
                 let got = explain(model, method, &x, budget);

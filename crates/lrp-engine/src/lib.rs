@@ -79,11 +79,11 @@ pub struct ExplainOptions {
     pub relu: Option<bool>,
     /// Nodes whose relevance to return (their names).
     pub keep: Vec<String>,
-    /// The largest relevance tensor, in bytes, the pass makes for several images at once
-    /// (None: [`DEFAULT_GROUP_BYTES`]). From the first node where a tensor of the whole batch
-    /// is larger, the pass runs one group of images at a time, as many as fit; the result is
-    /// the same, but freed memory is reused instead of new memory touched. `Some(usize::MAX)`
-    /// runs the whole batch at once.
+    /// The largest relevance tensor, in bytes per relevance map (a two-pass signal's tensors
+    /// hold two), the pass makes for several images at once (None: [`DEFAULT_GROUP_BYTES`]).
+    /// From the first node where a tensor of the whole batch is larger, the pass runs one group
+    /// of images at a time, as many as fit; the result is the same, but freed memory is reused
+    /// instead of new memory touched. `Some(usize::MAX)` runs the whole batch at once.
     pub group_bytes: Option<usize>,
     /// How the pass computes large 3×3, stride-1 convolutions and their transposes (None:
     /// [`DEFAULT_CONV3X3`]); the choice changes results by rounding only.
@@ -94,7 +94,7 @@ pub struct ExplainOptions {
 /// on all but small outputs, where F(2×2, 3×3) (2.25× fewer).
 pub const DEFAULT_CONV3X3: Conv3x3 = Conv3x3::Winograd4;
 
-/// The default of [`ExplainOptions::group_bytes`]: 32 MiB.
+/// The default of [`ExplainOptions::group_bytes`]: 32 MiB (per relevance map).
 pub const DEFAULT_GROUP_BYTES: usize = 32 << 20;
 
 /// The explanation of one batch.
@@ -339,7 +339,7 @@ fn relevance_pass(
     );
     let order: Vec<NodeId> = g.topo_order().iter().rev().copied().collect();
     let budget = opts.group_bytes.unwrap_or(DEFAULT_GROUP_BYTES);
-    let (split, group) = image_groups(g, &order, n, maps, budget);
+    let (split, group) = image_groups(g, &order, n, budget);
     let walk = Walk {
         g,
         assignment,
@@ -417,18 +417,15 @@ fn relevance_pass(
 }
 
 /// Where the pass starts to run in groups of images, and how many images a group holds: the
-/// first node (in `order`) one of whose tensors, for the whole batch and every map, is larger
+/// first node (in `order`) one of whose tensors, for the whole batch and one map, is larger
 /// than `budget` bytes, and the most images whose largest tensor from there on fits `budget`
 /// (at least one, and fewer than `n`: the split node's own tensor does not fit for all `n`).
-/// `(order.len(), n)` when every tensor fits or the batch is one image.
-fn image_groups(
-    g: &Graph,
-    order: &[NodeId],
-    n: usize,
-    maps: usize,
-    budget: usize,
-) -> (usize, usize) {
-    // Bytes per image of the largest relevance tensor a node's rule takes or returns.
+/// `(order.len(), n)` when every tensor fits or the batch is one image. The budget is per map
+/// so that a two-pass signal runs as many images a group as a one-pass one: the kernels'
+/// calls then hold twice the rows, and do more work each (docs/performance.md, thirteenth
+/// session).
+fn image_groups(g: &Graph, order: &[NodeId], n: usize, budget: usize) -> (usize, usize) {
+    // Bytes per image and map of the largest relevance tensor a node's rule takes or returns.
     let per_image = |id: NodeId| -> usize {
         let node = &g.nodes()[id];
         let elements = std::iter::once(g.shape(id))
@@ -436,7 +433,7 @@ fn image_groups(
             .map(|s| s.iter().product::<usize>())
             .max()
             .unwrap_or(0);
-        elements * maps * std::mem::size_of::<f32>()
+        elements * std::mem::size_of::<f32>()
     };
     let Some(split) = order
         .iter()
