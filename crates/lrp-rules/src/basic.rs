@@ -14,6 +14,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use lrp_ir::Op;
 use lrp_kernels::Stabilizer;
 use lrp_kernels::kernels;
 use ndarray::{ArrayD, ArrayViewD, Axis, CowArray, LinalgScalar, Slice};
@@ -777,6 +778,37 @@ fn divide_rows<A: Copy + Into<f64> + Sync>(
 }
 
 /// Whether `x` has positive and negative values.
+/// How many producers back [`non_negative`] looks.
+const NON_NEGATIVE_DEPTH: usize = 8;
+
+/// Whether the graph makes every value of tensor `name` non-negative (or NaN): the output of a
+/// ReLU or of a Clip from 0 up, or of pools, reshapes and concatenations of such tensors,
+/// looking at most `depth` producers back.
+fn non_negative(g: &lrp_ir::Graph, name: &str, depth: usize) -> bool {
+    let Some(node) = g.node_id(name).map(|id| &g.nodes()[id]) else {
+        return false;
+    };
+    match &node.op {
+        Op::Relu => true,
+        Op::Clip { min, .. } => *min >= 0.0,
+        Op::MaxPool { .. }
+        | Op::AvgPool { .. }
+        | Op::GlobalAvgPool
+        | Op::GlobalMaxPool
+        | Op::Flatten
+        | Op::Reshape { .. }
+        | Op::Transpose { .. }
+        | Op::Squeeze { .. }
+        | Op::Unsqueeze { .. }
+        | Op::Concat { .. } => {
+            depth > 0
+                && !node.inputs.is_empty()
+                && node.inputs.iter().all(|s| non_negative(g, s, depth - 1))
+        }
+        _ => false,
+    }
+}
+
 fn signs(x: ArrayViewD<'_, f32>) -> (bool, bool) {
     let x = x.as_standard_layout();
     let xs = x.as_slice().expect("standard layout");
@@ -887,9 +919,16 @@ impl BasicRule {
         let z = ctx.output.view();
         let maps = ctx.maps;
         let bounds = ctx.bounds.or(self.bounds.as_ref());
-        // Whether x has positive and negative values: scanned once, and only if a branch asks.
+        // Whether x has positive and negative values: scanned once, and only if a branch asks;
+        // a tensor the graph makes non-negative (a ReLU's output, pooled) needs no scan (its
+        // positive part is all of it, its negative part nothing).
         let x_signs = std::cell::OnceCell::new();
-        let x_signs = || *x_signs.get_or_init(|| signs(x.view()));
+        let x_signs = || {
+            *x_signs.get_or_init(|| match ctx.node().inputs.first() {
+                Some(name) if non_negative(ctx.graph, name, NON_NEGATIVE_DEPTH) => (true, false),
+                _ => signs(x.view()),
+            })
+        };
         let mut result: Option<ArrayD<f32>> = None;
         for (ti, t) in self.terms.iter().enumerate() {
             // The denominator, per image.
@@ -1182,6 +1221,60 @@ mod tests {
     use ndarray::{IxDyn, array};
 
     /// The text of every built-in's terms reads back as the same terms.
+    /// The graph makes a ReLU's output non-negative, and what pools and flattening make of it,
+    /// but not the graph's input, a tanh's output, or a sum with one.
+    #[test]
+    fn non_negative_tensors_from_the_graph() {
+        let node = |name: &str, op: Op, inputs: &[&str]| lrp_ir::NodeDef {
+            name: name.into(),
+            op,
+            inputs: inputs.iter().map(|s| s.to_string()).collect(),
+            params: Default::default(),
+        };
+        let pool = Op::MaxPool {
+            kernel: [2, 2],
+            strides: [2, 2],
+            pads: [0; 4],
+            dilations: [1, 1],
+            ceil_mode: false,
+        };
+        let def = lrp_ir::GraphDef {
+            format: lrp_ir::FORMAT_VERSION,
+            name: "signs".into(),
+            weights: String::new(),
+            input: lrp_ir::InputDef {
+                name: "x".into(),
+                shape: vec![1, 4, 4],
+                layout: lrp_ir::Layout::NCHW,
+                preprocess: None,
+            },
+            output: "sum".into(),
+            nodes: vec![
+                node("relu", Op::Relu, &["x"]),
+                node("pool", pool.clone(), &["relu"]),
+                node("flat", Op::Flatten, &["pool"]),
+                node("tanh", Op::Tanh, &["x"]),
+                node("tanh_pool", pool, &["tanh"]),
+                node("sum", Op::Add, &["relu", "tanh"]),
+            ],
+            labels: None,
+        };
+        let g = lrp_ir::Graph::new(def, Default::default()).unwrap();
+        for (name, want) in [
+            ("relu", true),
+            ("pool", true),
+            ("flat", true),
+            ("x", false),
+            ("tanh", false),
+            ("tanh_pool", false),
+            ("sum", false),
+        ] {
+            assert_eq!(non_negative(&g, name, NON_NEGATIVE_DEPTH), want, "{name}");
+        }
+        // only so many producers back
+        assert!(!non_negative(&g, "flat", 1));
+    }
+
     #[test]
     fn terms_text_round_trips() {
         let rules = [
