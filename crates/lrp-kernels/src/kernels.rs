@@ -1564,9 +1564,10 @@ pub fn dense_transpose_mapped(
 
 /// [`dense_transpose_mapped`]`(s, w, f)` for the rules' ratio `s = r / stab(sign · x·f(w)ᵀ + b)`
 /// (row `m` of `r`, `[M, out]`, divided by row `m / maps` of the denominators, the sum and the
-/// division in f64 and a bias `b` per output unit), with one pass over the weight: each block
-/// of rows of `f(w)` is mapped once and serves the denominators, the division and the
-/// transpose. Gives the same values as those three steps one after the other.
+/// division in f64 and a bias `b` per output unit), without making `f(w)` whole: two passes
+/// over the weight where the transposes are streamed (a large weight, a few rows), one
+/// otherwise (each block of rows of `f(w)` mapped once serves the denominators, the division
+/// and the transpose). Gives the same values as those three steps one after the other.
 #[allow(clippy::too_many_arguments)]
 pub fn dense_ratio_transpose_mapped(
     r: ArrayView2<f32>,

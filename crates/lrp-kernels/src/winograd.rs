@@ -27,6 +27,9 @@ use rayon::prelude::*;
 const MR: usize = 8;
 /// Columns (output tiles) of the product's register block.
 const NR: usize = 48;
+/// The fewest F(4×4, 3×3) tiles per image for which [`Tile::widest_for`] takes them (the
+/// register block's width when the rule was measured, twelfth session).
+const F4_MIN_TILES: usize = 32;
 /// Bytes of a block's transformed inputs and products together (per worker).
 const BLOCK_BYTES: usize = 1 << 20;
 /// Most tiles in a block.
@@ -67,15 +70,14 @@ impl Tile {
     }
 
     /// F(4×4, 3×3) where it saves at least a third of F(2×2, 3×3)'s products on an `oh`×`ow`
-    /// output and an image has at least a register block's width ([`NR`]) of its tiles;
-    /// F(2×2, 3×3) elsewhere. F(4×4, 3×3)'s transforms cost more, and its tiles overhang
-    /// small outputs: at 14×14 it saves 27 % of the products and ran no faster. At 7×7 it
-    /// saves 44 %, but an image's 4 tiles fill an eighth of a register block (the pass runs
-    /// small groups of images) and the work splits into fewer blocks: ResNet-50's 7×7 layers
-    /// ran up to 1.5× slower.
+    /// output and an image has at least [`F4_MIN_TILES`] of its tiles; F(2×2, 3×3) elsewhere.
+    /// F(4×4, 3×3)'s transforms cost more, and its tiles overhang small outputs: at 14×14 it
+    /// saves 27 % of the products and ran no faster. At 7×7 it saves 44 %, but an image's 4
+    /// tiles fill a small part of a register block (the pass runs small groups of images) and
+    /// the work splits into fewer blocks: ResNet-50's 7×7 layers ran up to 1.5× slower.
     pub(crate) fn widest_for(oh: usize, ow: usize) -> Tile {
         if 3 * Tile::F4.products(oh, ow) <= 2 * Tile::F2.products(oh, ow)
-            && Tile::F4.tiles(oh, ow) >= 32
+            && Tile::F4.tiles(oh, ow) >= F4_MIN_TILES
         {
             Tile::F4
         } else {
