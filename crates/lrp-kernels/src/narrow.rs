@@ -48,6 +48,18 @@ pub(crate) fn transpose(
     out: &mut [std::mem::MaybeUninit<f32>],
     scale: Option<Scale<'_>>,
 ) {
+    transpose_by(Kernel::best(), src, wt, s, out, scale)
+}
+
+/// [`transpose`] by the body for `kernel` (which the processor must run).
+fn transpose_by(
+    kernel: Kernel,
+    src: Source<'_>,
+    wt: &[f32],
+    s: Shape,
+    out: &mut [std::mem::MaybeUninit<f32>],
+    scale: Option<Scale<'_>>,
+) {
     assert!(s.rows <= MAX_ROWS && s.top <= LEAD && s.left <= LEAD);
     assert!(
         s.oh <= s.h + 2 && s.ow <= s.w + 2,
@@ -89,7 +101,7 @@ pub(crate) fn transpose(
         let ys = band * BAND..((band + 1) * BAND).min(s.h);
         // SAFETY: rows `ys` of image `m` are this item's alone; `dst` spans `out`, whose size
         // was checked above.
-        let work = |rows: &mut [f32]| unsafe { run(job, m, ys, rows) };
+        let work = |rows: &mut [f32]| unsafe { run(kernel, job, m, ys, rows) };
         // This thread's buffer, kept from call to call: `prepare` writes every value the sums
         // read.
         ROWS.with(|cell| match cell.try_borrow_mut() {
@@ -156,20 +168,27 @@ struct Job<'a> {
     scale: Option<Scale<'a>>,
 }
 
-/// Output rows `ys` of image `m`, by the fastest body this processor runs (the Winograd
-/// kernels' choice), with `rows` as the buffer of the padded relevance rows.
+/// Output rows `ys` of image `m`, by the body for `kernel` (the Winograd kernels' choice of
+/// instructions), with `rows` as the buffer of the padded relevance rows.
 ///
 /// # Safety
-/// `job.dst` must point at the `[n, rows, h, w]` output, whose rows `ys` of image `m` no one
-/// else reads or writes during the call.
-unsafe fn run(job: Job<'_>, m: usize, ys: std::ops::Range<usize>, rows: &mut [f32]) {
+/// The processor must run `kernel`'s instructions; `job.dst` must point at the
+/// `[n, rows, h, w]` output, whose rows `ys` of image `m` no one else reads or writes during
+/// the call.
+unsafe fn run(
+    kernel: Kernel,
+    job: Job<'_>,
+    m: usize,
+    ys: std::ops::Range<usize>,
+    rows: &mut [f32],
+) {
     // (each body prepares the rows itself, compiled for its instructions: the divisions
     // vectorise)
-    match Kernel::best() {
-        // SAFETY: the processor has AVX-512F and FMA (detected); the caller's promise.
+    match kernel {
+        // SAFETY: the processor has AVX-512F and FMA (the caller's promise), as below.
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx512 => unsafe { sums_avx512(job, m, ys, rows) },
-        // SAFETY: the processor has AVX2 and FMA (detected); the caller's promise.
+        // SAFETY: the processor has AVX2 and FMA (the caller's promise).
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2 => unsafe { sums_avx2(job, m, ys, rows) },
         // SAFETY: the caller's promise.
@@ -436,6 +455,97 @@ unsafe fn block<const R: usize, const X: usize>(
             unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), a) };
             // SAFETY: the caller's promise.
             unsafe { write(job, m, c, y, x + xb * LANES, |k| lanes[k]) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every body this processor runs (AVX-512, AVX2, portable) transposes into 1 to 7
+    /// channels, rows of 23 and 150 pixels, with and without factors, to the direct f64 sum
+    /// within 4 f32 epsilons of each output's sum of magnitudes.
+    #[test]
+    fn every_body_equals_the_direct_sum() {
+        let wave = |len: usize, k: f32| -> Vec<f32> {
+            (0..len)
+                .map(|i| ((i as f32 * k).sin() * 3.0).round() / 2.0 + 0.01)
+                .collect()
+        };
+        let (n, cols) = (2, 5);
+        for kernel in Kernel::available() {
+            for (rows, w, top, left) in
+                [(1, 150, 1, 1), (3, 23, 0, 2), (6, 150, 2, 0), (7, 23, 1, 1)]
+            {
+                let h = 9;
+                // the map's output, which the transpose reads: padding top/left, bottom/right 1
+                let (oh, ow) = (h + top + 1 - 2, w + left + 1 - 2);
+                let s = Shape {
+                    n,
+                    rows,
+                    h,
+                    w,
+                    cols,
+                    oh,
+                    ow,
+                    top,
+                    left,
+                };
+                let src = wave(n * cols * oh * ow, 0.53);
+                let wt = wave(cols * rows * 9, 0.91);
+                let factors = wave(n * rows * h * w, 0.37);
+                for scaled in [false, true] {
+                    let mut out = vec![std::mem::MaybeUninit::<f32>::uninit(); n * rows * h * w];
+                    let scale = scaled.then_some(Scale {
+                        x: &factors,
+                        maps: 1,
+                    });
+                    transpose_by(kernel, Source::Plain(&src), &wt, s, &mut out, scale);
+                    for m in 0..n {
+                        for c in 0..rows {
+                            for y in 0..h {
+                                for x in 0..w {
+                                    let (mut sum, mut mag) = (0f64, 0f64);
+                                    for o in 0..cols {
+                                        for kh in 0..3 {
+                                            for kw in 0..3 {
+                                                let (oy, ox) = (y + top, x + left);
+                                                if oy < kh
+                                                    || ox < kw
+                                                    || oy - kh >= oh
+                                                    || ox - kw >= ow
+                                                {
+                                                    continue;
+                                                }
+                                                let t = f64::from(
+                                                    src[((m * cols + o) * oh + oy - kh) * ow + ox
+                                                        - kw],
+                                                ) * f64::from(
+                                                    wt[((o * rows + c) * 3 + kh) * 3 + kw],
+                                                );
+                                                sum += t;
+                                                mag += t.abs();
+                                            }
+                                        }
+                                    }
+                                    let at = ((m * rows + c) * h + y) * w + x;
+                                    let f = if scaled { f64::from(factors[at]) } else { 1.0 };
+                                    // SAFETY: the transpose writes every element.
+                                    let v = f64::from(unsafe { out[at].assume_init() });
+                                    let tol = 4.0 * f64::from(f32::EPSILON) * mag * f.abs() + 1e-30;
+                                    assert!(
+                                        (v - sum * f).abs() <= tol,
+                                        "{kernel:?}, {rows} rows, width {w}, at {:?}: {v} against {}",
+                                        (m, c, y, x),
+                                        sum * f
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
 }

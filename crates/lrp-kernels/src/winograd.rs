@@ -1074,7 +1074,7 @@ pub(crate) enum Kernel {
 
 impl Kernel {
     /// Every kernel this processor can run, slowest first.
-    fn available() -> Vec<Kernel> {
+    pub(crate) fn available() -> Vec<Kernel> {
         let mut all = vec![Kernel::Portable];
         #[cfg(target_arch = "x86_64")]
         {
