@@ -777,7 +777,6 @@ fn divide_rows<A: Copy + Into<f64> + Sync>(
     ArrayD::from_shape_vec(r.raw_dim(), out).expect("same length as r")
 }
 
-/// Whether `x` has positive and negative values.
 /// How many producers back [`non_negative`] looks.
 const NON_NEGATIVE_DEPTH: usize = 8;
 
@@ -809,6 +808,7 @@ fn non_negative(g: &lrp_ir::Graph, name: &str, depth: usize) -> bool {
     }
 }
 
+/// Whether `x` has positive and negative values.
 fn signs(x: ArrayViewD<'_, f32>) -> (bool, bool) {
     let x = x.as_standard_layout();
     let xs = x.as_slice().expect("standard layout");
@@ -1220,7 +1220,6 @@ mod tests {
     use super::*;
     use ndarray::{IxDyn, array};
 
-    /// The text of every built-in's terms reads back as the same terms.
     /// The graph makes a ReLU's output non-negative, and what pools and flattening make of it,
     /// but not the graph's input, a tanh's output, or a sum with one.
     #[test]
@@ -1275,6 +1274,7 @@ mod tests {
         assert!(!non_negative(&g, "flat", 1));
     }
 
+    /// The text of every built-in's terms reads back as the same terms.
     #[test]
     fn terms_text_round_trips() {
         let rules = [
