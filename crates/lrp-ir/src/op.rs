@@ -185,6 +185,24 @@ pub trait ParamShapes {
 }
 
 impl Op {
+    /// Whether the op only moves values of its one input: reshapes, transposes, crops, pads
+    /// with zeros, or passes them on (Identity, Dropout at inference). Its output holds the
+    /// input's values and, for a pad, zeros.
+    pub fn is_shape_only(&self) -> bool {
+        matches!(
+            self,
+            Op::Flatten
+                | Op::Reshape { .. }
+                | Op::Transpose { .. }
+                | Op::Squeeze { .. }
+                | Op::Unsqueeze { .. }
+                | Op::Pad { .. }
+                | Op::Crop { .. }
+                | Op::Identity
+                | Op::Dropout
+        )
+    }
+
     /// The op's tag as written in RON (`"Conv"`, `"Dense"`, …).
     pub fn kind(&self) -> &'static str {
         match self {

@@ -1377,17 +1377,19 @@ fn streamed(
     if w.len() < STREAM_MIN_WEIGHTS || !crate::stream::available(m) {
         return None;
     }
-    let (s, w) = (s.as_standard_layout(), w.as_standard_layout());
-    let mut out = Array2::<f32>::zeros((m, n));
+    // the signal by weight row, as the streamed sums read it
+    let (st, w) = (s.t().as_standard_layout().into_owned(), w.as_standard_layout());
+    let mut out = Array2::<f32>::uninit((m, n));
     crate::stream::transpose(
-        s.as_slice().expect("standard layout"),
+        st.as_slice().expect("standard layout"),
         m,
         w.as_slice().expect("standard layout"),
         n,
         f,
         out.as_slice_mut().expect("fresh array"),
     );
-    Some(out)
+    // SAFETY: `stream::transpose` writes every value.
+    Some(unsafe { out.assume_init() })
 }
 
 /// Weight rows per block of the `_mapped` dense kernels: a block holds at most this many
@@ -1460,7 +1462,7 @@ pub fn dense_forward_mapped(
         w.ncols()
     );
     let (out, inp) = w.dim();
-    if w.len() >= STREAM_MIN_WEIGHTS && crate::stream::available(0) {
+    if w.len() >= STREAM_MIN_WEIGHTS && crate::stream::fast() {
         let (x, w) = (x.as_standard_layout(), w.as_standard_layout());
         let mut y = Array2::<f32>::zeros((x.nrows(), out));
         crate::stream::forward(
@@ -1596,13 +1598,10 @@ pub fn dense_ratio_transpose_mapped(
     // Where the transpose is streamed: the denominators in one pass over the weight, the
     // ratios, and the transpose in a second.
     if crate::stream::available(m) && w.len() >= STREAM_MIN_WEIGHTS {
-        let mut d = dense_forward_mapped(x, w, &f);
-        if sign != 1.0 {
-            d.mapv_inplace(|v| v * sign);
-        }
+        let d = dense_forward_mapped(x, w, &f);
         let ratio = Array2::from_shape_fn((m, out), |(mi, u)| {
             let b = bias.map_or(0.0, |b| b[u]);
-            stab.divide_f64(r[[mi, u]], f64::from(d[[mi / maps, u]]) + b)
+            stab.divide_f64(r[[mi, u]], f64::from(sign * d[[mi / maps, u]]) + b)
         });
         return streamed(ratio.view(), w, &f).expect("streamed (checked above)");
     }
@@ -2280,52 +2279,48 @@ mod tests {
     /// as do the mapped forward sums, and both are the same with one worker and with three.
     #[test]
     fn large_dense_transposes_equal_the_f64_sums() {
-        let wave = |len: usize, k: f32| -> Vec<f32> {
-            (0..len)
-                .map(|i| ((i as f32 * k).sin() * 3.0).round() / 2.0 + 0.01)
-                .collect()
-        };
-        for (m, k, n) in [(1, 67, 16_411), (8, 130, 8_100), (17, 1_029, 1_021)] {
-            let s = Array2::from_shape_vec((m, k), wave(m * k, 0.37)).unwrap();
-            let w = Array2::from_shape_vec((k, n), wave(k * n, 0.91)).unwrap();
-            assert!(w.len() >= STREAM_MIN_WEIGHTS);
-            let positive = |v: f32| v.max(0.0);
-            let plain = dense_transpose(s.view(), w.view());
-            let mapped = dense_transpose_mapped(s.view(), w.view(), positive);
-            for (got, f) in [
-                (&plain, &(|v: f32| v) as &dyn Fn(f32) -> f32),
-                (&mapped, &positive),
-            ] {
+        // each output against the f64 sum of its `k` terms, `term(r, c, kk)`
+        let check =
+            |what: &str, got: &Array2<f32>, k: usize, term: &dyn Fn(usize, usize, usize) -> f64| {
                 for ((r, c), &v) in got.indexed_iter() {
                     let (mut sum, mut mag) = (0f64, 0f64);
                     for kk in 0..k {
-                        let t = f64::from(s[[r, kk]]) * f64::from(f(w[[kk, c]]));
+                        let t = term(r, c, kk);
                         sum += t;
                         mag += t.abs();
                     }
                     let tol = 4.0 * f64::from(f32::EPSILON) * mag + 1e-30;
                     assert!(
                         (f64::from(v) - sum).abs() <= tol,
-                        "[{m}, {k}] × [{k}, {n}] at ({r}, {c}): {v} against {sum}"
+                        "{what} at ({r}, {c}): {v} against {sum}"
                     );
                 }
-            }
+            };
+        let matrix = |rows: usize, cols: usize, k: f32| {
+            ramp((rows, cols, 1, 1), k)
+                .into_shape_with_order((rows, cols))
+                .unwrap()
+        };
+        for (m, k, n) in [(1, 67, 16_411), (8, 130, 8_100), (17, 1_029, 1_021)] {
+            let s = matrix(m, k, 0.37);
+            let w = matrix(k, n, 0.91);
+            assert!(w.len() >= STREAM_MIN_WEIGHTS);
+            let positive = |v: f32| v.max(0.0);
+            let what = format!("[{m}, {k}] × [{k}, {n}]");
+            let plain = dense_transpose(s.view(), w.view());
+            check(&what, &plain, k, &|r, c, kk| {
+                f64::from(s[[r, kk]]) * f64::from(w[[kk, c]])
+            });
+            let mapped = dense_transpose_mapped(s.view(), w.view(), positive);
+            check(&what, &mapped, k, &|r, c, kk| {
+                f64::from(s[[r, kk]]) * f64::from(positive(w[[kk, c]]))
+            });
             // the forward sums of the weight's transpose (`[n, k]`) over the signal's rows
             let wt = w.t().as_standard_layout().into_owned();
             let z = dense_forward_mapped(s.view(), wt.view(), positive);
-            for ((r, c), &v) in z.indexed_iter() {
-                let (mut sum, mut mag) = (0f64, 0f64);
-                for kk in 0..k {
-                    let t = f64::from(s[[r, kk]]) * f64::from(positive(wt[[c, kk]]));
-                    sum += t;
-                    mag += t.abs();
-                }
-                let tol = 4.0 * f64::from(f32::EPSILON) * mag + 1e-30;
-                assert!(
-                    (f64::from(v) - sum).abs() <= tol,
-                    "forward [{m}, {k}] × [{n}, {k}]ᵀ at ({r}, {c}): {v} against {sum}"
-                );
-            }
+            check(&format!("forward {what}ᵀ"), &z, k, &|r, c, kk| {
+                f64::from(s[[r, kk]]) * f64::from(positive(wt[[c, kk]]))
+            });
             for threads in [1, 3] {
                 let pool = rayon::ThreadPoolBuilder::new()
                     .num_threads(threads)

@@ -27,48 +27,50 @@ const WIDE: usize = 3;
 /// caches and a general product is as fast.
 pub(crate) const MAX_ROWS: usize = 32;
 
-/// Whether [`transpose`] runs here: AVX-512, at most [`MAX_ROWS`] signal rows.
-pub(crate) fn available(rows: usize) -> bool {
-    rows <= MAX_ROWS && crate::winograd::Kernel::best() == crate::winograd::Kernel::Avx512
+/// Whether this processor runs the streamed kernels (AVX-512).
+pub(crate) fn fast() -> bool {
+    crate::winograd::Kernel::best() == crate::winograd::Kernel::Avx512
 }
 
-/// `out = s · f(w)`: `s` is `[m, k]`, `w` `[k, n]`, `out` `[m, n]` (all standard layout).
+/// Whether [`transpose`] runs here for `rows` signal rows: [`fast`], at most [`MAX_ROWS`].
+pub(crate) fn available(rows: usize) -> bool {
+    rows <= MAX_ROWS && fast()
+}
+
+/// `out = s · f(w)` for a signal `s` of `m` rows given by weight row, `st = sᵀ` (`[k, m]`);
+/// `w` is `[k, n]`, `out` `[m, n]` (all standard layout; every value of `out` is written).
 ///
 /// # Panics
 /// Where [`available`] is false or the sizes disagree.
 pub(crate) fn transpose(
-    s: &[f32],
+    st: &[f32],
     m: usize,
     w: &[f32],
     n: usize,
     f: &(impl Fn(f32) -> f32 + Sync),
-    out: &mut [f32],
+    out: &mut [std::mem::MaybeUninit<f32>],
 ) {
     assert!(available(m), "stream: {m} rows");
     let k = w.len().checked_div(n).unwrap_or(0);
     assert!(
-        w.len() == k * n && s.len() == m * k && out.len() == m * n,
+        w.len() == k * n && st.len() == m * k && out.len() == m * n,
         "stream: signal {}, weight {}, output {} for [{m}, {k}] × [{k}, {n}]",
-        s.len(),
+        st.len(),
         w.len(),
         out.len()
     );
-    if m == 0 || n == 0 {
+    if k == 0 {
+        out.iter_mut().for_each(|v| {
+            v.write(0.0);
+        });
         return;
     }
-    // the signal by weight row: st[kk·m + r] = s[r, kk]
-    let mut st = vec![0f32; k * m];
-    for r in 0..m {
-        for kk in 0..k {
-            st[kk * m + r] = s[r * k + kk];
-        }
-    }
-    let dst = SendPtr(out.as_mut_ptr());
+    let dst = SendPtr(out.as_mut_ptr().cast());
     (0..n.div_ceil(PANEL)).into_par_iter().for_each(|p| {
         let cols = p * PANEL..((p + 1) * PANEL).min(n);
         // SAFETY: the processor has AVX-512F (`available`); panels are disjoint columns of
         // `out`, whose size was checked above.
-        unsafe { panel(&st, m, w, n, f, dst, cols) };
+        unsafe { panel(st, m, w, n, f, dst, cols) };
     });
 }
 
@@ -79,7 +81,8 @@ unsafe impl Send for SendPtr {}
 // SAFETY: as above.
 unsafe impl Sync for SendPtr {}
 
-/// Columns `cols` of `out = s · f(w)` (`st` the signal by weight row, [`transpose`]).
+/// Columns `cols` of `out = s · f(w)` (`st` the signal by weight row, [`transpose`]), every
+/// value written (the first weight rows' pass starts the sums from 0).
 ///
 /// # Safety
 /// AVX-512F; `out` (`[m, n]`) must be writable at columns `cols` and no one else's there.
@@ -94,12 +97,6 @@ unsafe fn panel(
     cols: std::ops::Range<usize>,
 ) {
     let k = w.len() / n;
-    for r in 0..m {
-        // SAFETY: row r's columns `cols` lie in `out` (the caller's promise).
-        unsafe {
-            std::slice::from_raw_parts_mut(out.0.add(r * n + cols.start), cols.len()).fill(0.0)
-        };
-    }
     for k0 in (0..k).step_by(ROWS) {
         let rows = k0..(k0 + ROWS).min(k);
         let mut c = cols.start;
@@ -146,7 +143,8 @@ unsafe fn panel(
 }
 
 /// One register block: signal rows `g0 .. g0 + G`, columns `c .. c + 16·X` (with `X == 1`,
-/// the `live` first of them), weight rows `rows`.
+/// the `live` first of them), weight rows `rows` (from the first: the sums start from 0,
+/// otherwise from what `out` holds).
 struct Block<'a> {
     st: &'a [f32],
     m: usize,
@@ -176,27 +174,21 @@ unsafe fn block<const G: usize, const X: usize>(b: Block<'_>, f: &impl Fn(f32) -
     assert!(b.c + if X == 1 { b.live } else { 16 * X } <= b.n);
     assert!(b.rows.end * b.n <= b.w.len() && b.g0 + G <= b.m);
     let mut acc = [[_mm512_setzero_ps(); X]; G];
-    for (r, acc) in acc.iter_mut().enumerate() {
-        for (x, a) in acc.iter_mut().enumerate() {
-            // SAFETY: inside row g0 + r of `out` (the caller's promise; masked past `live`).
-            *a = unsafe {
-                _mm512_maskz_loadu_ps(mask, b.out.0.add((b.g0 + r) * b.n + b.c + 16 * x))
-            };
+    if b.rows.start > 0 {
+        for (r, acc) in acc.iter_mut().enumerate() {
+            for (x, a) in acc.iter_mut().enumerate() {
+                // SAFETY: inside row g0 + r of `out`, written by the earlier rows' passes (the
+                // caller's promise; masked past `live`).
+                *a = unsafe {
+                    _mm512_maskz_loadu_ps(mask, b.out.0.add((b.g0 + r) * b.n + b.c + 16 * x))
+                };
+            }
         }
     }
     for kk in b.rows.clone() {
         let wv: [__m512; X] = std::array::from_fn(|x| {
-            let mut lanes = [0f32; 16];
             // SAFETY: inside weight row kk (asserted above; masked past `live`).
-            let v =
-                unsafe { _mm512_maskz_loadu_ps(mask, b.w.as_ptr().add(kk * b.n + b.c + 16 * x)) };
-            // SAFETY: sixteen values into an array of sixteen.
-            unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), v) };
-            for v in &mut lanes {
-                *v = f(*v);
-            }
-            // SAFETY: sixteen values from an array of sixteen.
-            unsafe { _mm512_loadu_ps(lanes.as_ptr()) }
+            unsafe { mapped_load(mask, b.w.as_ptr().add(kk * b.n + b.c + 16 * x), f) }
         });
         let sp = &b.st[kk * b.m + b.g0..][..G];
         for (acc, &sv) in acc.iter_mut().zip(sp) {
@@ -234,7 +226,7 @@ pub(crate) fn forward(
     f: &(impl Fn(f32) -> f32 + Sync),
     z: &mut [f32],
 ) {
-    assert!(available(0), "stream: no AVX-512");
+    assert!(fast(), "stream: no AVX-512");
     let j = w.len().checked_div(k).unwrap_or(0);
     assert!(
         w.len() == j * k && x.len() == n * k && z.len() == n * j,
@@ -312,18 +304,10 @@ unsafe fn dots<const R: usize, const I: usize>(
     while c < k {
         let live = (k - c).min(16);
         let mask: __mmask16 = if live == 16 { !0 } else { (1u16 << live) - 1 };
+        // (past `live`, the inputs' lanes are 0: f(0) adds nothing)
         let wv: [__m512; R] = std::array::from_fn(|r| {
-            let mut lanes = [0f32; 16];
             // SAFETY: inside weight row r0 + r (asserted above; masked past `live`).
-            let v = unsafe { _mm512_maskz_loadu_ps(mask, w.as_ptr().add((r0 + r) * k + c)) };
-            // SAFETY: sixteen values into an array of sixteen.
-            unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), v) };
-            // (past `live`, the inputs' lanes are 0: f(0) adds nothing)
-            for v in &mut lanes {
-                *v = f(*v);
-            }
-            // SAFETY: sixteen values from an array of sixteen.
-            unsafe { _mm512_loadu_ps(lanes.as_ptr()) }
+            unsafe { mapped_load(mask, w.as_ptr().add((r0 + r) * k + c), f) }
         });
         for i in 0..I {
             // SAFETY: inside image i0 + i (asserted above; masked past `live`).
@@ -341,4 +325,26 @@ unsafe fn dots<const R: usize, const I: usize>(
         }
     }
     out
+}
+
+/// The sixteen values from `p` (those `mask` selects; 0 elsewhere), each mapped by `f`.
+///
+/// # Safety
+/// AVX-512F; the selected values from `p` must be readable.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn mapped_load(
+    mask: std::arch::x86_64::__mmask16,
+    p: *const f32,
+    f: &impl Fn(f32) -> f32,
+) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let mut lanes = [0f32; 16];
+    // SAFETY: the caller's promise; sixteen values into an array of sixteen.
+    unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), _mm512_maskz_loadu_ps(mask, p)) };
+    for v in &mut lanes {
+        *v = f(*v);
+    }
+    // SAFETY: sixteen values from an array of sixteen.
+    unsafe { _mm512_loadu_ps(lanes.as_ptr()) }
 }

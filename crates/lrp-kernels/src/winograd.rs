@@ -1256,7 +1256,7 @@ unsafe fn block_portable(block: Block<'_>) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -1279,7 +1279,14 @@ mod tests {
     }
 
     /// Direct definition, in f64.
-    fn direct(x: &[f32], w: &[f32], o: usize, c: usize, s: Shape, transpose: bool) -> Vec<f64> {
+    pub(crate) fn direct(
+        x: &[f32],
+        w: &[f32],
+        o: usize,
+        c: usize,
+        s: Shape,
+        transpose: bool,
+    ) -> Vec<f64> {
         let (rows, cols) = if transpose { (c, o) } else { (o, c) };
         let mut y = vec![0f64; s.n * rows * s.oh * s.ow];
         for n in 0..s.n {
@@ -1317,7 +1324,7 @@ mod tests {
         y
     }
 
-    fn values(len: usize, k: f32) -> Vec<f32> {
+    pub(crate) fn values(len: usize, k: f32) -> Vec<f32> {
         (0..len).map(|i| (i as f32 * k).sin()).collect()
     }
 

@@ -781,8 +781,8 @@ fn divide_rows<A: Copy + Into<f64> + Sync>(
 const NON_NEGATIVE_DEPTH: usize = 8;
 
 /// Whether the graph makes every value of tensor `name` non-negative (or NaN): the output of a
-/// ReLU or of a Clip from 0 up, or of pools, reshapes and concatenations of such tensors,
-/// looking at most `depth` producers back.
+/// ReLU or of a Clip from 0 up, or of pools, shape-only ops ([`Op::is_shape_only`]) and
+/// concatenations of such tensors, looking at most `depth` producers back.
 fn non_negative(g: &lrp_ir::Graph, name: &str, depth: usize) -> bool {
     let Some(node) = g.node_id(name).map(|id| &g.nodes()[id]) else {
         return false;
@@ -790,16 +790,16 @@ fn non_negative(g: &lrp_ir::Graph, name: &str, depth: usize) -> bool {
     match &node.op {
         Op::Relu => true,
         Op::Clip { min, .. } => *min >= 0.0,
-        Op::MaxPool { .. }
-        | Op::AvgPool { .. }
-        | Op::GlobalAvgPool
-        | Op::GlobalMaxPool
-        | Op::Flatten
-        | Op::Reshape { .. }
-        | Op::Transpose { .. }
-        | Op::Squeeze { .. }
-        | Op::Unsqueeze { .. }
-        | Op::Concat { .. } => {
+        op if op.is_shape_only()
+            || matches!(
+                op,
+                Op::MaxPool { .. }
+                    | Op::AvgPool { .. }
+                    | Op::GlobalAvgPool
+                    | Op::GlobalMaxPool
+                    | Op::Concat { .. }
+            ) =>
+        {
             depth > 0
                 && !node.inputs.is_empty()
                 && node.inputs.iter().all(|s| non_negative(g, s, depth - 1))

@@ -532,20 +532,6 @@ struct GraphInfo {
 impl GraphInfo {
     fn new(graph: &Graph) -> Self {
         let n = graph.nodes().len();
-        let shape_only = |op: &Op| {
-            matches!(
-                op,
-                Op::Flatten
-                    | Op::Reshape { .. }
-                    | Op::Transpose { .. }
-                    | Op::Squeeze { .. }
-                    | Op::Unsqueeze { .. }
-                    | Op::Pad { .. }
-                    | Op::Crop { .. }
-                    | Op::Identity
-                    | Op::Dropout
-            )
-        };
         // raw[i]: node i's output is the graph input moved by shape-only ops.
         let mut raw = vec![false; n];
         let mut first = vec![false; n];
@@ -558,7 +544,7 @@ impl GraphInfo {
                 .inputs
                 .iter()
                 .all(|s| s == input || graph.node_id(s).is_some_and(|j| raw[j]));
-            if shape_only(&node.op) {
+            if node.op.is_shape_only() {
                 raw[id] = from_raw;
             }
             if matches!(node.op, Op::Conv { .. } | Op::Dense) {
