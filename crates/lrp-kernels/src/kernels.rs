@@ -1378,7 +1378,10 @@ fn streamed(
         return None;
     }
     // the signal by weight row, as the streamed sums read it
-    let (st, w) = (s.t().as_standard_layout().into_owned(), w.as_standard_layout());
+    let (st, w) = (
+        s.t().as_standard_layout().into_owned(),
+        w.as_standard_layout(),
+    );
     let mut out = Array2::<f32>::uninit((m, n));
     crate::stream::transpose(
         st.as_slice().expect("standard layout"),
