@@ -3,7 +3,10 @@
 //! after them see the values ONNX Runtime would have exported, and the relevance is unchanged.
 //! A layer whose rule does not read its output, followed only by ReLUs whose rules do not read
 //! their inputs, is not exported at all (the ReLU's output is, instead): the relevance is the
-//! same, and a rule that reads what it said it would not gets NaN and fails loudly.
+//! same, and a rule that reads what it said it would not gets NaN and fails loudly. A layer
+//! whose rule reads its output but accepts `max(z, 0)` in its place, followed only by ReLUs,
+//! is not exported either where the layers above send no relevance to zero activations: the
+//! rule reads the ReLU's output, and the relevance is the same.
 
 mod common;
 
@@ -170,4 +173,112 @@ fn a_rule_that_reads_an_output_it_said_it_would_not_fails() {
     )
     .unwrap_err();
     assert!(err.contains("NaN"), "{err}");
+}
+
+/// ε, saying whether it accepts a rectified output as told, and counting the calls that saw an
+/// output with negative values (the layer's own `z`, not `max(z, 0)`).
+#[derive(Debug)]
+struct RectifiedProbe {
+    inner: BasicRule,
+    accepts: bool,
+    calls: AtomicUsize,
+    signed_outputs: AtomicUsize,
+}
+
+impl RectifiedProbe {
+    fn new(inner: BasicRule, accepts: bool) -> Self {
+        RectifiedProbe {
+            inner,
+            accepts,
+            calls: AtomicUsize::new(0),
+            signed_outputs: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Rule for RectifiedProbe {
+    fn relevance(
+        &self,
+        ctx: &NodeContext<'_>,
+        r_out: ArrayViewD<'_, f32>,
+    ) -> Result<Vec<ArrayD<f32>>, String> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if ctx.output.iter().any(|&v| v < 0.0) {
+            self.signed_outputs.fetch_add(1, Ordering::SeqCst);
+        }
+        self.inner.relevance(ctx, r_out)
+    }
+
+    fn describe(&self) -> String {
+        format!("RectifiedProbe(accepts: {})", self.accepts)
+    }
+
+    fn zero_input_relevance(&self, op: &lrp_ir::Op) -> lrp_rules::ZeroInput {
+        self.inner.zero_input_relevance(op)
+    }
+
+    fn accepts_rectified_output(&self) -> bool {
+        self.accepts
+    }
+}
+
+/// Explains `vgg_small` with `probe` on the layers `select` picks and ε elsewhere.
+fn explain_with_probe(
+    select: &str,
+    others: &str,
+    probe: Arc<RectifiedProbe>,
+) -> lrp_engine::Explanation {
+    explain_vgg_small(
+        &format!(
+            "(select: {select}, rule: Probe), (select: Ops([Conv, Dense]), rule: {others}), \
+             (select: Op(Relu), rule: Pass)"
+        ),
+        &registry_with("Probe", probe),
+    )
+    .unwrap()
+}
+
+#[test]
+fn rectified_outputs_give_the_same_relevance() {
+    let eps = || BasicRule::epsilon(1e-6);
+    let kept = Arc::new(RectifiedProbe::new(eps(), false));
+    let want = explain_with_probe("Ops([Conv, Dense])", "Epsilon", kept.clone());
+    let rectified = Arc::new(RectifiedProbe::new(eps(), true));
+    let got = explain_with_probe("Ops([Conv, Dense])", "Epsilon", rectified.clone());
+    // vgg_small: every Conv and Dense layer but the last goes to a ReLU, and its random
+    // weights make some of every layer's outputs negative.
+    let calls = rectified.calls.load(Ordering::SeqCst);
+    assert!(calls >= 3, "{calls} calls");
+    assert_eq!(kept.signed_outputs.load(Ordering::SeqCst), calls);
+    assert_eq!(
+        rectified.signed_outputs.load(Ordering::SeqCst),
+        1,
+        "every layer but the last reads its ReLU's output"
+    );
+    assert_eq!(got.relevance, want.relevance);
+    assert_eq!(got.node_sums, want.node_sums);
+}
+
+#[test]
+fn outputs_stay_signed_where_relevance_may_reach_zero_activations() {
+    // Flat sends relevance to every input of the Dense layers, zero or not: the last
+    // convolution, whose ReLU's output they read (pooled, flattened), keeps its own output.
+    let rectified = Arc::new(RectifiedProbe::new(BasicRule::epsilon(1e-6), true));
+    let got = explain_with_probe("Op(Conv)", "Flat", rectified.clone());
+    let want = explain_with_probe(
+        "Op(Conv)",
+        "Flat",
+        Arc::new(RectifiedProbe::new(BasicRule::epsilon(1e-6), false)),
+    );
+    assert_eq!(rectified.signed_outputs.load(Ordering::SeqCst), 1);
+    assert!(rectified.calls.load(Ordering::SeqCst) >= 2);
+    assert_eq!(got.relevance, want.relevance);
+}
+
+#[test]
+fn a_stabiliser_zero_at_zero_keeps_the_output() {
+    // The z-rule's stab(0) = 0: 0 / stab(max(z, 0)) would be NaN where z < 0.
+    let z = BasicRule::z(Stabilizer::SignEpsilon(0.0));
+    assert!(!z.accepts_rectified_output());
+    assert!(BasicRule::epsilon(1e-6).accepts_rectified_output());
 }

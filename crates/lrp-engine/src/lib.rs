@@ -21,6 +21,7 @@ pub use lrp_kernels::kernels::Conv3x3;
 use lrp_kernels::kernels::{Backends, use_backends};
 use lrp_rules::{
     Assignment, BatchNormMode, Bounds, NodeContext, Registry, RuleConfig, Signal, SignalNote,
+    ZeroInput,
 };
 use lrp_runtime::{ActivationViews, Device, ExportOutputs, Forward, RuntimeError};
 use ndarray::{Array2, ArrayD, ArrayViewD, Axis, Ix2, IxDyn, ShapeBuilder, Slice};
@@ -144,6 +145,8 @@ pub struct Explainer {
     backends: Backends,
     /// Per node: whether the forward pass leaves its output out (see [`unread_outputs`]).
     unread: Vec<bool>,
+    /// Per node: the ReLU whose output stands for the node's own (see [`rectified_outputs`]).
+    rectified: Vec<Option<NodeId>>,
 }
 
 impl Explainer {
@@ -162,7 +165,12 @@ impl Explainer {
         // Every activation but the ReLU outputs the relevance pass makes again from their
         // inputs (a VGG16 batch of 8 then holds 0.47 GB less, docs/performance.md) and the
         // outputs no rule reads (ONNX Runtime then fuses those nodes with their ReLUs).
-        let unread = unread_outputs(&graph, &assignment);
+        let rectified = rectified_outputs(&graph, &assignment);
+        let unread: Vec<bool> = unread_outputs(&graph, &assignment)
+            .into_iter()
+            .zip(&rectified)
+            .map(|(u, r)| u || r.is_some())
+            .collect();
         let export = graph
             .topo_order()
             .iter()
@@ -189,6 +197,7 @@ impl Explainer {
             softmax_removed,
             backends,
             unread,
+            rectified,
         })
     }
 
@@ -279,6 +288,7 @@ impl Explainer {
             assignment,
             config,
             unread,
+            rectified,
             ..
         } = self;
         // The pass reads the activations in ONNX Runtime's own buffers, without a copy.
@@ -288,7 +298,7 @@ impl Explainer {
                 graph,
                 assignment,
                 config,
-                unread,
+                Outputs { unread, rectified },
                 acts,
                 batch,
                 opts,
@@ -304,7 +314,7 @@ fn relevance_pass(
     g: &Graph,
     assignment: &Assignment,
     config: &RuleConfig,
-    unread: &[bool],
+    outputs: Outputs<'_>,
     acts: &ActivationViews<'_>,
     batch: &ArrayD<f32>,
     opts: &ExplainOptions,
@@ -343,7 +353,7 @@ fn relevance_pass(
     let walk = Walk {
         g,
         assignment,
-        unread,
+        outputs,
         maps,
         opts,
     };
@@ -454,8 +464,7 @@ fn image_groups(g: &Graph, order: &[NodeId], n: usize, budget: usize) -> (usize,
 struct Walk<'a> {
     g: &'a Graph,
     assignment: &'a Assignment,
-    /// Per node: whether the forward pass left its output out ([`unread_outputs`]).
-    unread: &'a [bool],
+    outputs: Outputs<'a>,
     maps: usize,
     opts: &'a ExplainOptions,
 }
@@ -544,7 +553,7 @@ impl Walk<'_> {
         let Walk {
             g,
             assignment,
-            unread,
+            outputs: Outputs { unread, rectified },
             maps,
             opts,
         } = *self;
@@ -610,10 +619,14 @@ impl Walk<'_> {
                 graph: g,
                 id,
                 inputs,
-                output: match (&own_output, acts.get(id)) {
-                    (Some(a), _) => a.view(),
-                    (None, Some(a)) => a.view(),
-                    (None, None) => not_kept(id),
+                output: match (&own_output, acts.get(id), rectified[id]) {
+                    (Some(a), _, _) => a.view(),
+                    (None, Some(a), _) => a.view(),
+                    (None, None, Some(relu)) => acts
+                        .get(relu)
+                        .expect("a rectified output's ReLU is exported")
+                        .view(),
+                    (None, None, None) => not_kept(id),
                 },
                 maps,
                 bounds: opts.bounds.as_ref(),
@@ -682,6 +695,68 @@ impl Walk<'_> {
         }
         Ok(())
     }
+}
+
+/// How the forward pass keeps the nodes' outputs.
+#[derive(Clone, Copy)]
+struct Outputs<'a> {
+    /// Per node: whether the forward pass left its output out ([`unread_outputs`],
+    /// [`rectified_outputs`]).
+    unread: &'a [bool],
+    /// Per node: the ReLU whose output stands for the node's own ([`rectified_outputs`]).
+    rectified: &'a [Option<NodeId>],
+}
+
+/// Per node: whether the relevance reaching its output is zero wherever the output's forward
+/// value is zero, as the rules of its consumers show ([`Rule::zero_input_relevance`]). False for
+/// the graph's output (the initial relevance), true for an output nothing consumes.
+///
+/// [`Rule::zero_input_relevance`]: lrp_rules::Rule::zero_input_relevance
+fn zero_where_zero(g: &Graph, assignment: &Assignment) -> Vec<bool> {
+    let mut zero = vec![false; g.nodes().len()];
+    for &id in g.topo_order().iter().rev() {
+        zero[id] = id != g.output_id()
+            && g.consumers(id).iter().all(|&(c, _)| {
+                match assignment.rule(c).zero_input_relevance(&g.nodes()[c].op) {
+                    ZeroInput::Zero => true,
+                    ZeroInput::IfOutput => zero[c],
+                    ZeroInput::Unknown => false,
+                }
+            });
+    }
+    zero
+}
+
+/// Per node: the ReLU whose output the forward pass keeps in place of the node's, where the
+/// node's rule reads its output but accepts `max(z, 0)` instead
+/// ([`Rule::accepts_rectified_output`]), every consumer of the node is a one-input ReLU whose
+/// rule does not read its input, and the relevance there is zero wherever the ReLU's output
+/// is ([`zero_where_zero`], with the ReLU's rule moving relevance position by position). ONNX
+/// Runtime then fuses the node with its ReLU.
+///
+/// [`Rule::accepts_rectified_output`]: lrp_rules::Rule::accepts_rectified_output
+fn rectified_outputs(g: &Graph, assignment: &Assignment) -> Vec<Option<NodeId>> {
+    let zero = zero_where_zero(g, assignment);
+    (0..g.nodes().len())
+        .map(|id| {
+            let rule = assignment.rule(id);
+            let consumers = g.consumers(id);
+            let relu_like = |c: NodeId| {
+                let (node, rule) = (&g.nodes()[c], assignment.rule(c));
+                matches!(node.op, Op::Relu)
+                    && node.inputs.len() == 1
+                    && !rule.reads_inputs()
+                    && rule.zero_input_relevance(&node.op) == ZeroInput::IfOutput
+                    && zero[c]
+            };
+            (id != g.output_id()
+                && rule.reads_output()
+                && rule.accepts_rectified_output()
+                && !consumers.is_empty()
+                && consumers.iter().all(|&(c, _)| relu_like(c)))
+            .then(|| consumers[0].0)
+        })
+        .collect()
 }
 
 /// The value of every element of an output the forward pass left out ([`unread_outputs`]).

@@ -22,7 +22,8 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::rule::{
-    Bounds, Linear, LinearKind, NodeContext, Rule, map_rows, mul_rows, repeat_rows, two, zip_rows,
+    Bounds, Linear, LinearKind, NodeContext, Rule, ZeroInput, map_rows, mul_rows, repeat_rows, two,
+    zip_rows,
 };
 
 /// What a branch feeds into the layer instead of the input `x`.
@@ -885,6 +886,31 @@ impl Rule for BasicRule {
     fn reads_output(&self) -> bool {
         self.terms.iter().any(Term::reads_output)
     }
+
+    fn zero_input_relevance(&self, _op: &Op) -> ZeroInput {
+        let scaled = self.terms.iter().flat_map(|t| &t.branches).all(|b| {
+            matches!(
+                b.input,
+                InputMod::Identity | InputMod::Positive | InputMod::Negative
+            )
+        });
+        if scaled {
+            ZeroInput::Zero
+        } else {
+            ZeroInput::Unknown
+        }
+    }
+
+    fn accepts_rectified_output(&self) -> bool {
+        nonzero_at_zero(self.stabilizer)
+    }
+}
+
+/// Whether `stab(0)` is a nonzero finite number, so that relevance 0 divided by the stabilised
+/// 0 is 0 (see [`Rule::accepts_rectified_output`]).
+pub(crate) fn nonzero_at_zero(stab: Stabilizer) -> bool {
+    let d = stab.apply(0.0);
+    d != 0.0 && d.is_finite()
 }
 
 /// The output relevance a [`BasicRule`] gets: a view, or the array itself, which the last term
@@ -1322,6 +1348,33 @@ mod tests {
         assert!(!r.reads_output());
         r.terms[0].mask = OutputMask::Positive;
         assert!(r.reads_output());
+    }
+
+    /// Rules whose every branch multiplies by `x`, `x⁺` or `x⁻` send nothing to zero inputs;
+    /// those that feed bounds or ones do. A rectified output serves where `stab(0) ≠ 0`.
+    #[test]
+    fn zero_inputs_get_no_relevance_where_every_branch_scales_by_x() {
+        let stab = Stabilizer::ZeroGuard(1e-7);
+        let bounds = Bounds {
+            low: vec![-1.0],
+            high: vec![1.0],
+        };
+        let op = Op::Dense;
+        let zero = |r: BasicRule| r.zero_input_relevance(&op);
+        assert_eq!(zero(BasicRule::epsilon(1e-6)), ZeroInput::Zero);
+        assert_eq!(zero(BasicRule::z(stab)), ZeroInput::Zero);
+        assert_eq!(
+            zero(BasicRule::alpha_beta(2.0, 1.0, BiasMode::Split, stab)),
+            ZeroInput::Zero
+        );
+        assert_eq!(zero(BasicRule::gamma(0.25, true, stab)), ZeroInput::Zero);
+        assert_eq!(zero(BasicRule::z_box(bounds, stab)), ZeroInput::Unknown);
+        assert_eq!(zero(BasicRule::flat(stab)), ZeroInput::Unknown);
+        assert_eq!(zero(BasicRule::w_square(stab)), ZeroInput::Unknown);
+        assert!(BasicRule::z(stab).accepts_rectified_output());
+        assert!(BasicRule::epsilon(1e-6).accepts_rectified_output());
+        assert!(!BasicRule::z(Stabilizer::SignEpsilon(0.0)).accepts_rectified_output());
+        assert!(!BasicRule::z(Stabilizer::ZeroGuard(0.0)).accepts_rectified_output());
     }
 
     #[test]

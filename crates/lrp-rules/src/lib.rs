@@ -19,5 +19,5 @@ pub use config::{
 };
 pub use lrp_kernels::Stabilizer;
 pub use registry::{Defaults, ParamDecl, ParamKind, ParamValue, Params, Registry};
-pub use rule::{Bounds, Linear, NodeContext, Rule};
+pub use rule::{Bounds, Linear, NodeContext, Rule, ZeroInput};
 pub use signal::{Signal, SignalNote};

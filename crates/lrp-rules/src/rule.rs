@@ -62,6 +62,44 @@ pub trait Rule: Send + Sync + std::fmt::Debug {
     fn reads_inputs(&self) -> bool {
         true
     }
+
+    /// Whether the relevance this rule sends to an input position whose forward value is zero
+    /// is zero too (see [`ZeroInput`]); `op` is the node's op. Default: [`ZeroInput::Unknown`].
+    fn zero_input_relevance(&self, _op: &Op) -> ZeroInput {
+        ZeroInput::Unknown
+    }
+
+    /// Whether the rule, which reads its node's output `z`, gives the same relevance when it
+    /// reads `max(z, 0)` instead, provided the output relevance is zero wherever `max(z, 0)`
+    /// is: it reads `z` only to divide the output relevance by a stabilised `z` that is nonzero
+    /// at 0 (so `0 / stab(0)` is 0) or to select positions by the sign of `z`.
+    ///
+    /// Where a node's consumers are ReLUs only and the relevance pass can show that condition
+    /// (from the rules of the layers above, [`Rule::zero_input_relevance`]), the forward pass
+    /// keeps the ReLU's output alone, ONNX Runtime fuses the node with its ReLU, and
+    /// [`NodeContext::output`] holds `max(z, 0)`. Default: false.
+    fn accepts_rectified_output(&self) -> bool {
+        false
+    }
+}
+
+/// Where a rule sends no relevance, in terms of the forward values: what
+/// [`Rule::zero_input_relevance`] answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ZeroInput {
+    /// Zero at every input position whose value is zero, whatever the output relevance: each
+    /// input's relevance is its value times a finite factor (ε, z, z⁺, αβ, γ, the proportional
+    /// splits of pooling and Add).
+    Zero,
+    /// Zero at every input position whose value is zero, provided the output relevance is zero
+    /// at every output position whose value is zero: relevance moves with the values (ReLU and
+    /// other activations with `f(0) = 0` under `Pass`, shape ops, winner-take-all max pooling).
+    /// For an element-wise op it also means that each position's relevance comes from the same
+    /// output position alone, as a multiple of it.
+    IfOutput,
+    /// Not known: relevance may reach inputs whose value is zero (flat, w², z^B, the gradient
+    /// splits).
+    Unknown,
 }
 
 /// Input bounds of the bounded (z^B) rule given on the command line: they override the bounds
@@ -85,7 +123,8 @@ pub struct NodeContext<'a> {
     /// all NaN where the forward pass did not keep them (see [`Rule::reads_inputs`]).
     pub inputs: Vec<ArrayViewD<'a, f32>>,
     /// The forward output of the node, `[N, ...]`; all NaN where the forward pass did not keep
-    /// it (see [`Rule::reads_output`]).
+    /// it (see [`Rule::reads_output`]), `max(output, 0)` where it kept the ReLU after the node
+    /// instead (see [`Rule::accepts_rectified_output`]).
     pub output: ArrayViewD<'a, f32>,
     /// Relevance maps per image in `r_out`.
     pub maps: usize,

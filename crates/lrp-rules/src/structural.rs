@@ -6,8 +6,8 @@ use lrp_kernels::kernels::{self, PoolGeometry};
 use ndarray::{ArrayD, ArrayView4, ArrayViewD, Axis, Ix4, IxDyn, Slice};
 use serde::{Deserialize, Serialize};
 
-use crate::basic::stab_text;
-use crate::rule::{NodeContext, Rule, map_rows};
+use crate::basic::{nonzero_at_zero, stab_text};
+use crate::rule::{NodeContext, Rule, ZeroInput, map_rows};
 
 /// `R_in = R_out`: element-wise activations, Dropout, Identity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +39,21 @@ impl Rule for Pass {
 
     fn reads_inputs(&self) -> bool {
         false
+    }
+
+    fn zero_input_relevance(&self, op: &Op) -> ZeroInput {
+        // Element-wise ops with f(0) = 0: a zero input is a zero output at the same position.
+        match op {
+            Op::Relu
+            | Op::LeakyRelu { .. }
+            | Op::ThresholdedRelu { .. }
+            | Op::Elu { .. }
+            | Op::Selu { .. }
+            | Op::Tanh
+            | Op::Dropout
+            | Op::Identity => ZeroInput::IfOutput,
+            _ => ZeroInput::Unknown,
+        }
     }
 }
 
@@ -146,6 +161,12 @@ impl Rule for Move {
     fn reads_inputs(&self) -> bool {
         false
     }
+
+    fn zero_input_relevance(&self, _op: &Op) -> ZeroInput {
+        // Each input value is an output value (or, for Pad, padding): its relevance is the
+        // relevance at that output position.
+        ZeroInput::IfOutput
+    }
 }
 
 /// How MaxPool passes relevance down.
@@ -196,6 +217,14 @@ impl Rule for MaxPoolRule {
                     stab_text(self.stabilizer)
                 )
             }
+        }
+    }
+
+    fn zero_input_relevance(&self, _op: &Op) -> ZeroInput {
+        match self.routing {
+            // A winner whose value is zero makes its window's output zero.
+            MaxPoolRouting::WinnerTakeAll => ZeroInput::IfOutput,
+            MaxPoolRouting::Proportional => ZeroInput::Zero,
         }
     }
 }
@@ -267,6 +296,19 @@ impl Rule for AvgPoolRule {
     fn describe(&self) -> String {
         split_text("AvgPool", self.split, self.stabilizer)
     }
+
+    fn zero_input_relevance(&self, _op: &Op) -> ZeroInput {
+        split_zero_input(self.split)
+    }
+}
+
+/// The proportional split sends `x_i` times a factor to each input, the gradient split the
+/// output relevance itself.
+fn split_zero_input(split: Split) -> ZeroInput {
+    match split {
+        Split::Proportional => ZeroInput::Zero,
+        Split::Gradient => ZeroInput::Unknown,
+    }
 }
 
 fn split_text(what: &str, split: Split, s: Stabilizer) -> String {
@@ -307,6 +349,14 @@ impl Rule for AddRule {
 
     fn describe(&self) -> String {
         split_text("Add", self.split, self.stabilizer)
+    }
+
+    fn zero_input_relevance(&self, _op: &Op) -> ZeroInput {
+        split_zero_input(self.split)
+    }
+
+    fn accepts_rectified_output(&self) -> bool {
+        self.split == Split::Proportional && nonzero_at_zero(self.stabilizer)
     }
 }
 
@@ -367,5 +417,75 @@ impl Rule for BatchNormRule {
         } else {
             "BatchNorm(z: false)".into()
         }
+    }
+
+    fn zero_input_relevance(&self, _op: &Op) -> ZeroInput {
+        if self.z_rule {
+            ZeroInput::Zero
+        } else {
+            ZeroInput::Unknown
+        }
+    }
+
+    fn accepts_rectified_output(&self) -> bool {
+        self.z_rule && nonzero_at_zero(self.stabilizer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Which structural rules send relevance to zero inputs (see [`ZeroInput`]).
+    #[test]
+    fn zero_inputs_and_rectified_outputs() {
+        let stab = Stabilizer::ZeroGuard(1e-7);
+        assert_eq!(Pass.zero_input_relevance(&Op::Relu), ZeroInput::IfOutput);
+        assert_eq!(Pass.zero_input_relevance(&Op::Tanh), ZeroInput::IfOutput);
+        // sigmoid(0) = 1/2: a zero input is not a zero output.
+        assert_eq!(Pass.zero_input_relevance(&Op::Sigmoid), ZeroInput::Unknown);
+        assert_eq!(Move.zero_input_relevance(&Op::Flatten), ZeroInput::IfOutput);
+        let max = |routing| MaxPoolRule {
+            routing,
+            stabilizer: stab,
+        };
+        let op = Op::GlobalMaxPool;
+        assert_eq!(
+            max(MaxPoolRouting::WinnerTakeAll).zero_input_relevance(&op),
+            ZeroInput::IfOutput
+        );
+        assert_eq!(
+            max(MaxPoolRouting::Proportional).zero_input_relevance(&op),
+            ZeroInput::Zero
+        );
+        let add = |split, stabilizer| AddRule { split, stabilizer };
+        assert_eq!(
+            add(Split::Proportional, stab).zero_input_relevance(&Op::Add),
+            ZeroInput::Zero
+        );
+        assert_eq!(
+            add(Split::Gradient, stab).zero_input_relevance(&Op::Add),
+            ZeroInput::Unknown
+        );
+        assert!(add(Split::Proportional, stab).accepts_rectified_output());
+        assert!(!add(Split::Proportional, Stabilizer::SignEpsilon(0.0)).accepts_rectified_output());
+        assert!(!add(Split::Gradient, stab).accepts_rectified_output());
+        let avg = AvgPoolRule {
+            split: Split::Gradient,
+            stabilizer: stab,
+        };
+        assert_eq!(
+            avg.zero_input_relevance(&Op::GlobalAvgPool),
+            ZeroInput::Unknown
+        );
+        let bn = |z_rule| BatchNormRule {
+            z_rule,
+            stabilizer: stab,
+        };
+        let op = Op::BatchNorm { epsilon: 1e-5 };
+        assert_eq!(bn(true).zero_input_relevance(&op), ZeroInput::Zero);
+        assert_eq!(bn(false).zero_input_relevance(&op), ZeroInput::Unknown);
+        assert!(bn(true).accepts_rectified_output());
+        assert!(!bn(false).accepts_rectified_output());
     }
 }
