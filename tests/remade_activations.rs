@@ -282,3 +282,36 @@ fn a_stabiliser_zero_at_zero_keeps_the_output() {
     assert!(!z.accepts_rectified_output());
     assert!(BasicRule::epsilon(1e-6).accepts_rectified_output());
 }
+
+#[test]
+fn a_relu_after_a_relu_keeps_the_layer_output() {
+    // Dense, ReLU, ReLU, Dense: the first ReLU's output is left out (only a ReLU that does not
+    // read its input takes it), so the first Dense layer cannot read it in place of its own.
+    use lrp_testkit::{OnnxBuilder, random_normal, temp_model};
+    let mut b = OnnxBuilder::new("two_relus", 17).with_seed(3);
+    b.input("x", &[None, Some(6)]);
+    let h = b.gemm("x", 6, 8);
+    let r1 = b.relu(&h);
+    let r2 = b.relu(&r1);
+    let out = b.gemm(&r2, 8, 4);
+    b.output(&out);
+    let (_dir, path) = temp_model(&b.build());
+    let x = ArrayD::from_shape_vec(ndarray::IxDyn(&[3, 6]), random_normal(4, 18, 1.0)).unwrap();
+    let explain = |accepts: bool| {
+        let probe = Arc::new(RectifiedProbe::new(BasicRule::epsilon(1e-6), accepts));
+        let reg = registry_with("Probe", probe);
+        let config = lrp_rules::RuleConfig::parse(
+            "(rules: [(select: Op(Dense), rule: Probe), (select: Op(Relu), rule: Pass)])",
+            "t.ron",
+            &reg,
+        )
+        .unwrap();
+        let graph = lrp_import::import_onnx(&path).unwrap().graph;
+        let mut ex =
+            lrp_engine::Explainer::new(graph, config, &reg, lrp_runtime::Device::Cpu, Some(1))
+                .unwrap();
+        ex.explain(&x, &lrp_engine::ExplainOptions::default())
+            .unwrap()
+    };
+    assert_eq!(explain(true).relevance, explain(false).relevance);
+}

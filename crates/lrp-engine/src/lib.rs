@@ -165,8 +165,9 @@ impl Explainer {
         // Every activation but the ReLU outputs the relevance pass makes again from their
         // inputs (a VGG16 batch of 8 then holds 0.47 GB less, docs/performance.md) and the
         // outputs no rule reads (ONNX Runtime then fuses those nodes with their ReLUs).
-        let rectified = rectified_outputs(&graph, &assignment);
-        let unread: Vec<bool> = unread_outputs(&graph, &assignment)
+        let unread = unread_outputs(&graph, &assignment);
+        let rectified = rectified_outputs(&graph, &assignment, &unread);
+        let unread: Vec<bool> = unread
             .into_iter()
             .zip(&rectified)
             .map(|(u, r)| u || r.is_some())
@@ -731,11 +732,12 @@ fn zero_where_zero(g: &Graph, assignment: &Assignment) -> Vec<bool> {
 /// node's rule reads its output but accepts `max(z, 0)` instead
 /// ([`Rule::accepts_rectified_output`]), every consumer of the node is a one-input ReLU whose
 /// rule does not read its input, and the relevance there is zero wherever the ReLU's output
-/// is ([`zero_where_zero`], with the ReLU's rule moving relevance position by position). ONNX
-/// Runtime then fuses the node with its ReLU.
+/// is ([`zero_where_zero`], with the ReLU's rule moving relevance position by position), and
+/// whose output the forward pass keeps (not `unread`: a ReLU followed by another). ONNX Runtime
+/// then fuses the node with its ReLU.
 ///
 /// [`Rule::accepts_rectified_output`]: lrp_rules::Rule::accepts_rectified_output
-fn rectified_outputs(g: &Graph, assignment: &Assignment) -> Vec<Option<NodeId>> {
+fn rectified_outputs(g: &Graph, assignment: &Assignment, unread: &[bool]) -> Vec<Option<NodeId>> {
     let zero = zero_where_zero(g, assignment);
     (0..g.nodes().len())
         .map(|id| {
@@ -744,6 +746,7 @@ fn rectified_outputs(g: &Graph, assignment: &Assignment) -> Vec<Option<NodeId>> 
             let relu_like = |c: NodeId| {
                 let (node, rule) = (&g.nodes()[c], assignment.rule(c));
                 matches!(node.op, Op::Relu)
+                    && !unread[c]
                     && node.inputs.len() == 1
                     && !rule.reads_inputs()
                     && rule.zero_input_relevance(&node.op) == ZeroInput::IfOutput
