@@ -638,6 +638,63 @@ fn branch_sum<A: LinalgScalar + From<f32> + std::ops::AddAssign + Send + Sync>(
     acc.expect("a term has branches")
 }
 
+/// [`branch_sum`] in f32 of two or more live branches of a convolution into at most
+/// [`STACKED_MAX_CHANNELS`] input channels, as one convolution over the branches' inputs
+/// stacked along the channels (with their weights, the sign folded in, stacked alike): the
+/// sum over the branches is then part of each output's sum, and the layer's output is
+/// written once instead of once per branch and again for their sum. `None` where that does
+/// not apply.
+fn stacked_forward(
+    t: &Term,
+    lin: &Linear<'_>,
+    x: ArrayViewD<'_, f32>,
+    inputs: &[Option<ArrayD<f32>>],
+    weights: &[Option<Arc<ArrayD<f32>>>],
+    live: &[bool],
+) -> Option<ArrayD<f32>> {
+    let LinearKind::Conv(g) = &lin.kind else {
+        return None;
+    };
+    let ks: Vec<usize> = (0..live.len()).filter(|&k| live[k]).collect();
+    let [c, _, _] = g.input_shape();
+    if ks.len() < 2 || c * ks.len() > STACKED_MAX_CHANNELS {
+        return None;
+    }
+    let stacked = g.with_input_channels(c * ks.len())?;
+    let ws: Vec<ArrayD<f32>> = ks
+        .iter()
+        .map(|&k| {
+            let w = weights[k]
+                .as_deref()
+                .map_or(lin.weight.view(), |w| w.view());
+            let sign = t.branches[k].sign;
+            if sign == 1.0 {
+                w.to_owned()
+            } else {
+                w.mapv(|v| v * sign)
+            }
+        })
+        .collect();
+    let xs: Vec<ArrayViewD<'_, f32>> = ks
+        .iter()
+        .map(|&k| inputs[k].as_ref().map_or(x.view(), |a| a.view()))
+        .collect();
+    let w = ndarray::concatenate(Axis(1), &ws.iter().map(|w| w.view()).collect::<Vec<_>>()).ok()?;
+    let xc = ndarray::concatenate(Axis(1), &xs).ok()?;
+    Some(
+        kernels::conv2d_forward(
+            xc.view().into_dimensionality().ok()?,
+            w.view().into_dimensionality().ok()?,
+            &stacked,
+        )
+        .into_dyn(),
+    )
+}
+
+/// The most input channels [`stacked_forward`] stacks: an RGB layer's branches (z^B's two, z⁺'s
+/// two on a signed input), whose separate convolutions are too short to use the machine well.
+const STACKED_MAX_CHANNELS: usize = 8;
+
 /// The sign every value of a modified input or weight has (`Some(1.0)`, `Some(-1.0)`), or
 /// `None` when it can have both (or is all zero, which a dead branch already covers).
 fn definite_sign(values: ArrayViewD<'_, f32>) -> Option<f32> {
@@ -1118,14 +1175,19 @@ impl BasicRule {
                         result = Some(add_scaled(result, g, t.coef * t.branches[k].sign));
                         continue;
                     }
-                    let d = branch_sum(t, &lin, x.view(), &inputs, &weights, &live, |k, a, w| {
-                        match mapped[k] {
-                            Some(m) => {
-                                with_param_mod!(m, f => kernels::dense_forward_mapped(two(a), two(w), f))
-                                    .into_dyn()
+                    let stacked = (mapped.iter().all(Option::is_none))
+                        .then(|| stacked_forward(t, &lin, x.view(), &inputs, &weights, &live))
+                        .flatten();
+                    let d = stacked.unwrap_or_else(|| {
+                        branch_sum(t, &lin, x.view(), &inputs, &weights, &live, |k, a, w| {
+                            match mapped[k] {
+                                Some(m) => {
+                                    with_param_mod!(m, f => kernels::dense_forward_mapped(two(a), two(w), f))
+                                        .into_dyn()
+                                }
+                                None => lin.forward(a, w),
                             }
-                            None => lin.forward(a, w),
-                        }
+                        })
                     });
                     // A convolution: the division, the transpose and the product in one pass
                     // where the kernels can.
@@ -1375,6 +1437,66 @@ mod tests {
         assert!(BasicRule::epsilon(1e-6).accepts_rectified_output());
         assert!(!BasicRule::z(Stabilizer::SignEpsilon(0.0)).accepts_rectified_output());
         assert!(!BasicRule::z(Stabilizer::ZeroGuard(0.0)).accepts_rectified_output());
+    }
+
+    /// The stacked forward of an RGB layer's two branches (one with sign −1) equals the sum of
+    /// their forwards, to f32 rounding; it declines a lone branch and too many channels.
+    #[test]
+    fn stacked_branches_sum_as_separate_forwards() {
+        let op = Op::Conv {
+            kernel: [3, 3],
+            strides: [1, 1],
+            pads: [1, 1, 1, 1],
+            dilations: [1, 1],
+            groups: 1,
+        };
+        let (c, o, h) = (3, 5, 7);
+        let ramp = |n: usize, k: f32| {
+            (0..n)
+                .map(|i| ((i as f32 * k).sin() * 2.0).round() / 2.0 + 0.25)
+                .collect::<Vec<f32>>()
+        };
+        let w = ArrayD::from_shape_vec(IxDyn(&[o, c, 3, 3]), ramp(o * c * 9, 0.7)).unwrap();
+        let x = ArrayD::from_shape_vec(IxDyn(&[2, c, h, h]), ramp(2 * c * h * h, 0.3)).unwrap();
+        let shift = x.mapv(|v| v - 1.5);
+        let g = kernels::ConvGeometry::new(&op, &[c, h, h], w.shape()).unwrap();
+        let lin = Linear {
+            kind: LinearKind::Conv(g),
+            weight: w.view(),
+            bias: None,
+        };
+        let t = term(
+            1.0,
+            vec![
+                br(1.0, InputMod::Identity, ParamMod::Positive),
+                br(-1.0, InputMod::MinusLow, ParamMod::Negative),
+            ],
+            BiasMod::Identity,
+            OutputMask::All,
+        );
+        let wp = Arc::new(w.mapv(|v| v.max(0.0)));
+        let wn = Arc::new(w.mapv(|v| v.min(0.0)));
+        let inputs = vec![None, Some(shift)];
+        let weights = vec![Some(wp), Some(wn)];
+        let live = [true, true];
+        let got = stacked_forward(&t, &lin, x.view(), &inputs, &weights, &live).unwrap();
+        let want = branch_sum(&t, &lin, x.view(), &inputs, &weights, &live, |_, a, w| {
+            lin.forward(a, w)
+        });
+        assert_eq!(got.shape(), want.shape());
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for (a, b) in got.iter().zip(&want) {
+            assert!((a - b).abs() <= 1e-5 * scale, "{a} against {b}");
+        }
+        assert!(stacked_forward(&t, &lin, x.view(), &inputs, &weights, &[true, false]).is_none());
+        let three = term(
+            1.0,
+            vec![t.branches[0].clone(); 3],
+            BiasMod::Identity,
+            OutputMask::All,
+        );
+        let (i3, w3) = (vec![None, None, None], vec![None, None, None]);
+        assert!(stacked_forward(&three, &lin, x.view(), &i3, &w3, &[true; 3]).is_none());
     }
 
     #[test]
