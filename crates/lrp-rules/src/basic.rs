@@ -1175,7 +1175,9 @@ impl BasicRule {
                         result = Some(add_scaled(result, g, t.coef * t.branches[k].sign));
                         continue;
                     }
-                    let stacked = (mapped.iter().all(Option::is_none))
+                    let stacked = mapped
+                        .iter()
+                        .all(Option::is_none)
                         .then(|| stacked_forward(t, &lin, x.view(), &inputs, &weights, &live))
                         .flatten();
                     let d = stacked.unwrap_or_else(|| {
