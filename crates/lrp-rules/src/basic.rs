@@ -638,54 +638,57 @@ fn branch_sum<A: LinalgScalar + From<f32> + std::ops::AddAssign + Send + Sync>(
     acc.expect("a term has branches")
 }
 
-/// [`branch_sum`] in f32 of two or more live branches of a convolution into at most
-/// [`STACKED_MAX_CHANNELS`] input channels, as one convolution over the branches' inputs
-/// stacked along the channels (with their weights, the sign folded in, stacked alike): the
-/// sum over the branches is then part of each output's sum, and the layer's output is
-/// written once instead of once per branch and again for their sum. `None` where that does
-/// not apply.
-fn stacked_forward(
-    t: &Term,
+/// A convolution's live `branches` (`(w_k, x_k)`) stacked along the input channels: the
+/// geometry over all their channels, and their weights and inputs concatenated in that order
+/// (branch `k` at channels `k·C .. (k+1)·C`). None, having copied nothing, for a Dense layer,
+/// fewer than two branches, or a stacked geometry that `fits` refuses.
+fn stack_branches<'a>(
     lin: &Linear<'_>,
-    x: ArrayViewD<'_, f32>,
-    inputs: &[Option<ArrayD<f32>>],
-    weights: &[Option<Arc<ArrayD<f32>>>],
-    live: &[bool],
-) -> Option<ArrayD<f32>> {
+    branches: impl Iterator<Item = (ArrayViewD<'a, f32>, ArrayViewD<'a, f32>)>,
+    fits: impl FnOnce(&kernels::ConvGeometry) -> bool,
+) -> Option<(kernels::ConvGeometry, ArrayD<f32>, ArrayD<f32>)> {
     let LinearKind::Conv(g) = &lin.kind else {
         return None;
     };
-    let ks: Vec<usize> = (0..live.len()).filter(|&k| live[k]).collect();
-    let [c, _, _] = g.input_shape();
-    if ks.len() < 2 || c * ks.len() > STACKED_MAX_CHANNELS {
+    let (ws, xs): (Vec<_>, Vec<_>) = branches.unzip();
+    if ws.len() < 2 {
         return None;
     }
-    let stacked = g.with_input_channels(c * ks.len())?;
-    let ws: Vec<ArrayD<f32>> = ks
-        .iter()
-        .map(|&k| {
-            let w = weights[k]
-                .as_deref()
-                .map_or(lin.weight.view(), |w| w.view());
-            let sign = t.branches[k].sign;
-            if sign == 1.0 {
-                w.to_owned()
-            } else {
-                w.mapv(|v| v * sign)
-            }
-        })
-        .collect();
-    let xs: Vec<ArrayViewD<'_, f32>> = ks
-        .iter()
-        .map(|&k| inputs[k].as_ref().map_or(x.view(), |a| a.view()))
-        .collect();
-    let w = ndarray::concatenate(Axis(1), &ws.iter().map(|w| w.view()).collect::<Vec<_>>()).ok()?;
-    let xc = ndarray::concatenate(Axis(1), &xs).ok()?;
+    let [c, _, _] = g.input_shape();
+    let stacked = g.with_input_channels(c * ws.len())?;
+    if !fits(&stacked) {
+        return None;
+    }
+    let w = ndarray::concatenate(Axis(1), &ws).ok()?;
+    let x = ndarray::concatenate(Axis(1), &xs).ok()?;
+    Some((stacked, w, x))
+}
+
+/// [`branch_sum`] in f32 of two or more live branches (`((w_k, x_k), c_k)`, `c_k` the sign) of a
+/// convolution into at most [`STACKED_MAX_CHANNELS`] input channels, as one convolution over
+/// the stacked branches ([`stack_branches`], each sign folded into its weights): the sum over
+/// the branches is then part of each output's sum, and the layer's output is written once
+/// instead of once per branch and again for their sum. `None` where that does not apply.
+fn stacked_forward<'a>(
+    lin: &Linear<'_>,
+    branches: impl Iterator<Item = ((ArrayViewD<'a, f32>, ArrayViewD<'a, f32>), f32)>,
+) -> Option<ArrayD<f32>> {
+    let (operands, signs): (Vec<_>, Vec<f32>) = branches.unzip();
+    let (g, mut w, x) = stack_branches(lin, operands.into_iter(), |g| {
+        g.input_shape()[0] <= STACKED_MAX_CHANNELS
+    })?;
+    let c = w.shape()[1] / signs.len();
+    for (i, &sign) in signs.iter().enumerate() {
+        if sign != 1.0 {
+            w.slice_axis_mut(Axis(1), Slice::from(i * c..(i + 1) * c))
+                .mapv_inplace(|v| v * sign);
+        }
+    }
     Some(
         kernels::conv2d_forward(
-            xc.view().into_dimensionality().ok()?,
+            x.view().into_dimensionality().ok()?,
             w.view().into_dimensionality().ok()?,
-            &stacked,
+            &g,
         )
         .into_dyn(),
     )
@@ -720,20 +723,8 @@ fn stacked_ratio_transpose<'a>(
     branches: impl Iterator<Item = (ArrayViewD<'a, f32>, ArrayViewD<'a, f32>)>,
     maps: usize,
 ) -> Option<ArrayD<f32>> {
-    let LinearKind::Conv(g) = &lin.kind else {
-        return None;
-    };
-    let (ws, xs): (Vec<_>, Vec<_>) = branches.unzip();
-    if ws.len() < 2 {
-        return None;
-    }
-    let [c, _, _] = g.input_shape();
-    let stacked = g.with_input_channels(c * ws.len())?;
-    if !stacked.transposes_fused(r.shape()[0]) {
-        return None;
-    }
-    let w = ndarray::concatenate(Axis(1), &ws).ok()?;
-    let x = ndarray::concatenate(Axis(1), &xs).ok()?;
+    let rows = r.shape()[0];
+    let (stacked, w, x) = stack_branches(lin, branches, |g| g.transposes_fused(rows))?;
     let divide = kernels::Divide {
         d: d.into_dimensionality().ok()?,
         stab,
@@ -1175,10 +1166,24 @@ impl BasicRule {
                         result = Some(add_scaled(result, g, t.coef * t.branches[k].sign));
                         continue;
                     }
-                    let stacked = mapped
-                        .iter()
-                        .all(Option::is_none)
-                        .then(|| stacked_forward(t, &lin, x.view(), &inputs, &weights, &live))
+                    // The live branches' weights and inputs.
+                    let ks: Vec<usize> = (0..live.len()).filter(|&k| live[k]).collect();
+                    let operands = |k: usize| {
+                        (
+                            weights[k]
+                                .as_deref()
+                                .map_or(lin.weight.view(), |w| w.view()),
+                            inputs[k].as_ref().map_or(x.view(), |a| a.view()),
+                        )
+                    };
+                    let unmapped = mapped.iter().all(Option::is_none);
+                    let stacked = unmapped
+                        .then(|| {
+                            stacked_forward(
+                                &lin,
+                                ks.iter().map(|&k| (operands(k), t.branches[k].sign)),
+                            )
+                        })
                         .flatten();
                     let d = stacked.unwrap_or_else(|| {
                         branch_sum(t, &lin, x.view(), &inputs, &weights, &live, |k, a, w| {
@@ -1201,10 +1206,8 @@ impl BasicRule {
                             stab,
                             bias64.as_deref(),
                             true,
-                            weights[k]
-                                .as_deref()
-                                .map_or(lin.weight.view(), |w| w.view()),
-                            inputs[k].as_ref().map_or(x.view(), |a| a.view()),
+                            operands(k).0,
+                            operands(k).1,
                             maps,
                         )
                     {
@@ -1213,24 +1216,16 @@ impl BasicRule {
                     }
                     // Several branches on a convolution: their transposes as one, the division
                     // as it is read (the same values as dividing first, branch by branch).
-                    let ks: Vec<usize> = (0..live.len()).filter(|&k| live[k]).collect();
                     if single.is_none()
                         && t.mask == OutputMask::All
-                        && mapped.iter().all(Option::is_none)
+                        && unmapped
                         && let Some(stacked) = stacked_ratio_transpose(
                             &lin,
                             own.as_ref().map_or_else(|| r_in.view(), |a| a.view()),
                             d.view(),
                             stab,
                             bias64.as_deref(),
-                            ks.iter().map(|&k| {
-                                (
-                                    weights[k]
-                                        .as_deref()
-                                        .map_or(lin.weight.view(), |w| w.view()),
-                                    inputs[k].as_ref().map_or(x.view(), |a| a.view()),
-                                )
-                            }),
+                            ks.iter().map(|&k| operands(k)),
                             maps,
                         )
                     {
@@ -1481,7 +1476,13 @@ mod tests {
         let inputs = vec![None, Some(shift)];
         let weights = vec![Some(wp), Some(wn)];
         let live = [true, true];
-        let got = stacked_forward(&t, &lin, x.view(), &inputs, &weights, &live).unwrap();
+        // the branches as the rule hands them over: ((w_k, x_k), sign)
+        let branch = |k: usize| {
+            let w = weights[k].as_deref().expect("modified").view();
+            let xk = inputs[k].as_ref().map_or(x.view(), |a| a.view());
+            ((w, xk), t.branches[k].sign)
+        };
+        let got = stacked_forward(&lin, (0..2).map(branch)).unwrap();
         let want = branch_sum(&t, &lin, x.view(), &inputs, &weights, &live, |_, a, w| {
             lin.forward(a, w)
         });
@@ -1490,15 +1491,9 @@ mod tests {
         for (a, b) in got.iter().zip(&want) {
             assert!((a - b).abs() <= 1e-5 * scale, "{a} against {b}");
         }
-        assert!(stacked_forward(&t, &lin, x.view(), &inputs, &weights, &[true, false]).is_none());
-        let three = term(
-            1.0,
-            vec![t.branches[0].clone(); 3],
-            BiasMod::Identity,
-            OutputMask::All,
-        );
-        let (i3, w3) = (vec![None, None, None], vec![None, None, None]);
-        assert!(stacked_forward(&three, &lin, x.view(), &i3, &w3, &[true; 3]).is_none());
+        // one live branch; three branches of 3 channels (9 > 8)
+        assert!(stacked_forward(&lin, (0..1).map(branch)).is_none());
+        assert!(stacked_forward(&lin, [0, 1, 0].into_iter().map(branch)).is_none());
     }
 
     #[test]
