@@ -203,6 +203,23 @@ impl Op {
         )
     }
 
+    /// Whether the op is element-wise with `f(0) = 0`: a zero input value is a zero output
+    /// value at the same position (ReLU and its variants, ELU, SELU, tanh, and Identity and
+    /// Dropout at inference). Not Sigmoid (`f(0) = 1/2`) or Clip (whose range may leave out 0).
+    pub fn keeps_zeros(&self) -> bool {
+        matches!(
+            self,
+            Op::Relu
+                | Op::LeakyRelu { .. }
+                | Op::ThresholdedRelu { .. }
+                | Op::Elu { .. }
+                | Op::Selu { .. }
+                | Op::Tanh
+                | Op::Identity
+                | Op::Dropout
+        )
+    }
+
     /// The op's tag as written in RON (`"Conv"`, `"Dense"`, …).
     pub fn kind(&self) -> &'static str {
         match self {

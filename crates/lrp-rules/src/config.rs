@@ -456,16 +456,8 @@ impl RuleConfig {
             | Op::Sigmoid
             | Op::Tanh
             | Op::Clip { .. } => Arc::new(Pass),
-            Op::Dropout
-            | Op::Identity
-            | Op::Flatten
-            | Op::Reshape { .. }
-            | Op::Transpose { .. }
-            | Op::Squeeze { .. }
-            | Op::Unsqueeze { .. }
-            | Op::Pad { .. }
-            | Op::Crop { .. }
-            | Op::Concat { .. } => Arc::new(Move),
+            Op::Concat { .. } => Arc::new(Move),
+            op if op.is_shape_only() => Arc::new(Move),
             Op::MaxPool { .. } | Op::GlobalMaxPool => Arc::new(MaxPoolRule {
                 routing: c.max_pool,
                 stabilizer: c.stabilizer,

@@ -42,17 +42,10 @@ impl Rule for Pass {
     }
 
     fn zero_input_relevance(&self, op: &Op) -> ZeroInput {
-        // Element-wise ops with f(0) = 0: a zero input is a zero output at the same position.
-        match op {
-            Op::Relu
-            | Op::LeakyRelu { .. }
-            | Op::ThresholdedRelu { .. }
-            | Op::Elu { .. }
-            | Op::Selu { .. }
-            | Op::Tanh
-            | Op::Dropout
-            | Op::Identity => ZeroInput::IfOutput,
-            _ => ZeroInput::Unknown,
+        if op.keeps_zeros() {
+            ZeroInput::IfOutput
+        } else {
+            ZeroInput::Unknown
         }
     }
 }
