@@ -74,29 +74,45 @@ fn rules_read_remade_relu_outputs() {
     assert_eq!(got.node_sums, want.node_sums);
 }
 
-/// α1β0 (bias Full, as the `sglrp` preset), saying whether it reads its output as told, and
-/// counting the calls that saw an all-NaN output (one the forward pass left out).
+/// A rule of `BasicRule`, saying whether it reads its output and whether it accepts a
+/// rectified one as told, and counting its calls, the calls that saw an all-NaN output (one
+/// the forward pass left out), and those that saw an output with negative values (the layer's
+/// own `z`, not `max(z, 0)`).
 #[derive(Debug)]
 struct OutputProbe {
     inner: BasicRule,
     reads: bool,
+    accepts: bool,
     calls: AtomicUsize,
     nan_outputs: AtomicUsize,
+    signed_outputs: AtomicUsize,
 }
 
 impl OutputProbe {
-    fn new(inner: BasicRule, reads: bool) -> Self {
+    fn new(inner: BasicRule, reads: bool, accepts: bool) -> Self {
         OutputProbe {
             inner,
             reads,
+            accepts,
             calls: AtomicUsize::new(0),
             nan_outputs: AtomicUsize::new(0),
+            signed_outputs: AtomicUsize::new(0),
         }
     }
 
+    /// α1β0 (bias Full, as the `sglrp` preset).
     fn alpha1_beta0(reads: bool) -> Self {
         let stab = Stabilizer::ZeroGuard(1e-7);
-        Self::new(BasicRule::alpha_beta(1.0, 0.0, BiasMode::Full, stab), reads)
+        Self::new(
+            BasicRule::alpha_beta(1.0, 0.0, BiasMode::Full, stab),
+            reads,
+            false,
+        )
+    }
+
+    /// ε, which reads its output.
+    fn epsilon(accepts: bool) -> Self {
+        Self::new(BasicRule::epsilon(1e-6), true, accepts)
     }
 }
 
@@ -110,15 +126,29 @@ impl Rule for OutputProbe {
         if ctx.output.iter().all(|v| v.is_nan()) {
             self.nan_outputs.fetch_add(1, Ordering::SeqCst);
         }
+        if ctx.output.iter().any(|&v| v < 0.0) {
+            self.signed_outputs.fetch_add(1, Ordering::SeqCst);
+        }
         self.inner.relevance(ctx, r_out)
     }
 
     fn describe(&self) -> String {
-        format!("OutputProbe(reads: {})", self.reads)
+        format!(
+            "OutputProbe(reads: {}, accepts: {})",
+            self.reads, self.accepts
+        )
     }
 
     fn reads_output(&self) -> bool {
         self.reads
+    }
+
+    fn zero_input_relevance(&self, op: &lrp_ir::Op) -> lrp_rules::ZeroInput {
+        self.inner.zero_input_relevance(op)
+    }
+
+    fn accepts_rectified_output(&self) -> bool {
+        self.accepts
     }
 }
 
@@ -166,7 +196,7 @@ fn a_relu_rule_that_reads_its_input_keeps_the_layer_output() {
 #[test]
 fn a_rule_that_reads_an_output_it_said_it_would_not_fails() {
     // Epsilon divides by the layer's output.
-    let liar = Arc::new(OutputProbe::new(BasicRule::epsilon(1e-6), false));
+    let liar = Arc::new(OutputProbe::new(BasicRule::epsilon(1e-6), false, false));
     let err = explain_vgg_small(
         "(select: Ops([Conv, Dense]), rule: Liar), (select: Op(Relu), rule: Pass)",
         &registry_with("Liar", liar),
@@ -175,58 +205,11 @@ fn a_rule_that_reads_an_output_it_said_it_would_not_fails() {
     assert!(err.contains("NaN"), "{err}");
 }
 
-/// ε, saying whether it accepts a rectified output as told, and counting the calls that saw an
-/// output with negative values (the layer's own `z`, not `max(z, 0)`).
-#[derive(Debug)]
-struct RectifiedProbe {
-    inner: BasicRule,
-    accepts: bool,
-    calls: AtomicUsize,
-    signed_outputs: AtomicUsize,
-}
-
-impl RectifiedProbe {
-    fn new(inner: BasicRule, accepts: bool) -> Self {
-        RectifiedProbe {
-            inner,
-            accepts,
-            calls: AtomicUsize::new(0),
-            signed_outputs: AtomicUsize::new(0),
-        }
-    }
-}
-
-impl Rule for RectifiedProbe {
-    fn relevance(
-        &self,
-        ctx: &NodeContext<'_>,
-        r_out: ArrayViewD<'_, f32>,
-    ) -> Result<Vec<ArrayD<f32>>, String> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        if ctx.output.iter().any(|&v| v < 0.0) {
-            self.signed_outputs.fetch_add(1, Ordering::SeqCst);
-        }
-        self.inner.relevance(ctx, r_out)
-    }
-
-    fn describe(&self) -> String {
-        format!("RectifiedProbe(accepts: {})", self.accepts)
-    }
-
-    fn zero_input_relevance(&self, op: &lrp_ir::Op) -> lrp_rules::ZeroInput {
-        self.inner.zero_input_relevance(op)
-    }
-
-    fn accepts_rectified_output(&self) -> bool {
-        self.accepts
-    }
-}
-
 /// Explains `vgg_small` with `probe` on the layers `select` picks and ε elsewhere.
 fn explain_with_probe(
     select: &str,
     others: &str,
-    probe: Arc<RectifiedProbe>,
+    probe: Arc<OutputProbe>,
 ) -> lrp_engine::Explanation {
     explain_vgg_small(
         &format!(
@@ -240,10 +223,9 @@ fn explain_with_probe(
 
 #[test]
 fn rectified_outputs_give_the_same_relevance() {
-    let eps = || BasicRule::epsilon(1e-6);
-    let kept = Arc::new(RectifiedProbe::new(eps(), false));
+    let kept = Arc::new(OutputProbe::epsilon(false));
     let want = explain_with_probe("Ops([Conv, Dense])", "Epsilon", kept.clone());
-    let rectified = Arc::new(RectifiedProbe::new(eps(), true));
+    let rectified = Arc::new(OutputProbe::epsilon(true));
     let got = explain_with_probe("Ops([Conv, Dense])", "Epsilon", rectified.clone());
     // vgg_small: every Conv and Dense layer but the last goes to a ReLU, and its random
     // weights make some of every layer's outputs negative.
@@ -263,13 +245,9 @@ fn rectified_outputs_give_the_same_relevance() {
 fn outputs_stay_signed_where_relevance_may_reach_zero_activations() {
     // Flat sends relevance to every input of the Dense layers, zero or not: the last
     // convolution, whose ReLU's output they read (pooled, flattened), keeps its own output.
-    let rectified = Arc::new(RectifiedProbe::new(BasicRule::epsilon(1e-6), true));
+    let rectified = Arc::new(OutputProbe::epsilon(true));
     let got = explain_with_probe("Op(Conv)", "Flat", rectified.clone());
-    let want = explain_with_probe(
-        "Op(Conv)",
-        "Flat",
-        Arc::new(RectifiedProbe::new(BasicRule::epsilon(1e-6), false)),
-    );
+    let want = explain_with_probe("Op(Conv)", "Flat", Arc::new(OutputProbe::epsilon(false)));
     assert_eq!(rectified.signed_outputs.load(Ordering::SeqCst), 1);
     assert!(rectified.calls.load(Ordering::SeqCst) >= 2);
     assert_eq!(got.relevance, want.relevance);
@@ -298,7 +276,7 @@ fn a_relu_after_a_relu_keeps_the_layer_output() {
     let (_dir, path) = temp_model(&b.build());
     let x = ArrayD::from_shape_vec(ndarray::IxDyn(&[3, 6]), random_normal(4, 18, 1.0)).unwrap();
     let explain = |accepts: bool| {
-        let probe = Arc::new(RectifiedProbe::new(BasicRule::epsilon(1e-6), accepts));
+        let probe = Arc::new(OutputProbe::epsilon(accepts));
         let reg = registry_with("Probe", probe);
         let config = lrp_rules::RuleConfig::parse(
             "(rules: [(select: Op(Dense), rule: Probe), (select: Op(Relu), rule: Pass)])",
