@@ -636,28 +636,8 @@ impl ConvGeometry {
     ) -> Array4<f32> {
         let ([c, h, wd], [o, oh, ow]) = (self.input, self.output);
         let f = winograd_filter(w, o, c, transpose, tile);
-        // the transpose reads the map's output and writes its input, padded by 2 − p
-        let shape = if transpose {
-            winograd::Shape {
-                n,
-                h: oh,
-                w: ow,
-                top: 2 - self.pads[0],
-                left: 2 - self.pads[1],
-                oh: h,
-                ow: wd,
-            }
-        } else {
-            winograd::Shape {
-                n,
-                h,
-                w: wd,
-                top: self.pads[0],
-                left: self.pads[1],
-                oh,
-                ow,
-            }
-        };
+        let pads = [self.pads[0], self.pads[1]];
+        let shape = winograd::Shape::of_map(n, [h, wd], pads, [oh, ow], transpose);
         let rows = if transpose { c } else { o };
         let mut out = Array4::<f32>::uninit((n, rows, shape.oh, shape.ow));
         winograd::conv(

@@ -492,15 +492,7 @@ mod tests {
                 let wt = values(cols * rows * 9, 0.91);
                 let factors = values(n * rows * h * w, 0.37);
                 // the same transpose in the Winograd kernels' terms
-                let ws = crate::winograd::Shape {
-                    n,
-                    h: oh,
-                    w: ow,
-                    top: 2 - top,
-                    left: 2 - left,
-                    oh: h,
-                    ow: w,
-                };
+                let ws = crate::winograd::Shape::of_map(n, [h, w], [top, left], [oh, ow], true);
                 let want = direct(&src, &wt, cols, rows, ws, true);
                 let abs = |v: &[f32]| -> Vec<f32> { v.iter().map(|x| x.abs()).collect() };
                 let bound = direct(&abs(&src), &abs(&wt), cols, rows, ws, true);

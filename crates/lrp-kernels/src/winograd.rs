@@ -288,6 +288,41 @@ pub(crate) struct Shape {
     pub ow: usize,
 }
 
+impl Shape {
+    /// The 3×3, stride-1 map over `n` images of `h × w` (`input`), padded by `pads` (top,
+    /// left; at most 2), whose output is `oh × ow` (`output`); with `transpose`, its transpose,
+    /// which reads the map's output and writes its input, padded by `2 − p`.
+    pub(crate) fn of_map(
+        n: usize,
+        [h, w]: [usize; 2],
+        [top, left]: [usize; 2],
+        [oh, ow]: [usize; 2],
+        transpose: bool,
+    ) -> Shape {
+        if transpose {
+            Shape {
+                n,
+                h: oh,
+                w: ow,
+                top: 2 - top,
+                left: 2 - left,
+                oh: h,
+                ow: w,
+            }
+        } else {
+            Shape {
+                n,
+                h,
+                w,
+                top,
+                left,
+                oh,
+                ow,
+            }
+        }
+    }
+}
+
 /// A run of consecutive tiles of one tile row: image `n`, tile row `ty`, tiles `tx .. tx + len`,
 /// the first being the block's tile `at`.
 #[derive(Debug, Clone, Copy)]
@@ -1356,27 +1391,7 @@ pub(crate) mod tests {
                 let (rows, cols) = if transpose { (c, o) } else { (o, c) };
                 // the map's geometry; the transpose reads its output and writes its input
                 let (oh, ow) = (h + top + bottom - 2, w + left + right - 2);
-                let s = if transpose {
-                    Shape {
-                        n,
-                        h: oh,
-                        w: ow,
-                        top: 2 - top,
-                        left: 2 - left,
-                        oh: h,
-                        ow: w,
-                    }
-                } else {
-                    Shape {
-                        n,
-                        h,
-                        w,
-                        top,
-                        left,
-                        oh,
-                        ow,
-                    }
-                };
+                let s = Shape::of_map(n, [h, w], [top, left], [oh, ow], transpose);
                 let x = values(n * cols * s.h * s.w, 0.37);
                 let wt = values(o * c * 9, 0.91);
                 let want = direct(&x, &wt, o, c, s, transpose);
