@@ -143,10 +143,8 @@ pub struct Explainer {
     forward: Forward,
     softmax_removed: bool,
     backends: Backends,
-    /// Per node: whether the forward pass leaves its output out (see [`unread_outputs`]).
-    unread: Vec<bool>,
-    /// Per node: the ReLU whose output stands for the node's own (see [`rectified_outputs`]).
-    rectified: Vec<Option<NodeId>>,
+    /// What the forward pass keeps of each node's output.
+    outputs: Outputs,
 }
 
 impl Explainer {
@@ -197,8 +195,7 @@ impl Explainer {
             forward,
             softmax_removed,
             backends,
-            unread,
-            rectified,
+            outputs: Outputs { unread, rectified },
         })
     }
 
@@ -288,8 +285,7 @@ impl Explainer {
             graph,
             assignment,
             config,
-            unread,
-            rectified,
+            outputs,
             ..
         } = self;
         // The pass reads the activations in ONNX Runtime's own buffers, without a copy.
@@ -299,7 +295,7 @@ impl Explainer {
                 graph,
                 assignment,
                 config,
-                Outputs { unread, rectified },
+                outputs,
                 acts,
                 batch,
                 opts,
@@ -315,7 +311,7 @@ fn relevance_pass(
     g: &Graph,
     assignment: &Assignment,
     config: &RuleConfig,
-    outputs: Outputs<'_>,
+    outputs: &Outputs,
     acts: &ActivationViews<'_>,
     batch: &ArrayD<f32>,
     opts: &ExplainOptions,
@@ -465,7 +461,7 @@ fn image_groups(g: &Graph, order: &[NodeId], n: usize, budget: usize) -> (usize,
 struct Walk<'a> {
     g: &'a Graph,
     assignment: &'a Assignment,
-    outputs: Outputs<'a>,
+    outputs: &'a Outputs,
     maps: usize,
     opts: &'a ExplainOptions,
 }
@@ -698,14 +694,14 @@ impl Walk<'_> {
     }
 }
 
-/// How the forward pass keeps the nodes' outputs.
-#[derive(Clone, Copy)]
-struct Outputs<'a> {
-    /// Per node: whether the forward pass left its output out ([`unread_outputs`],
+/// What the forward pass keeps of each node's output.
+#[derive(Debug)]
+struct Outputs {
+    /// Per node: whether the forward pass leaves its output out ([`unread_outputs`],
     /// [`rectified_outputs`]).
-    unread: &'a [bool],
+    unread: Vec<bool>,
     /// Per node: the ReLU whose output stands for the node's own ([`rectified_outputs`]).
-    rectified: &'a [Option<NodeId>],
+    rectified: Vec<Option<NodeId>>,
 }
 
 /// Per node: whether the relevance reaching its output is zero wherever the output's forward
