@@ -530,7 +530,7 @@ impl Block<'_> {
     #[inline(always)]
     unsafe fn run<const AVX512: bool>(
         self,
-        kernel: impl Fn(usize, &[f32], &[f32], usize, &mut [f32], usize),
+        kernel: impl Fn(usize, &[f32], &[f32], usize, &mut [f32], usize, usize),
     ) {
         // SAFETY: the caller's promise.
         unsafe {
@@ -549,7 +549,7 @@ impl Block<'_> {
     #[inline(always)]
     unsafe fn run_tile<const IN: usize, const OUT: usize, const AVX512: bool>(
         self,
-        kernel: impl Fn(usize, &[f32], &[f32], usize, &mut [f32], usize),
+        kernel: impl Fn(usize, &[f32], &[f32], usize, &mut [f32], usize, usize),
     ) {
         let nb = self.runs.iter().map(|r| r.len).sum::<usize>();
         let l = self.layout;
@@ -1149,8 +1149,10 @@ impl Kernel {
 }
 
 /// `M[p] = U[p] · V[p]` over the block's first `nb` tiles, position after position, one
-/// register block at a time by `block(k, a, b, ldb, c, ldc)` (`a`: `[k][MR]`, `b`: `k` rows
-/// of `NR`, `ldb` apart; `c`: `MR` rows of `NR`, `ldc` apart).
+/// register block at a time by `block(k, a, b, ldb, c, ldc, n)` (`a`: `[k][MR]`, `b`: `k` rows
+/// of `NR`, `ldb` apart; `c`: `MR` rows of `NR`, `ldc` apart), of which only the first `n`
+/// columns (at most `NR`) are wanted: the last register block of a block whose tiles are not
+/// a multiple of `NR` may compute fewer columns than `NR`.
 #[inline(always)]
 fn products_with(
     f: &Filter,
@@ -1158,7 +1160,7 @@ fn products_with(
     m: &mut [f32],
     layout: Layout,
     nb: usize,
-    block: impl Fn(usize, &[f32], &[f32], usize, &mut [f32], usize),
+    block: impl Fn(usize, &[f32], &[f32], usize, &mut [f32], usize, usize),
 ) {
     let Layout {
         tb,
@@ -1186,7 +1188,15 @@ fn products_with(
             let vp = &v[p * vpos..][..cols * ldv];
             let mp = &mut m[p * mpos + rb * MR * tb..][..MR * tb];
             for cb in (0..nb).step_by(NR) {
-                block(cols, a, &vp[cb..], ldv, &mut mp[cb..], tb);
+                block(
+                    cols,
+                    a,
+                    &vp[cb..],
+                    ldv,
+                    &mut mp[cb..],
+                    tb,
+                    (nb - cb).min(NR),
+                );
             }
         }
     }
@@ -1201,91 +1211,121 @@ fn check_block(k: usize, a: &[f32], b: &[f32], ldb: usize, c: &[f32], ldc: usize
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn block_avx512(block: Block<'_>) {
-    use std::arch::x86_64::*;
-    let kernel = |k: usize, a: &[f32], b: &[f32], ldb: usize, c: &mut [f32], ldc: usize| {
-        check_block(k, a, b, ldb, c, ldc);
-        const NV: usize = NR / 16;
-        let mut acc = [[_mm512_setzero_ps(); NV]; MR];
-        for kk in 0..k {
-            // SAFETY: in bounds (checked above); unaligned loads.
-            let bv: [__m512; NV] = std::array::from_fn(|j| unsafe {
-                _mm512_loadu_ps(b.as_ptr().add(kk * ldb + 16 * j))
-            });
-            for (r, acc) in acc.iter_mut().enumerate() {
-                // SAFETY: in bounds (checked above).
-                let ar = _mm512_set1_ps(unsafe { *a.get_unchecked(kk * MR + r) });
-                for (a, &b) in acc.iter_mut().zip(&bv) {
-                    *a = _mm512_fmadd_ps(ar, b, *a);
+    let kernel =
+        |k: usize, a: &[f32], b: &[f32], ldb: usize, c: &mut [f32], ldc: usize, n: usize| {
+            check_block(k, a, b, ldb, c, ldc);
+            // The fewest vectors of 16 columns that hold the `n` wanted: a block's last register
+            // block, where its tiles are not a multiple of `NR`, costs a third or two thirds.
+            // SAFETY: in bounds (checked above); the processor has AVX-512F.
+            unsafe {
+                match n.div_ceil(16) {
+                    1 => register_block_avx512::<1>(k, a, b, ldb, c, ldc),
+                    2 => register_block_avx512::<2>(k, a, b, ldb, c, ldc),
+                    _ => register_block_avx512::<{ NR / 16 }>(k, a, b, ldb, c, ldc),
                 }
             }
-        }
-        for (r, acc) in acc.iter().enumerate() {
-            for (j, &v) in acc.iter().enumerate() {
-                // SAFETY: in bounds (checked above); unaligned stores.
-                unsafe { _mm512_storeu_ps(c.as_mut_ptr().add(r * ldc + 16 * j), v) };
-            }
-        }
-    };
+        };
     // SAFETY: the caller's promise; the processor has AVX-512F.
     unsafe { block.run::<true>(kernel) }
+}
+
+/// `c[0..MR][0..16·NV] = a · b` (see [`products_with`]) by AVX-512 vectors.
+///
+/// # Safety
+/// The slices as [`check_block`] checks them (`NV ≤ NR / 16`); the processor has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn register_block_avx512<const NV: usize>(
+    k: usize,
+    a: &[f32],
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+    for kk in 0..k {
+        // SAFETY: in bounds (the caller's promise); unaligned loads.
+        let bv: [__m512; NV] =
+            std::array::from_fn(|j| unsafe { _mm512_loadu_ps(b.as_ptr().add(kk * ldb + 16 * j)) });
+        for (r, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: in bounds (the caller's promise).
+            let ar = _mm512_set1_ps(unsafe { *a.get_unchecked(kk * MR + r) });
+            for (a, &b) in acc.iter_mut().zip(&bv) {
+                *a = _mm512_fmadd_ps(ar, b, *a);
+            }
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        for (j, &v) in acc.iter().enumerate() {
+            // SAFETY: in bounds (the caller's promise); unaligned stores.
+            unsafe { _mm512_storeu_ps(c.as_mut_ptr().add(r * ldc + 16 * j), v) };
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn block_avx2(block: Block<'_>) {
     use std::arch::x86_64::*;
-    let kernel = |k: usize, a: &[f32], b: &[f32], ldb: usize, c: &mut [f32], ldc: usize| {
-        check_block(k, a, b, ldb, c, ldc);
-        // four rows by sixteen columns at a time: eight of the sixteen registers
-        for r0 in (0..MR).step_by(4) {
-            for c0 in (0..NR).step_by(16) {
-                let mut acc = [[_mm256_setzero_ps(); 2]; 4];
-                for kk in 0..k {
-                    // SAFETY: in bounds (checked above); unaligned loads.
-                    let (b0, b1) = unsafe {
-                        (
-                            _mm256_loadu_ps(b.as_ptr().add(kk * ldb + c0)),
-                            _mm256_loadu_ps(b.as_ptr().add(kk * ldb + c0 + 8)),
-                        )
-                    };
-                    for (r, acc) in acc.iter_mut().enumerate() {
-                        // SAFETY: in bounds (checked above).
-                        let ar = _mm256_set1_ps(unsafe { *a.get_unchecked(kk * MR + r0 + r) });
-                        acc[0] = _mm256_fmadd_ps(ar, b0, acc[0]);
-                        acc[1] = _mm256_fmadd_ps(ar, b1, acc[1]);
+    let kernel =
+        |k: usize, a: &[f32], b: &[f32], ldb: usize, c: &mut [f32], ldc: usize, n: usize| {
+            check_block(k, a, b, ldb, c, ldc);
+            // four rows by sixteen columns at a time: eight of the sixteen registers; the groups of
+            // sixteen that hold the `n` wanted columns
+            for r0 in (0..MR).step_by(4) {
+                for c0 in (0..n).step_by(16) {
+                    let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+                    for kk in 0..k {
+                        // SAFETY: in bounds (checked above); unaligned loads.
+                        let (b0, b1) = unsafe {
+                            (
+                                _mm256_loadu_ps(b.as_ptr().add(kk * ldb + c0)),
+                                _mm256_loadu_ps(b.as_ptr().add(kk * ldb + c0 + 8)),
+                            )
+                        };
+                        for (r, acc) in acc.iter_mut().enumerate() {
+                            // SAFETY: in bounds (checked above).
+                            let ar = _mm256_set1_ps(unsafe { *a.get_unchecked(kk * MR + r0 + r) });
+                            acc[0] = _mm256_fmadd_ps(ar, b0, acc[0]);
+                            acc[1] = _mm256_fmadd_ps(ar, b1, acc[1]);
+                        }
                     }
-                }
-                for (r, acc) in acc.iter().enumerate() {
-                    // SAFETY: in bounds (checked above); unaligned stores.
-                    unsafe {
-                        _mm256_storeu_ps(c.as_mut_ptr().add((r0 + r) * ldc + c0), acc[0]);
-                        _mm256_storeu_ps(c.as_mut_ptr().add((r0 + r) * ldc + c0 + 8), acc[1]);
+                    for (r, acc) in acc.iter().enumerate() {
+                        // SAFETY: in bounds (checked above); unaligned stores.
+                        unsafe {
+                            _mm256_storeu_ps(c.as_mut_ptr().add((r0 + r) * ldc + c0), acc[0]);
+                            _mm256_storeu_ps(c.as_mut_ptr().add((r0 + r) * ldc + c0 + 8), acc[1]);
+                        }
                     }
                 }
             }
-        }
-    };
+        };
     // SAFETY: the caller's promise.
     unsafe { block.run::<false>(kernel) }
 }
 
 unsafe fn block_portable(block: Block<'_>) {
-    let kernel = |k: usize, a: &[f32], b: &[f32], ldb: usize, c: &mut [f32], ldc: usize| {
-        check_block(k, a, b, ldb, c, ldc);
-        let mut acc = [[0f32; NR]; MR];
-        for kk in 0..k {
-            let bk = &b[kk * ldb..][..NR];
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let ar = a[kk * MR + r];
-                for (x, &bv) in acc.iter_mut().zip(bk) {
-                    *x += ar * bv;
+    // (every column: the wanted `n` are a prefix)
+    let kernel =
+        |k: usize, a: &[f32], b: &[f32], ldb: usize, c: &mut [f32], ldc: usize, _n: usize| {
+            check_block(k, a, b, ldb, c, ldc);
+            let mut acc = [[0f32; NR]; MR];
+            for kk in 0..k {
+                let bk = &b[kk * ldb..][..NR];
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let ar = a[kk * MR + r];
+                    for (x, &bv) in acc.iter_mut().zip(bk) {
+                        *x += ar * bv;
+                    }
                 }
             }
-        }
-        for (r, acc) in acc.iter().enumerate() {
-            c[r * ldc..][..NR].copy_from_slice(acc);
-        }
-    };
+            for (r, acc) in acc.iter().enumerate() {
+                c[r * ldc..][..NR].copy_from_slice(acc);
+            }
+        };
     // SAFETY: the caller's promise.
     unsafe { block.run::<false>(kernel) }
 }
