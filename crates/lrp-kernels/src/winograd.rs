@@ -203,8 +203,8 @@ impl FilterBlock<'_> {
         let side = tile.side();
         let r0 = rb * MR;
         let live = (rows - r0).min(MR);
-        // the chunk's transformed columns, position after position
-        let mut chunk = [[[0f32; MR]; FILTER_CHUNK]; 36];
+        // the chunk's transformed columns, position after position (at most F(4×4, 3×3)'s)
+        let mut chunk = [[[0f32; MR]; FILTER_CHUNK]; 6 * 6];
         for k0 in (0..cols).step_by(FILTER_CHUNK) {
             let kl = (cols - k0).min(FILTER_CHUNK);
             for (kc, k) in (k0..k0 + kl).enumerate() {
