@@ -666,9 +666,9 @@ fn runs(start: usize, end: usize, th: usize, tw: usize) -> Vec<Run> {
     out
 }
 
-/// How many channels ahead [`transform_inputs`] asks for the rows it reads: the rows of one
-/// chunk of one channel are a few hundred bytes apart from the next channel's, too short a
-/// stream for the processor's prefetchers, so without the hint every row waits on memory.
+/// How many channels ahead [`transform_inputs`] asks for the rows it reads: the next
+/// channel's rows lie a whole plane further on, a jump the processor's prefetchers do not
+/// follow, so without the hint its first rows wait on memory.
 const PREFETCH_CHANNELS: usize = 2;
 
 /// Asks the processor to fetch the input rows that [`transform_inputs`] reads for channel `c`
@@ -754,8 +754,11 @@ fn transform_inputs<const IN: usize, const OUT: usize, const AVX512: bool>(
     let plane = s.h * s.w;
     let mut rows = [[0f32; ROW]; IN];
     let mut phases = [[[0f32; PHASE]; OUT]; IN];
-    for run in runs {
-        for c in 0..cols {
+    // Channel by channel, and in each the block's runs in turn: where a block spans several
+    // tile rows (small outputs), their input rows follow one another in memory, one stream
+    // instead of one short piece per channel.
+    for c in 0..cols {
+        for run in runs {
             let at = (run.n * cols + c) * plane;
             let (img, den) = match x {
                 Source::Plain(x) => (&x[at..][..plane], None),
@@ -892,8 +895,9 @@ unsafe fn transform_outputs<const IN: usize, const OUT: usize, const AVX512: boo
 ) {
     let (tb, mpos) = (layout.tb, layout.mpos);
     let plane = s.oh * s.ow;
-    for run in runs {
-        for o in 0..rows {
+    // Output channel by output channel, the block's runs in turn (see `transform_inputs`).
+    for o in 0..rows {
+        for run in runs {
             for l0 in (0..run.len).step_by(LANES) {
                 let len = (run.len - l0).min(LANES);
                 let at = run.at + l0;
