@@ -1200,14 +1200,15 @@ impl BasicRule {
                     // where the kernels can.
                     if let Some(k) = single
                         && mapped[k].is_none()
+                        && let (wk, xk) = operands(k)
                         && let Some(g) = lin.ratio_transpose_mul(
                             own.as_ref().map_or_else(|| r_in.view(), |a| a.view()),
                             d.view(),
                             stab,
                             bias64.as_deref(),
                             true,
-                            operands(k).0,
-                            operands(k).1,
+                            wk,
+                            xk,
                             maps,
                         )
                     {
