@@ -1393,9 +1393,11 @@ unsafe fn block_avx2(block: Block<'_>) {
             // sixteen that hold the `n` wanted columns
             for r0 in (0..MR).step_by(4) {
                 for c0 in (0..n).step_by(16) {
+                    // (the first pass brings the panel into the cache for the others)
+                    let fetch = r0 == 0 && c0 == 0;
                     let mut acc = [[_mm256_setzero_ps(); 2]; 4];
                     for kk in 0..k {
-                        if kk % 2 == 0 {
+                        if fetch && kk % 2 == 0 {
                             prefetch_panel(a, kk);
                         }
                         // SAFETY: in bounds (checked above); unaligned loads.
